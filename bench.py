@@ -1,0 +1,8 @@
+"""nanoGPT's `python bench.py [--key=value ...]`: times the training step alone; the code is nanogpt/bench.py."""
+
+import sys
+
+from nanogpt.cli import run
+
+if __name__ == "__main__":
+    sys.exit(run("bench", sys.argv[1:]))

@@ -1,0 +1,126 @@
+"""Every read and write of a dataset's files: train.bin / val.bin (raw token arrays, nanoGPT's format) and the
+meta.json sidecar that says which tokenizer and integer type they hold.
+
+Batches are a pure function of (seed, split, iteration): the global batch of step N is the same whether the run
+was interrupted and resumed, and however many ranks share it, each rank taking its own slice.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nanogpt.errors import UserError
+
+META_FILE = "meta.json"
+SPLITS = ("train", "val")
+
+
+def write_dataset(folder, train_ids, val_ids, tokenizer_meta):
+    """Write train.bin, val.bin and meta.json; uint16 while ids fit (nanoGPT's format), else uint32."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create dataset folder {folder}: {e.strerror}") from None
+    vocab_size = tokenizer_meta["vocab_size"]
+    dtype = np.uint16 if vocab_size <= 2**16 else np.uint32
+    for split, ids in (("train", train_ids), ("val", val_ids)):
+        write_atomically(folder / f"{split}.bin", np.asarray(ids, dtype=dtype).tobytes())
+    meta = dict(tokenizer_meta, dtype=np.dtype(dtype).name)
+    write_atomically(folder / META_FILE, json.dumps(meta, indent=1).encode())
+
+
+def write_atomically(path, data):
+    """Write bytes to path so that a crash leaves either the old file or the new one, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write {path}: {e.strerror}") from None
+
+
+def read_meta(folder):
+    """The dataset's meta dict: tokenizer description, vocab_size and dtype."""
+    folder = Path(folder)
+    path = folder / META_FILE
+    if path.is_file():
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError:
+            raise UserError(f"{path} is not valid JSON; prepare the dataset again") from None
+    if (folder / "meta.pkl").is_file():
+        from nanogpt.legacy import read_meta_pkl  # upstream nanoGPT's pickle, read without running it
+
+        return read_meta_pkl(folder / "meta.pkl")
+    # upstream nanoGPT's BPE datasets have no meta file: their .bin files are GPT-2 tokens in uint16
+    return {"tokenizer": "gpt2", "vocab_size": 50257, "dtype": "uint16"}
+
+
+class Dataset:
+    """The token arrays of one prepared dataset, read through numpy memmaps."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise UserError(
+                f"dataset folder {self.folder} not found: prepare it first, e.g. `python data/shakespeare_char/prepare.py`"
+            )
+        self.meta = read_meta(self.folder)
+        self.dtype = np.dtype(self.meta.get("dtype", "uint16"))
+        self.vocab_size = self.meta["vocab_size"]
+        self.lengths = {}
+        for split in SPLITS:
+            path = self.folder / f"{split}.bin"
+            if not path.is_file():
+                raise UserError(f"{path} not found: prepare the dataset first (see data/*/prepare.py)")
+            size = path.stat().st_size
+            if size % self.dtype.itemsize != 0:
+                raise UserError(
+                    f"{path} has {size} bytes, not a whole number of {self.dtype.name} tokens; it is truncated or "
+                    "not a token file: prepare the dataset again"
+                )
+            self.lengths[split] = size // self.dtype.itemsize
+
+    def check_block_size(self, block_size):
+        for split, n in self.lengths.items():
+            if n <= block_size:
+                raise UserError(
+                    f"{split}.bin in {self.folder} has only {n} tokens, not more than block_size={block_size}: "
+                    "use a smaller --block_size or more data"
+                )
+
+    def tokens(self, split):
+        # a fresh memmap per call: numpy memmaps kept open grow the resident set on long runs
+        return np.memmap(self.folder / f"{split}.bin", dtype=self.dtype, mode="r")
+
+    def batch(self, split, offsets, block_size):
+        """Inputs and targets (int64 tensors of shape (len(offsets), block_size)) starting at the offsets."""
+        data = self.tokens(split)
+        rows = torch.from_numpy(data[offsets[:, None] + np.arange(block_size + 1)].astype(np.int64))
+        return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
+
+
+# independent random streams, so evaluation never shifts the training batches
+TRAIN_STREAM, EVAL_TRAIN_STREAM, EVAL_VAL_STREAM = 0, 1, 2
+
+
+def batch_offsets(seed, stream, step, count, n_tokens, block_size):
+    """Start positions of the `count` sequences of a global batch: a pure function of seed, stream and step."""
+    rng = np.random.Generator(np.random.PCG64([seed, stream, step]))
+    return rng.integers(0, n_tokens - block_size, size=count)
+
+
+def move_batch(x, y, device):
+    """Copy a batch to the device; on CUDA through pinned memory so the copy overlaps compute."""
+    if device.type == "cuda":
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+    return x.to(device), y.to(device)

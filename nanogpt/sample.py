@@ -1,0 +1,104 @@
+"""Sampling from a trained run: nanoGPT's sample.py as a function of a SampleConfig."""
+
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from nanogpt import checkpoint
+from nanogpt.config import DEVICES, DTYPES
+from nanogpt.errors import UserError
+from nanogpt.model import GPT, GPTConfig
+from nanogpt.tokenizers import tokenizer_from_meta
+from nanogpt.train import MODEL_ARGS, load_weights, resolve_compile, resolve_device, resolve_dtype
+
+
+@dataclass
+class SampleConfig:
+    init_from: str = "resume"  # 'resume' samples the run in out_dir
+    out_dir: str = "out"  # the run to sample from
+    start: str = "\n"  # the prompt, or FILE:path to read it from a file
+    num_samples: int = 10  # how many samples to draw
+    max_new_tokens: int = 500  # tokens generated per sample
+    temperature: float = 0.8  # 1.0 keeps the model's distribution, lower is more conservative
+    top_k: int = 200  # sample only among the top_k most likely tokens
+    seed: int = 1337
+    device: str = "auto"  # 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'
+    dtype: str = "auto"  # 'auto', 'float32', 'bfloat16', 'float16'
+    compile: object = False  # torch.compile the model (True/False/'auto')
+
+    def to_dict(self):
+        return asdict(self)
+
+
+def validate_sample_config(cfg):
+    if not DEVICES.match(cfg.device):
+        raise UserError(f"unknown device '{cfg.device}': use auto, cpu, cuda, cuda:N or mps")
+    if cfg.dtype not in DTYPES:
+        raise UserError(f"unknown dtype '{cfg.dtype}': use one of {', '.join(DTYPES)}")
+    if cfg.temperature < 0:
+        raise UserError(f"temperature must not be negative, got {cfg.temperature}")
+    if cfg.num_samples < 1 or cfg.max_new_tokens < 0:
+        raise UserError("num_samples must be at least 1 and max_new_tokens at least 0")
+    if cfg.top_k < 0:
+        raise UserError(f"top_k must not be negative, got {cfg.top_k}")
+    if cfg.init_from != "resume":
+        raise UserError(f"init_from='{cfg.init_from}': only 'resume' (a run in out_dir) is supported yet")
+
+
+def read_prompt(start):
+    if start.startswith("FILE:"):
+        path = Path(start[5:])
+        if not path.is_file():
+            raise UserError(f"prompt file {path} not found")
+        return path.read_text(encoding="utf-8")
+    return start
+
+
+def load_run(out_dir, device):
+    """The model and tokenizer of a trained run, weights only (the optimizer state is never read)."""
+    ckpt = checkpoint.load_checkpoint(out_dir, map_location=device)
+    model = GPT(GPTConfig(**{k: ckpt["model_args"][k] for k in MODEL_ARGS if k in ckpt["model_args"]}))
+    load_weights(model, ckpt["model"], out_dir)
+    meta = ckpt.get("tokenizer") or legacy_tokenizer_meta(ckpt)
+    return model, tokenizer_from_meta(meta)
+
+
+def legacy_tokenizer_meta(ckpt):
+    """For upstream nanoGPT checkpoints, which keep no tokenizer: its dataset's meta.pkl, else GPT-2 BPE."""
+    dataset = (ckpt.get("config") or {}).get("dataset")
+    from nanogpt.data import read_meta
+
+    if dataset and Path("data", dataset).is_dir():
+        return read_meta(Path("data", dataset))
+    return {"tokenizer": "gpt2", "vocab_size": 50257}
+
+
+def sample(cfg: SampleConfig, write=print):
+    """Draw cfg.num_samples samples and pass each to write(); returns them as a list of strings."""
+    validate_sample_config(cfg)
+    device = resolve_device(cfg.device)
+    device_type = "cuda" if device.startswith("cuda") else device
+    dtype = resolve_dtype(cfg.dtype, device_type)
+    torch.manual_seed(cfg.seed)
+    prompt = read_prompt(cfg.start)
+    model, tokenizer = load_run(cfg.out_dir, device)
+    model.eval().to(device)
+    if resolve_compile(cfg.compile, device_type):
+        model = torch.compile(model)
+    ids = tokenizer.encode(prompt)
+    if not ids:
+        raise UserError("the prompt is empty: give at least one character with --start")
+    ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    autocast = nullcontext() if dtype == "float32" else torch.amp.autocast(device_type=device_type, dtype=ptdtype)
+    x = torch.tensor(ids, dtype=torch.long, device=device)[None, ...]
+    samples = []
+    with torch.no_grad(), autocast:
+        for _ in range(cfg.num_samples):
+            y = model.generate(x, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k or None)
+            text = tokenizer.decode(y[0].tolist())
+            samples.append(text)
+            write(text)
+            write("---------------")
+    return samples

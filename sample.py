@@ -1,0 +1,8 @@
+"""nanoGPT's `python sample.py --out_dir=... [--key=value ...]`, kept verbatim; the code is nanogpt/sample.py."""
+
+import sys
+
+from nanogpt.cli import run
+
+if __name__ == "__main__":
+    sys.exit(run("sample", sys.argv[1:]))
