@@ -1,0 +1,83 @@
+"""The quick-start benchmark: nanoGPT's README CPU command, run here, against nanoGPT's figures on the same machine.
+
+    python benchmarks/quickstart.py [--repeats=1] [--max_iters=2000]
+
+Prepares character-level tiny Shakespeare into a temporary folder (the canonical input.txt from ../shared when it is
+there, else whatever the recipe finds), runs `python train.py config/train_shakespeare_char.py --device=cpu ...`
+with the exact README arguments, then `python sample.py`, and prints median ms/iter, final val loss and sample
+time beside the reference figures measured on upstream nanoGPT on this machine type (2 cores).
+"""
+
+import argparse
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CANONICAL = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
+# measured on upstream nanoGPT with this exact command on the 2-core machine (see the developers' guide)
+REFERENCE = {"ms_per_iter": 45.0, "val_loss": 1.874, "train_s": 100.0, "sample_s": 11.0}
+README_ARGS = ["--device=cpu", "--compile=False", "--eval_iters=20", "--log_interval=1", "--block_size=64",
+               "--batch_size=12", "--n_layer=4", "--n_head=4", "--n_embd=128", "--lr_decay_iters=2000",
+               "--dropout=0.0"]
+
+
+def run(cmd, cwd):
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    elapsed = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+    return proc.stdout, elapsed
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=1, help="training runs to take medians over")
+    parser.add_argument("--max_iters", type=int, default=2000)
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="nanogpt-quickstart-"))
+    try:
+        data = work / "data" / "shakespeare_char"
+        data.mkdir(parents=True)
+        source = "canonical tiny shakespeare" if CANONICAL.is_file() else "the recipe's own source (not canonical!)"
+        if CANONICAL.is_file():
+            shutil.copy(CANONICAL, data / "input.txt")
+        run([sys.executable, "-m", "nanogpt.cli", "prepare", "shakespeare_char", f"--data_dir={work / 'data'}"],
+            REPO)
+
+        medians, val_losses, train_times, sample_times = [], [], [], []
+        for r in range(args.repeats):
+            out_dir = work / f"out-{r}"
+            log, train_s = run([sys.executable, "train.py", "config/train_shakespeare_char.py", *README_ARGS,
+                                f"--max_iters={args.max_iters}", f"--data_dir={work / 'data'}",
+                                f"--out_dir={out_dir}"], REPO)
+            times = [float(t) for t in re.findall(r"^iter \d+: loss [\d.]+, time ([\d.]+)ms", log, re.M)]
+            vals = re.findall(r"^step \d+: train loss [\d.]+, val loss ([\d.]+)", log, re.M)
+            medians.append(statistics.median(times))
+            val_losses.append(float(vals[-1]))
+            train_times.append(train_s)
+            _, sample_s = run([sys.executable, "sample.py", f"--out_dir={out_dir}", "--device=cpu"], REPO)
+            sample_times.append(sample_s)
+            print(f"run {r + 1}: median {medians[-1]:.2f} ms/iter, val loss {val_losses[-1]:.4f}, "
+                  f"train {train_s:.1f} s, sample {sample_s:.1f} s", flush=True)
+
+        ours = {"ms_per_iter": statistics.median(medians), "val_loss": statistics.median(val_losses),
+                "train_s": statistics.median(train_times), "sample_s": statistics.median(sample_times)}
+        print(f"\ndata: {source}; {args.max_iters} iterations; medians over {args.repeats} run(s)")
+        print(f"{'figure':<28}{'nanogpt':>12}{'nanoGPT ref':>14}{'ratio':>9}")
+        for key, label in (("ms_per_iter", "median ms/iter"), ("val_loss", "final val loss"),
+                           ("train_s", "train.py wall time (s)"), ("sample_s", "sample.py wall time (s)")):
+            print(f"{label:<28}{ours[key]:>12.3f}{REFERENCE[key]:>14.3f}{ours[key] / REFERENCE[key]:>9.2f}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
