@@ -56,18 +56,44 @@ def wants_help(args):
 
 
 def prepare_command(args, data_dir=None):
-    from nanogpt.datasets import RECIPES, prepare
+    from nanogpt.datasets import RECIPES, prepare, prepare_text
 
+    usage = f"""usage: nanogpt prepare NAME [--data_dir=data]
+       nanogpt prepare --input=PATH_OR_NAME --name=NAME [--tokenizer=gpt2|char] [--val_fraction=0.1] [--data_dir=data]
+
+The first form runs a named recipe: {', '.join(sorted(RECIPES))}.
+The second tokenizes your own text into DATA_DIR/NAME (then `python train.py --dataset=NAME`): PATH_OR_NAME is a
+text file, a folder of *.txt/*.md files (each a document) or a Hugging Face dataset (name or local path) with a
+'text' column. The last val_fraction of the documents (of the text, for one file) is the val split."""
     if wants_help(args) or not args:
-        print("usage: nanogpt prepare NAME [--data_dir=data]\n\nrecipes: " + ", ".join(sorted(RECIPES)))
+        print(usage)
         return 0 if args else 1
-    name, rest = args[0], args[1:]
-    for arg in rest:
-        if arg.startswith("--data_dir="):
-            data_dir = arg.split("=", 1)[1]
-        else:
-            raise UserError(f"unknown option {arg} for prepare (it takes NAME and --data_dir=DIR)")
-    prepare(name, data_dir or "data")
+    names = [a for a in args if not a.startswith("--")]
+    options = {"data_dir": data_dir}
+    known = ("input", "name", "tokenizer", "val_fraction", "data_dir")
+    for arg in args:
+        if not arg.startswith("--"):
+            continue
+        key, eq, value = arg[2:].partition("=")
+        if key not in known or not eq:
+            raise UserError(f"unknown option {arg} for prepare; it takes {', '.join('--' + k + '=...' for k in known)}")
+        options[key] = value
+    data_dir = options.pop("data_dir") or "data"
+    if len(names) > 1 or (names and "input" in options):
+        raise UserError("prepare takes one recipe NAME, or --input=PATH --name=NAME for your own text, not both")
+    if names:
+        if len(options) > 0:
+            raise UserError(f"--{next(iter(options))} is for your own text (--input=...), not for a named recipe")
+        prepare(names[0], data_dir)
+        return 0
+    if "input" not in options or not options.get("name"):
+        raise UserError("give a recipe NAME, or --input=PATH_OR_NAME with --name=NAME (the folder to write)")
+    try:
+        val_fraction = float(options.get("val_fraction", "0.1"))
+    except ValueError:
+        raise UserError(f"--val_fraction must be a number, not {options['val_fraction']!r}") from None
+    prepare_text(options["input"], options["name"], tokenizer=options.get("tokenizer", "gpt2"),
+                 val_fraction=val_fraction, data_dir=data_dir)
     return 0
 
 

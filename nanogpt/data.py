@@ -18,19 +18,89 @@ META_FILE = "meta.json"
 SPLITS = ("train", "val")
 
 
+def token_dtype(vocab_size):
+    """The integer type of a dataset's .bin files: uint16 while every id fits (nanoGPT's format), else uint32."""
+    return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
+
+
 def write_dataset(folder, train_ids, val_ids, tokenizer_meta):
-    """Write train.bin, val.bin and meta.json; uint16 while ids fit (nanoGPT's format), else uint32."""
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create dataset folder {folder}: {e.strerror}") from None
-    vocab_size = tokenizer_meta["vocab_size"]
-    dtype = np.uint16 if vocab_size <= 2**16 else np.uint32
-    for split, ids in (("train", train_ids), ("val", val_ids)):
-        write_atomically(folder / f"{split}.bin", np.asarray(ids, dtype=dtype).tobytes())
-    meta = dict(tokenizer_meta, dtype=np.dtype(dtype).name)
-    write_atomically(folder / META_FILE, json.dumps(meta, indent=1).encode())
+    """Write train.bin, val.bin and meta.json from in-memory token ids."""
+    with DatasetWriter(folder, tokenizer_meta) as writer:
+        writer.append("train", train_ids)
+        writer.append("val", val_ids)
+        writer.commit()
+
+
+class DatasetWriter:
+    """Streams token ids into a dataset folder so that no failure leaves a folder that looks prepared but is not.
+
+    Tokens go to train.bin.tmp / val.bin.tmp; commit() renames them and writes meta.json last, so the folder holds
+    either its previous dataset or the complete new one. Leaving the `with` block without commit() (an error, an
+    interrupt) deletes the .tmp files.
+    """
+
+    def __init__(self, folder, tokenizer_meta):
+        self.folder = Path(folder)
+        self.dtype = token_dtype(tokenizer_meta["vocab_size"])
+        self.meta = dict(tokenizer_meta, dtype=self.dtype.name)
+        self.lengths = dict.fromkeys(SPLITS, 0)
+        self.files = {}
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            for split in SPLITS:
+                self.files[split] = open(self.tmp_path(split), "wb")
+        except OSError as e:
+            self.abort()
+            raise UserError(f"cannot write to dataset folder {self.folder}: {e.strerror}") from None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.abort()
+
+    def tmp_path(self, split):
+        return self.folder / f"{split}.bin.tmp"
+
+    def append(self, split, ids):
+        """Add token ids to the end of a split."""
+        ids = np.asarray(ids)
+        assert ids.size == 0 or int(ids.max()) < self.meta["vocab_size"], "token id outside the vocabulary"
+        try:
+            ids.astype(self.dtype, copy=False).tofile(self.files[split])
+        except OSError as e:
+            raise UserError(f"cannot write {self.tmp_path(split)}: {e.strerror}") from None
+        self.lengths[split] += ids.size
+
+    def memmap(self, split, length):
+        """The whole split as a writable memmap of `length` tokens, for writers that fill it out of order."""
+        self.files.pop(split).close()
+        self.lengths[split] = length
+        return np.memmap(self.tmp_path(split), dtype=self.dtype, mode="w+", shape=(length,))
+
+    def commit(self):
+        """Make the new dataset the folder's dataset: .bin files first, meta.json last."""
+        try:
+            for f in self.files.values():
+                f.close()
+            for split in SPLITS:
+                with open(self.tmp_path(split), "rb+") as f:
+                    os.fsync(f.fileno())
+            for split in SPLITS:
+                os.replace(self.tmp_path(split), self.folder / f"{split}.bin")
+        except OSError as e:
+            raise UserError(f"cannot write the dataset in {self.folder}: {e.strerror}") from None
+        write_atomically(self.folder / META_FILE, json.dumps(self.meta, indent=1).encode())
+        self.files = {}
+
+    def abort(self):
+        """Delete whatever the writer has not committed."""
+        for f in self.files.values():
+            f.close()
+        self.files = {}
+        for split in SPLITS:
+            if self.folder.is_dir():
+                self.tmp_path(split).unlink(missing_ok=True)
 
 
 def write_atomically(path, data):

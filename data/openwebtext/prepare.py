@@ -1,0 +1,13 @@
+"""nanoGPT's `python data/openwebtext/prepare.py`: downloads OpenWebText from the Hugging Face hub, tokenizes it with
+GPT-2 BPE and writes train.bin (~17 GB), val.bin and meta.json beside this file."""
+
+import sys
+from pathlib import Path
+
+here = Path(__file__).resolve().parent
+sys.path.insert(0, str(here.parents[1]))  # run from a clone without `pip install`: import the package beside us
+
+from nanogpt.cli import run  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(run("prepare", ["openwebtext", f"--data_dir={here.parent}"] + sys.argv[1:]))
