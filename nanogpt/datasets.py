@@ -178,6 +178,7 @@ def prepare_openwebtext(folder, log=print, source="openwebtext", num_proc=None):
 # --- the user's own text -------------------------------------------------------------------------------------------
 
 TEXT_SUFFIXES = (".txt", ".md")
+DATA_SUFFIXES = (".parquet", ".arrow", ".json", ".jsonl", ".csv")  # a folder of these is a dataset for `datasets`
 PIECE_BYTES = 1 << 20  # text per tokenizing task: big enough that thread hand-offs cost nothing, small enough to
 #                        spread a single file over every core and keep memory use to a few pieces per thread
 # A cut right after "\n" between two printable ASCII characters is a boundary of GPT-2's pre-tokenizer: none of its
@@ -322,7 +323,7 @@ def open_corpus(input, val_fraction, piece_bytes, log):
         if files:
             log(f"tokenizing {len(files):,} text files under {path}")
             return TextFolder(files, val_fraction, piece_bytes)
-        if any(p.is_file() for p in path.rglob("*")):  # parquet, json, csv...: a dataset for `datasets` to read
+        if any(p.suffix.lower() in DATA_SUFFIXES for p in path.rglob("*")):  # data files for `datasets` to read
             return HFCorpus(load_hf_dataset(path, log=log), val_fraction, piece_bytes)
         raise UserError(f"{path} holds no text: no *.txt or *.md files in it or below it")
     if looks_like_path(str(input)):
@@ -333,7 +334,7 @@ def open_corpus(input, val_fraction, piece_bytes, log):
 def looks_like_path(s):
     """Whether a missing input was meant as a file rather than a Hugging Face name ('owner/name' or 'name')."""
     return (s.startswith((".", "/", "~")) or s.count("/") > 1 or "\\" in s
-            or Path(s).suffix.lower() in TEXT_SUFFIXES + (".json", ".jsonl", ".csv", ".parquet"))
+            or Path(s).suffix.lower() in TEXT_SUFFIXES + DATA_SUFFIXES)
 
 
 def split_documents(n, val_fraction, what):

@@ -1,0 +1,223 @@
+"""Dataset recipes: the user's own text (file, folder, Hugging Face dataset), OpenWebText's pipeline on a local
+stand-in, the Shakespeare BPE recipe offline, the uint32 switch, and every user-facing error."""
+
+import json
+
+import numpy as np
+import pytest
+
+from nanogpt import cli
+from nanogpt.bpe import ENDOFTEXT, GPT2Tokenizer
+from nanogpt.data import Dataset, write_dataset
+from nanogpt.datasets import prepare, prepare_openwebtext, prepare_text
+from nanogpt.errors import UserError
+from nanogpt.tokenizers import tokenizer_from_meta
+from nanogpt.train import train
+from tests.conftest import CORPUS, tiny_config
+
+DOCS = [f"Document {i}: {CORPUS[i * 97:i * 97 + 300]}" for i in range(10)]
+quiet = dict(log=lambda *_: None)
+
+
+def tokens(folder):
+    """train then val tokens of a prepared dataset, and its tokenizer."""
+    ds = Dataset(folder)
+    return ds, np.concatenate([ds.tokens("train"), ds.tokens("val")]).tolist(), tokenizer_from_meta(ds.meta)
+
+
+def assert_one_line_error(stderr, message):
+    """The CLI's report of a UserError: one `error:` line (after any progress lines), no traceback."""
+    last = stderr.splitlines()[-1]
+    assert last.startswith("error: ") and message in last and "Traceback" not in stderr
+
+
+def assert_nothing_written(folder):
+    assert not folder.exists() or not any(folder.iterdir()), f"{folder} should be empty"
+
+
+@pytest.mark.parametrize("tokenizer", ["gpt2", "char"])
+def test_text_file_round_trip(tmp_path, tokenizer):
+    (tmp_path / "corpus.txt").write_text(CORPUS)
+    # small pieces, so the file is read and tokenized in many pieces on two threads
+    n_train, n_val = prepare_text(tmp_path / "corpus.txt", "mine", tokenizer=tokenizer, data_dir=tmp_path / "data",
+                                  threads=2, piece_bytes=500, **quiet)
+    ds, ids, tok = tokens(tmp_path / "data" / "mine")
+    assert tok.decode(ids) == CORPUS
+    assert (ds.lengths["train"], ds.lengths["val"]) == (n_train, n_val)
+    assert 0.05 < n_val / (n_train + n_val) < 0.15  # the last tenth of the text
+    meta = json.loads((tmp_path / "data" / "mine" / "meta.json").read_text())
+    assert meta["tokenizer"] == tokenizer and meta["dtype"] == "uint16"
+    if tokenizer == "gpt2":  # pieces are cut where the pre-tokenizer has a boundary: same tokens as one call
+        enc = tok.enc
+        cut = len(CORPUS.encode()) - len(tok.decode(ids[n_train:]).encode())
+        assert ids == enc.encode_ordinary(CORPUS[:cut]) + enc.encode_ordinary(CORPUS[cut:])
+
+
+@pytest.mark.parametrize("tokenizer", ["gpt2", "char"])
+def test_folder_round_trip(tmp_path, tokenizer):
+    root = tmp_path / "corpus"
+    (root / "b").mkdir(parents=True)
+    paths = [root / "a.txt", root / "b" / "c.md", root / "b" / "d.txt", root / "e.txt"] + [
+        root / f"f{i}.txt" for i in range(6)]  # sorted path order: a, b/c, b/d, e, f0..f5
+    for path, doc in zip(paths, DOCS):
+        path.write_text(doc)
+    (root / "notes.json").write_text("{}")  # not text: skipped
+    prepare_text(root, "mine", tokenizer=tokenizer, data_dir=tmp_path / "data", **quiet)
+    ds, ids, tok = tokens(tmp_path / "data" / "mine")
+    if tokenizer == "gpt2":
+        assert tok.decode(ids) == "".join(doc + ENDOFTEXT for doc in DOCS)
+        assert tok.decode(ds.tokens("val").tolist()) == DOCS[-1] + ENDOFTEXT  # the last tenth of the documents
+    else:
+        assert tok.decode(ids) == "".join(DOCS)
+
+
+def test_local_hf_dataset_round_trip(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    datasets.Dataset.from_dict({"text": DOCS, "id": list(range(10))}).save_to_disk(str(tmp_path / "hf"))
+    prepare_text(tmp_path / "hf", "mine", data_dir=tmp_path / "data", **quiet)
+    ds, ids, tok = tokens(tmp_path / "data" / "mine")
+    assert tok.decode(ids) == "".join(doc + ENDOFTEXT for doc in DOCS)
+    assert tok.decode(ds.tokens("val").tolist()) == DOCS[-1] + ENDOFTEXT
+
+
+def test_openwebtext_pipeline_on_a_local_dataset(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    datasets.Dataset.from_dict({"text": DOCS}).save_to_disk(str(tmp_path / "owt"))
+    n_train, n_val = prepare_openwebtext(tmp_path / "data" / "owt", source=tmp_path / "owt", num_proc=1, **quiet)
+    ds, ids, tok = tokens(tmp_path / "data" / "owt")
+    assert ds.meta == {"tokenizer": "gpt2", "vocab_size": 50257, "dtype": "uint16"}
+    assert (n_train, n_val) == (ds.lengths["train"], ds.lengths["val"])
+    # the split is shuffled, so compare documents as a set: each is its tokens then <|endoftext|>
+    decoded = tok.decode(ids).split(ENDOFTEXT)
+    assert decoded[-1] == "" and sorted(decoded[:-1]) == sorted(DOCS)
+    assert ds.tokens("val")[-1] == tok.eot_token
+
+
+def test_hub_unreachable_is_one_line(tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'openwebtext' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    for run in (lambda: prepare("openwebtext", tmp_path / "data", **quiet),
+                lambda: prepare_text("someone/corpus", "mine", data_dir=tmp_path / "data", **quiet)):
+        with pytest.raises(UserError, match="cannot be downloaded here.*--input=PATH") as e:
+            run()
+        assert "\n" not in str(e.value)
+    assert_nothing_written(tmp_path / "data")
+
+
+def test_shakespeare_bpe_recipe_uses_local_input(tmp_path):
+    folder = tmp_path / "shakespeare"
+    folder.mkdir()
+    (folder / "input.txt").write_text(CORPUS)
+    n_train, n_val = prepare("shakespeare", tmp_path, **quiet)
+    enc = GPT2Tokenizer()
+    cut = int(len(CORPUS) * 0.9)
+    assert (n_train, n_val) == (len(enc.encode(CORPUS[:cut])), len(enc.encode(CORPUS[cut:])))
+    assert json.loads((folder / "meta.json").read_text())["tokenizer"] == "gpt2"
+    assert Dataset(folder).lengths == {"train": n_train, "val": n_val}
+
+
+def test_uint32_when_vocab_exceeds_uint16(tmp_path):
+    ids = np.array([0, 65535, 65536, 69999], dtype=np.int64)
+    write_dataset(tmp_path / "big", ids, ids[:2], {"tokenizer": "fake", "vocab_size": 70000})
+    ds = Dataset(tmp_path / "big")
+    assert ds.meta["dtype"] == "uint32" and ds.tokens("train").tolist() == ids.tolist()
+    write_dataset(tmp_path / "small", ids[:2], ids[:2], {"tokenizer": "fake", "vocab_size": 65536})
+    assert Dataset(tmp_path / "small").meta["dtype"] == "uint16"
+
+
+def test_train_on_own_text(tmp_path):
+    (tmp_path / "corpus.txt").write_text(CORPUS)
+    assert cli.main(["prepare", f"--input={tmp_path / 'corpus.txt'}", "--name=mine", "--tokenizer=char",
+                     f"--data_dir={tmp_path / 'data'}"]) == 0
+    cfg = tiny_config(tmp_path / "data", tmp_path / "run", dataset="mine", max_iters=2, lr_decay_iters=2,
+                      eval_interval=2)
+    assert train(cfg, **quiet).iter_num == 2
+
+
+def make_empty_file(root):
+    (root / "empty.txt").write_text("")
+    return root / "empty.txt"
+
+
+def make_blank_file(root):
+    (root / "blank.txt").write_text(" \n\t\n  \n" * 20)
+    return root / "blank.txt"
+
+
+def make_textless_folder(root):
+    (root / "docs" / "empty").mkdir(parents=True)
+    (root / "docs" / "photo.png").write_bytes(b"\x89PNG")
+    return root / "docs"
+
+
+def make_blank_folder(root):
+    (root / "docs").mkdir()
+    for i in range(3):
+        (root / "docs" / f"{i}.txt").write_text("\n\n")
+    return root / "docs"
+
+
+def make_one_char_file(root):
+    (root / "tiny.txt").write_text("x")
+    return root / "tiny.txt"
+
+
+def make_one_document_folder(root):
+    (root / "docs").mkdir()
+    (root / "docs" / "only.txt").write_text(CORPUS)
+    return root / "docs"
+
+
+@pytest.mark.parametrize("make_input, message", [
+    (lambda root: root / "missing.txt", "does not exist"),
+    (make_empty_file, "too small"),
+    (make_blank_file, "no text"),
+    (make_textless_folder, "no text"),
+    (make_blank_folder, "no text"),
+    (make_one_char_file, "too small"),
+    (make_one_document_folder, "too few"),
+])
+def test_bad_corpus_is_one_line_and_writes_nothing(tmp_path, capsys, make_input, message):
+    path = make_input(tmp_path)
+    assert cli.main(["prepare", f"--input={path}", "--name=mine", f"--data_dir={tmp_path / 'data'}"]) == 1
+    assert_one_line_error(capsys.readouterr().err, message)
+    assert_nothing_written(tmp_path / "data" / "mine")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["bogus"], "unknown dataset recipe 'bogus'"),
+    (["--input=x.txt", "--name=mine", "--val_fraction=0"], "val_fraction must be between 0 and 1"),
+    (["--input=x.txt", "--name=mine", "--val_fraction=1.5"], "val_fraction must be between 0 and 1"),
+    (["--input=x.txt", "--name=mine", "--tokenizer=bpe"], "unknown tokenizer 'bpe'"),
+    (["--input=x.txt"], "--name=NAME"),
+    (["--input=x.txt", "--name=mine", "--colour=red"], "unknown option --colour=red"),
+])
+def test_bad_arguments_are_one_line(tmp_path, capsys, args, message):
+    assert cli.main(["prepare", *args, f"--data_dir={tmp_path / 'data'}"]) == 1
+    assert_one_line_error(capsys.readouterr().err, message)
+    assert_nothing_written(tmp_path / "data")
+
+
+def test_unwritable_output_folder(tmp_path):
+    (tmp_path / "corpus.txt").write_text(CORPUS)
+    (tmp_path / "data").write_text("a file where the data folder should be")
+    with pytest.raises(UserError, match="cannot write to dataset folder"):
+        prepare_text(tmp_path / "corpus.txt", "mine", data_dir=tmp_path / "data", **quiet)
+
+
+def test_failed_prepare_keeps_the_previous_dataset(tmp_path):
+    root = tmp_path / "docs"
+    root.mkdir()
+    for i, doc in enumerate(DOCS):
+        (root / f"{i}.txt").write_text(doc)
+    folder = tmp_path / "data" / "mine"
+    prepare_text(root, "mine", data_dir=tmp_path / "data", **quiet)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    (root / "9.txt").write_bytes(b"\xff\xfe not UTF-8")  # fails while tokenizing val, after train was written
+    with pytest.raises(UserError, match="not UTF-8"):
+        prepare_text(root, "mine", data_dir=tmp_path / "data", **quiet)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # no .tmp left, old files untouched
