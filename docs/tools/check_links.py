@@ -1,0 +1,49 @@
+"""Check that every relative Markdown link in docs/ resolves to a file, and every #anchor to a heading in it.
+
+Run from anywhere: python docs/tools/check_links.py   (exit 1 and a list of broken links if any)
+"""
+
+import re
+import sys
+from pathlib import Path
+
+DOCS = Path(__file__).resolve().parents[1]
+LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
+# pages other engineers own may be linked before they exist
+EXPECTED_ELSEWHERE = {DOCS / "distributed.md"}
+
+
+def slug(heading):
+    """GitHub's anchor for a heading."""
+    text = heading.strip().lower()
+    text = re.sub(r"[^\w\- ]", "", text)
+    return text.replace(" ", "-")
+
+
+def anchors(path):
+    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+    return {slug(m.group(1)) for m in re.finditer(r"^#+\s+(.*)$", text, re.M)}
+
+
+def main():
+    broken = []
+    for page in sorted(DOCS.rglob("*.md")):
+        text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+        for target in LINK.findall(text):
+            if re.match(r"[a-z]+:", target):
+                continue  # an external URL
+            file_part, _, anchor = target.partition("#")
+            dest = (page.parent / file_part).resolve() if file_part else page
+            if dest in EXPECTED_ELSEWHERE and not dest.exists():
+                continue
+            if not dest.exists():
+                broken.append(f"{page.relative_to(DOCS)}: {target} (no such file)")
+            elif anchor and dest.suffix == ".md" and anchor not in anchors(dest):
+                broken.append(f"{page.relative_to(DOCS)}: {target} (no such heading)")
+    for line in broken:
+        print(line)
+    return 1 if broken else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
