@@ -18,6 +18,7 @@ commands:
   train             train or finetune a model (python train.py)
   sample            sample from a trained model (python sample.py)
   bench             time the training step alone (python bench.py)
+  export            write a run (or GPT-2 weights) as a Hugging Face folder: --out_dir=RUN --to=DIR
 
 `nanogpt <command> --help` lists a command's settings and their defaults."""
 
@@ -42,6 +43,8 @@ def run(command, args):
             return sample_command(args)
         if command == "bench":
             return bench_command(args)
+        if command == "export":
+            return export_command(args)
         raise UserError(f"unknown command '{command}'; run `nanogpt --help` for the list")
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -127,6 +130,17 @@ def bench_command(args):
         print(settings_help(BenchConfig, "usage: python bench.py [--key=value ...]"))
         return 0
     bench(load_config(args, BenchConfig))
+    return 0
+
+
+def export_command(args):
+    from nanogpt.config import load_config
+    from nanogpt.hf import ExportConfig, export_run
+
+    if wants_help(args):
+        print(settings_help(ExportConfig, "usage: nanogpt export [--out_dir=RUN | --init_from=SOURCE] --to=DIR"))
+        return 0
+    export_run(load_config(args, ExportConfig))
     return 0
 
 

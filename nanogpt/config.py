@@ -25,7 +25,7 @@ class TrainConfig:
     eval_iters: int = 200  # batches averaged per loss estimate
     eval_only: bool = False  # estimate the losses once and exit
     always_save_checkpoint: bool = True  # save at every eval, not only when val loss improves
-    init_from: str = "scratch"  # 'scratch', 'resume' (from out_dir), or a GPT-2 name such as 'gpt2'
+    init_from: str = "scratch"  # 'scratch', 'resume' (from out_dir), 'gpt2' … 'gpt2-xl', a hub name or an HF folder
     seed: int = 1337  # seeds weights, batches and dropout; a run is reproducible from it
     # logging to Weights & Biases (optional; `pip install wandb`)
     wandb_log: bool = False
@@ -199,6 +199,7 @@ def validate(cfg):
             raise UserError(f"{name} must be at least 1, got {getattr(cfg, name)}")
     if cfg.max_iters < 0:
         raise UserError(f"max_iters must not be negative, got {cfg.max_iters}")
-    if cfg.init_from not in ("scratch", "resume") and not cfg.init_from.startswith("gpt2"):
-        raise UserError(f"init_from must be 'scratch', 'resume' or a GPT-2 name such as 'gpt2', got '{cfg.init_from}'")
+    # any other name is pretrained weights: a GPT-2 size, a hub name or a local folder, checked by hf.py
+    if not cfg.init_from:
+        raise UserError("init_from must be 'scratch', 'resume', a GPT-2 name such as 'gpt2', a hub name or a folder")
     return cfg

@@ -22,6 +22,7 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True  # biases in Linear and LayerNorm layers, like GPT-2; False is a little better and faster
+    gelu_approximate: str = "none"  # nn.GELU's exact 'none', or 'tanh' as GPT-2 was trained (set by hf.py imports)
 
     def __post_init__(self):
         if self.n_embd % self.n_head != 0:
@@ -98,7 +99,7 @@ class MLP(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU()
+        self.gelu = nn.GELU(approximate=config.gelu_approximate)
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 

@@ -16,7 +16,7 @@ from nanogpt.train import MODEL_ARGS, load_weights, resolve_compile, resolve_dev
 
 @dataclass
 class SampleConfig:
-    init_from: str = "resume"  # 'resume' samples the run in out_dir
+    init_from: str = "resume"  # 'resume' samples the run in out_dir; or gpt2 … gpt2-xl, a hub name or an HF folder
     out_dir: str = "out"  # the run to sample from
     start: str = "\n"  # the prompt, or FILE:path to read it from a file
     num_samples: int = 10  # how many samples to draw
@@ -43,8 +43,8 @@ def validate_sample_config(cfg):
         raise UserError("num_samples must be at least 1 and max_new_tokens at least 0")
     if cfg.top_k < 0:
         raise UserError(f"top_k must not be negative, got {cfg.top_k}")
-    if cfg.init_from != "resume":
-        raise UserError(f"init_from='{cfg.init_from}': only 'resume' (a run in out_dir) is supported yet")
+    if not cfg.init_from:
+        raise UserError("init_from must be 'resume', a GPT-2 name such as 'gpt2-xl', a hub name or a local folder")
 
 
 def read_prompt(start):
@@ -65,6 +65,16 @@ def load_run(out_dir, device):
     return model, tokenizer_from_meta(meta)
 
 
+def load_model(cfg, device):
+    """The run in out_dir, or (nanoGPT's init_from='gpt2-xl') pretrained Hugging Face weights with the GPT-2
+    tokenizer."""
+    if cfg.init_from == "resume":
+        return load_run(cfg.out_dir, device)
+    from nanogpt.hf import from_pretrained
+
+    return from_pretrained(cfg.init_from, {"dropout": 0.0}), tokenizer_from_meta({"tokenizer": "gpt2"})
+
+
 def legacy_tokenizer_meta(ckpt):
     """For upstream nanoGPT checkpoints, which keep no tokenizer: its dataset's meta.pkl, else GPT-2 BPE."""
     dataset = (ckpt.get("config") or {}).get("dataset")
@@ -83,13 +93,17 @@ def sample(cfg: SampleConfig, write=print):
     dtype = resolve_dtype(cfg.dtype, device_type)
     torch.manual_seed(cfg.seed)
     prompt = read_prompt(cfg.start)
-    model, tokenizer = load_run(cfg.out_dir, device)
+    model, tokenizer = load_model(cfg, device)
     model.eval().to(device)
     if resolve_compile(cfg.compile, device_type):
         model = torch.compile(model)
     ids = tokenizer.encode(prompt)
     if not ids:
         raise UserError("the prompt is empty: give at least one character with --start")
+    if max(ids) >= model.config.vocab_size:
+        raise UserError(
+            f"the prompt has token id {max(ids)}, beyond the model's vocabulary of {model.config.vocab_size}"
+        )
     ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     autocast = nullcontext() if dtype == "float32" else torch.amp.autocast(device_type=device_type, dtype=ptdtype)
     x = torch.tensor(ids, dtype=torch.long, device=device)[None, ...]

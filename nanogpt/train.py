@@ -25,7 +25,9 @@ from nanogpt.distributed import all_reduce_mean, init_distributed, shutdown
 from nanogpt.errors import UserError
 from nanogpt.model import GPT, GPTConfig
 
-MODEL_ARGS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "dropout")
+MODEL_ARGS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "dropout", "gelu_approximate")
+# model args that are not training settings, with the value for checkpoints written before they existed
+MODEL_ONLY_ARGS = {"gelu_approximate": "none"}
 
 
 def resolve_device(name):
@@ -307,13 +309,13 @@ def build_model(cfg, dataset, out_dir, log):
     if cfg.init_from == "scratch":
         vocab_size = padded_vocab_size(dataset.vocab_size)
         log(f"initializing a new model from scratch (vocab_size {vocab_size} from {dataset.folder})")
-        model_args = {k: getattr(cfg, k) for k in MODEL_ARGS if k != "vocab_size"}
+        model_args = {k: getattr(cfg, k) for k in MODEL_ARGS if k != "vocab_size" and k not in MODEL_ONLY_ARGS}
         model = GPT(GPTConfig(vocab_size=vocab_size, **model_args))
         return model, None
     if cfg.init_from == "resume":
         log(f"resuming training from {out_dir}")
         ckpt = checkpoint.load_checkpoint(out_dir)
-        model_args = dict(ckpt["model_args"])
+        model_args = dict(MODEL_ONLY_ARGS, **ckpt["model_args"])
         # architecture comes from the checkpoint; dropout may be changed when resuming
         model_args["dropout"] = cfg.dropout
         model = GPT(GPTConfig(**{k: model_args[k] for k in MODEL_ARGS}))
@@ -326,7 +328,23 @@ def build_model(cfg, dataset, out_dir, log):
         if cfg.block_size < model.config.block_size:
             model.crop_block_size(cfg.block_size)
         return model, ckpt
-    raise UserError(f"init_from='{cfg.init_from}': pretrained GPT-2 weights are not supported yet")
+    from nanogpt import hf  # safetensors and huggingface_hub are needed only here
+
+    log(f"initializing from pretrained weights {cfg.init_from} (dropout {cfg.dropout})")
+    model = hf.from_pretrained(cfg.init_from, {"dropout": cfg.dropout})
+    if dataset.vocab_size > model.config.vocab_size:
+        raise UserError(
+            f"dataset {dataset.folder} has token ids up to {dataset.vocab_size - 1}, but {cfg.init_from}'s vocabulary "
+            f"is only {model.config.vocab_size}: finetune on a dataset made with the model's tokenizer"
+        )
+    if cfg.block_size > model.config.block_size:
+        raise UserError(
+            f"block_size {cfg.block_size} is longer than {cfg.init_from}'s context of {model.config.block_size}: "
+            f"use --block_size={model.config.block_size} or less"
+        )
+    if cfg.block_size < model.config.block_size:
+        model.crop_block_size(cfg.block_size)
+    return model, None
 
 
 def load_weights(model, state_dict, source):

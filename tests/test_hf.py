@@ -1,0 +1,253 @@
+"""Hugging Face GPT-2 import and export: logits equal transformers' own both ways, and every user-facing error."""
+
+import json
+import os
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("safetensors")
+
+from nanogpt import cli, hf  # noqa: E402
+from nanogpt.errors import UserError  # noqa: E402
+from nanogpt.model import GPT, GPTConfig  # noqa: E402
+from nanogpt.train import train  # noqa: E402
+from tests.conftest import tiny_config  # noqa: E402
+
+TOL = 1e-4
+
+
+def tiny_hf_model(seed=0, **overrides):
+    torch.manual_seed(seed)
+    settings = dict(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=100)
+    settings.update(overrides)
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**settings)).eval()
+    with torch.no_grad():  # fresh biases and LayerNorms are 0 and 1: randomise them so a missed one would show
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or ".ln_" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def max_diff_to_hf(ours, theirs, vocab_size, length=40):
+    """The largest difference between our logits and transformers' on the same random tokens, at every position."""
+    idx = torch.randint(0, vocab_size, (2, length), generator=torch.Generator().manual_seed(1))
+    ours.eval()
+    with torch.no_grad():
+        our_logits, _ = ours(idx, targets=idx)  # with targets, every position's logits are computed
+        their_logits = theirs(idx).logits
+    assert our_logits.shape == their_logits.shape
+    return (our_logits - their_logits).abs().max().item()
+
+
+@pytest.mark.parametrize("safe", [True, False], ids=["safetensors", "pytorch_model.bin"])
+def test_import_matches_transformers(tmp_path, safe):
+    theirs = tiny_hf_model()
+    theirs.save_pretrained(tmp_path / "hf")
+    if not safe:
+        # transformers 5 always writes safetensors; a pickled pytorch_model.bin is what 4.x wrote without it
+        (tmp_path / "hf" / "model.safetensors").unlink()
+        torch.save(theirs.state_dict(), tmp_path / "hf" / "pytorch_model.bin")
+    ours = hf.from_pretrained(tmp_path / "hf")
+    assert ours.config.vocab_size == 100 and ours.config.block_size == 64 and ours.config.gelu_approximate == "tanh"
+    assert max_diff_to_hf(ours, theirs, 100) < TOL
+
+
+def test_import_hub_layout_with_mask_buffers(tmp_path):
+    """GPT-2 on the hub names tensors without 'transformer.' and stores the causal-mask buffers."""
+    from safetensors.torch import save_file
+
+    theirs = tiny_hf_model()
+    theirs.save_pretrained(tmp_path / "hf")
+    state = {k.removeprefix("transformer."): v.clone() for k, v in theirs.state_dict().items() if k != "lm_head.weight"}
+    for i in range(2):
+        state[f"h.{i}.attn.bias"] = torch.tril(torch.ones(1, 1, 64, 64))
+        state[f"h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
+    save_file(state, tmp_path / "hf" / "model.safetensors", metadata={"format": "pt"})
+    assert max_diff_to_hf(hf.from_pretrained(tmp_path / "hf"), theirs, 100) < TOL
+
+
+def test_dropout_is_the_only_override(tmp_path):
+    tiny_hf_model().save_pretrained(tmp_path / "hf")
+    assert hf.from_pretrained(tmp_path / "hf", {"dropout": 0.1}).config.dropout == 0.1
+    with pytest.raises(UserError, match="only dropout"):
+        hf.from_pretrained(tmp_path / "hf", {"n_layer": 3})
+
+
+def test_round_trip_import_export(tmp_path):
+    theirs = tiny_hf_model()
+    theirs.save_pretrained(tmp_path / "hf")
+    ours = hf.from_pretrained(tmp_path / "hf")
+    hf.export(ours, tmp_path / "out", None, log=lambda *a: None)
+    again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    assert max_diff_to_hf(ours, again, 100) < TOL
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["activation_function"] == "gelu_new"
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_export_our_model_matches_transformers(tmp_path, bias):
+    torch.manual_seed(0)
+    ours = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=72, bias=bias))
+    hf.export(ours, tmp_path / "out", {"tokenizer": "char", "vocab_size": 72, "chars": "x" * 72}, log=lambda *a: None)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["activation_function"] == "gelu"
+    assert max_diff_to_hf(ours, theirs, 72) < TOL
+    assert hf.from_pretrained(tmp_path / "out").config.gelu_approximate == "none"
+
+
+def test_export_trained_run_through_cli(tmp_path, char_dataset, capsys):
+    data_dir, _ = char_dataset
+    train(tiny_config(data_dir, tmp_path / "run", max_iters=5, lr_decay_iters=5), log=lambda *a: None)
+    assert cli.main(["export", f"--out_dir={tmp_path / 'run'}", f"--to={tmp_path / 'hf'}"]) == 0
+    assert "no Hugging Face tokenizer exists for a character vocabulary" in capsys.readouterr().out
+    assert sorted(os.listdir(tmp_path / "hf")) == ["config.json", "model.safetensors", "nanogpt_tokenizer.json"]
+
+    from nanogpt.sample import load_run
+
+    ours, tokenizer = load_run(tmp_path / "run", "cpu")
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert max_diff_to_hf(ours, theirs, tokenizer.vocab_size, length=16) < TOL
+
+
+def test_export_bpe_tokenizer_loads_offline(tmp_path):
+    torch.manual_seed(0)
+    ours = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=32, vocab_size=50304))
+    hf.export(ours, tmp_path / "out", {"tokenizer": "gpt2", "vocab_size": 50257}, log=lambda *a: None)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
+    assert tokenizer("Hello world")["input_ids"] == [15496, 995]
+    assert tokenizer.eos_token_id == 50256
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["vocab_size"] == 50304
+
+
+def test_shape_mismatch_names_the_tensor(tmp_path):
+    tiny_hf_model().save_pretrained(tmp_path / "hf")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    config["n_positions"] = 32
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match=r"tensor 'transformer\.wpe\.weight' has shape \(64, 32\)") as e:
+        hf.from_pretrained(tmp_path / "hf")
+    assert "\n" not in str(e.value)
+
+
+def test_refuses_other_model_types(tmp_path):
+    tiny_hf_model().save_pretrained(tmp_path / "hf")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    config["model_type"] = "llama"
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match="'llama' model, not GPT-2"):
+        hf.from_pretrained(tmp_path / "hf")
+
+
+def test_hub_name_without_network_is_one_line(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read once, at import
+    with pytest.raises(UserError) as e:
+        hf.from_pretrained("gpt2-nonexistent-size-for-tests")
+    message = str(e.value)
+    assert message.startswith("cannot reach the Hugging Face hub to download 'gpt2-nonexistent-size-for-tests'")
+    assert "pass its local directory" in message and "\n" not in message
+
+
+def test_unknown_hub_name_says_so(monkeypatch):
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    class NotFound(RepositoryNotFoundError):
+        def __init__(self):  # the real one wants the HTTP response it came from
+            Exception.__init__(self, "404 Client Error: Repository Not Found")
+
+    def not_found(*args, **kwargs):
+        raise NotFound()
+
+    with pytest.raises(UserError, match="neither a local folder nor a valid Hugging Face model name"):
+        hf.from_pretrained("no such model!")  # refused before any network access
+    monkeypatch.setattr("huggingface_hub.snapshot_download", not_found)
+    with pytest.raises(UserError, match="there is no model 'someone/no-such-model' on the Hugging Face hub"):
+        hf.from_pretrained("someone/no-such-model")
+
+
+def test_export_refuses_non_empty_destination(tmp_path):
+    model = GPT(GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=8, vocab_size=10))
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "keep.txt").write_text("mine")
+    with pytest.raises(UserError, match="already exists and is not empty"):
+        hf.export(model, tmp_path / "taken", None)
+    assert os.listdir(tmp_path / "taken") == ["keep.txt"]
+    hf.export(model, tmp_path / "empty", None, log=lambda *a: None)  # an empty folder is fine
+    (tmp_path / "empty2").mkdir()
+    hf.export(model, tmp_path / "empty2", None, log=lambda *a: None)
+    assert (tmp_path / "empty2" / "model.safetensors").is_file()
+
+
+def test_export_to_unwritable_destination_leaves_nothing(tmp_path):
+    model = GPT(GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=8, vocab_size=10))
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(UserError, match="cannot write") as e:
+        hf.export(model, tmp_path / "file" / "out", None)
+    assert "\n" not in str(e.value)
+    assert sorted(os.listdir(tmp_path)) == ["file"]
+
+
+def test_export_failure_midway_leaves_nothing(tmp_path, monkeypatch):
+    model = GPT(GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=8, vocab_size=10))
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(hf, "write_gpt2_tokenizer", disk_full)
+    with pytest.raises(UserError, match="No space left on device"):
+        hf.export(model, tmp_path / "out", {"tokenizer": "gpt2", "vocab_size": 50257})
+    assert os.listdir(tmp_path) == []
+
+
+def test_cli_export_error_is_one_line(tmp_path, capsys):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "x").write_text("x")
+    assert cli.main(["export", f"--out_dir={tmp_path / 'norun'}", f"--to={tmp_path / 'out'}"]) == 1
+    assert cli.main(["export", "--to=" + str(tmp_path / "out")]) == 1
+    assert cli.main(["export", f"--init_from={tmp_path / 'taken'}", f"--to={tmp_path / 'o'}"]) == 1
+    assert cli.main(["export", f"--out_dir={tmp_path / 'norun'}"]) == 1
+    errors = capsys.readouterr().err.splitlines()
+    assert len(errors) == 4 and all(line.startswith("error: ") for line in errors)
+    assert "--to=DIR" in errors[3]
+
+
+def test_finetune_from_local_hf_folder(tmp_path, char_dataset):
+    """init_from a Hugging Face folder: weights loaded, block size cropped, then trained and saved as a run."""
+    data_dir, tokenizer = char_dataset
+    theirs = tiny_hf_model(vocab_size=tokenizer.vocab_size)
+    theirs.save_pretrained(tmp_path / "hf")
+    cfg = tiny_config(data_dir, tmp_path / "run", init_from=str(tmp_path / "hf"), max_iters=2, lr_decay_iters=2)
+    logs = []
+    train(cfg, log=logs.append)
+    assert any("pretrained weights" in line for line in logs)
+    from nanogpt.sample import load_run
+
+    model, _ = load_run(tmp_path / "run", "cpu")
+    assert model.config.block_size == 16 and model.config.gelu_approximate == "tanh" and model.config.bias
+
+
+def test_finetune_refuses_larger_dataset_vocabulary(tmp_path, char_dataset):
+    data_dir, tokenizer = char_dataset
+    tiny_hf_model(vocab_size=tokenizer.vocab_size - 1).save_pretrained(tmp_path / "hf")
+    cfg = tiny_config(data_dir, tmp_path / "run", init_from=str(tmp_path / "hf"))
+    with pytest.raises(UserError, match=rf"token ids up to {tokenizer.vocab_size - 1}.*only {tokenizer.vocab_size - 1}"):
+        train(cfg, log=lambda *a: None)
+    with pytest.raises(UserError, match="longer than"):
+        tiny_hf_model(vocab_size=tokenizer.vocab_size, n_positions=8).save_pretrained(tmp_path / "hf8")
+        train(tiny_config(data_dir, tmp_path / "run", init_from=str(tmp_path / "hf8")), log=lambda *a: None)
+
+
+def test_sample_from_hf_folder_with_gpt2_tokenizer(tmp_path):
+    from nanogpt.sample import SampleConfig, sample
+
+    tiny_hf_model(vocab_size=50257, n_embd=16).save_pretrained(tmp_path / "hf")
+    cfg = SampleConfig(init_from=str(tmp_path / "hf"), start="Hello", num_samples=1, max_new_tokens=3,
+                       device="cpu", dtype="float32")
+    (text,) = sample(cfg, write=lambda *a: None)
+    assert text.startswith("Hello")
+    tiny_hf_model().save_pretrained(tmp_path / "small")  # 100 tokens: "Hello" is token 15496
+    with pytest.raises(UserError, match="token id 15496, beyond the model's vocabulary of 100"):
+        sample(SampleConfig(init_from=str(tmp_path / "small"), start="Hello", device="cpu", dtype="float32"))
