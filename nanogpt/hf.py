@@ -64,7 +64,7 @@ def resolve_source(name_or_dir):
     path = Path(name_or_dir).expanduser()
     if path.is_dir():
         return path
-    if path.exists() or name_or_dir.startswith((".", "/", "~")) or os.sep * 2 in name_or_dir:
+    if path.exists() or name_or_dir.startswith((".", "/", "~")):
         raise UserError(f"{name_or_dir} is not a folder: give a folder with config.json and model.safetensors")
     return download(name_or_dir)
 
@@ -93,7 +93,8 @@ def download(name):
         raise UserError(f"'{name}' is neither a local folder nor a valid Hugging Face model name") from None
     except RepositoryNotFoundError:
         raise UserError(
-            f"there is no model '{name}' on the Hugging Face hub (or it is private or gated and you are not logged in)"
+            f"'{name}' is not a local folder, and there is no model '{name}' on the Hugging Face hub (or it is "
+            "private or gated and you are not logged in)"
         ) from None
     except LocalEntryNotFoundError as e:
         raise UserError(unreachable.format(hub_failure_reason(e))) from None

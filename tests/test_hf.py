@@ -164,7 +164,7 @@ def test_unknown_hub_name_says_so(monkeypatch):
     with pytest.raises(UserError, match="neither a local folder nor a valid Hugging Face model name"):
         hf.from_pretrained("no such model!")  # refused before any network access
     monkeypatch.setattr("huggingface_hub.snapshot_download", not_found)
-    with pytest.raises(UserError, match="there is no model 'someone/no-such-model' on the Hugging Face hub"):
+    with pytest.raises(UserError, match="not a local folder, and there is no model 'someone/no-such-model' on the Hugging Face hub"):
         hf.from_pretrained("someone/no-such-model")
 
 
