@@ -1,5 +1,11 @@
-"""Sampling from a trained run: nanoGPT's sample.py as a function of a SampleConfig."""
+"""Sampling from a trained run: nanoGPT's sample.py as a function of a SampleConfig.
 
+All samples are generated as one batch with a KV cache (nanogpt/generate.py). The first sample streams to the
+terminal token by token; each later one is printed from what it has generated so far once the one before it
+ends, then streams on, so the output reads exactly like nanoGPT's: prompt and sample, then a separator.
+"""
+
+import sys
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,8 +28,11 @@ class SampleConfig:
     num_samples: int = 10  # how many samples to draw
     max_new_tokens: int = 500  # tokens generated per sample
     temperature: float = 0.8  # 1.0 keeps the model's distribution, lower is more conservative
-    top_k: int = 200  # sample only among the top_k most likely tokens
+    top_k: int = 200  # sample only among the top_k most likely tokens (0: all)
+    top_p: float = 1.0  # nucleus sampling: only the most likely tokens that together hold top_p of the mass
+    stop: str = ""  # end a sample when it generates this text, cut off (escapes need quotes: --stop="'\n'")
     seed: int = 1337
+    kv_cache: bool = True  # False re-reads the whole context for every token, like nanoGPT (for comparison)
     device: str = "auto"  # 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'
     dtype: str = "auto"  # 'auto', 'float32', 'bfloat16', 'float16'
     compile: object = False  # torch.compile the model (True/False/'auto')
@@ -43,6 +52,8 @@ def validate_sample_config(cfg):
         raise UserError("num_samples must be at least 1 and max_new_tokens at least 0")
     if cfg.top_k < 0:
         raise UserError(f"top_k must not be negative, got {cfg.top_k}")
+    if not 0 < cfg.top_p <= 1:
+        raise UserError(f"top_p must be in (0, 1], got {cfg.top_p}")
     if not cfg.init_from:
         raise UserError("init_from must be 'resume', a GPT-2 name such as 'gpt2-xl', a hub name or a local folder")
 
@@ -85,8 +96,44 @@ def legacy_tokenizer_meta(ckpt):
     return {"tokenizer": "gpt2", "vocab_size": 50257}
 
 
-def sample(cfg: SampleConfig, write=print):
-    """Draw cfg.num_samples samples and pass each to write(); returns them as a list of strings."""
+def write_stdout(text):
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+SEPARATOR = "---------------"
+
+
+class OrderedPrinter:
+    """Writes samples generated side by side one after another: the earliest unfinished sample streams live,
+    later ones are held until their turn comes."""
+
+    def __init__(self, num_samples, prompt, write):
+        self.prompt = prompt
+        self.write = write
+        self.held = [""] * num_samples
+        self.done = [False] * num_samples
+        self.current = 0
+        write(prompt)
+
+    def add(self, index, text, finished):
+        if index == self.current:
+            self.write(text)
+        else:
+            self.held[index] += text
+        self.done[index] = finished
+        while self.current < len(self.done) and self.done[self.current]:
+            self.write("\n" + SEPARATOR + "\n")
+            self.current += 1
+            if self.current < len(self.done):
+                self.write(self.prompt + self.held[self.current])
+
+
+def sample(cfg: SampleConfig, write=write_stdout):
+    """Draw cfg.num_samples samples, passing the text to write() as it is generated (pieces, newlines
+    included); returns the samples, each prompt plus continuation, as a list of strings."""
+    from nanogpt.generate import complete
+
     validate_sample_config(cfg)
     device = resolve_device(cfg.device)
     device_type = "cuda" if device.startswith("cuda") else device
@@ -106,13 +153,13 @@ def sample(cfg: SampleConfig, write=print):
         )
     ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     autocast = nullcontext() if dtype == "float32" else torch.amp.autocast(device_type=device_type, dtype=ptdtype)
-    x = torch.tensor(ids, dtype=torch.long, device=device)[None, ...]
-    samples = []
-    with torch.no_grad(), autocast:
-        for _ in range(cfg.num_samples):
-            y = model.generate(x, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k or None)
-            text = tokenizer.decode(y[0].tolist())
-            samples.append(text)
-            write(text)
-            write("---------------")
-    return samples
+    texts = [""] * cfg.num_samples
+    printer = OrderedPrinter(cfg.num_samples, prompt, write)
+    events = complete(model, tokenizer, ids, cfg.max_new_tokens, num_samples=cfg.num_samples,
+                      temperature=cfg.temperature, top_k=cfg.top_k or None, top_p=cfg.top_p,
+                      stop=[cfg.stop] if cfg.stop else [], seed=cfg.seed, kv_cache=cfg.kv_cache)
+    with autocast:
+        for index, text, finish_reason in events:
+            texts[index] += text
+            printer.add(index, text, finish_reason is not None)
+    return [prompt + text for text in texts]

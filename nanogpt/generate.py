@@ -1,0 +1,226 @@
+"""Fast generation beside the model: a KV cache, pure functions that pick the next token from logits, and a
+loop that turns a prompt into text pieces as they are produced (used by `sample` and `serve`).
+
+The model never owns inference state. A KVCache is handed to `GPT.forward`, whose attention layers call
+`extend` with the new keys and values, and which calls `advance` once every layer has seen the new tokens.
+"""
+
+import torch
+from torch.nn import functional as F
+
+
+class KVCache:
+    """Keys and values of every layer for a batch of sequences, preallocated to the model's block size.
+
+    `pos` is how many positions the cache holds; the next tokens the model sees sit at positions pos, pos+1, ...
+    The buffers are allocated on the first `extend`, so they take the device and dtype (autocast's included)
+    that the keys really have.
+    """
+
+    def __init__(self, n_layer, max_len):
+        self.max_len = max_len
+        self.k = [None] * n_layer  # each (B, n_head, max_len, head_size) once allocated
+        self.v = [None] * n_layer
+        self.pos = 0
+
+    @classmethod
+    def for_model(cls, model):
+        return cls(model.config.n_layer, model.config.block_size)
+
+    def extend(self, layer_idx, k, v):
+        """Store the new keys and values (B, n_head, T, head_size) after the cached ones; return all of them."""
+        end = self.pos + k.size(2)
+        assert end <= self.max_len, "the model checks the block size before attention runs"
+        if self.k[layer_idx] is None or self.k[layer_idx].shape[0] != k.size(0):
+            shape = (k.size(0), k.size(1), self.max_len, k.size(3))
+            self.k[layer_idx] = torch.empty(shape, dtype=k.dtype, device=k.device)
+            self.v[layer_idx] = torch.empty(shape, dtype=v.dtype, device=v.device)
+        self.k[layer_idx][:, :, self.pos:end] = k
+        self.v[layer_idx][:, :, self.pos:end] = v
+        return self.k[layer_idx][:, :, :end], self.v[layer_idx][:, :, :end]
+
+    def advance(self, t):
+        self.pos += t
+
+    def reset(self):
+        """Forget the cached positions (the buffers are kept and overwritten)."""
+        self.pos = 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the next token from logits: pure functions of a (B, vocab) tensor
+
+
+def mask_vocab(logits, vocab_size):
+    """Rule out ids the tokenizer cannot decode: models pad their vocabulary to a multiple of 64 for speed."""
+    if vocab_size is None or vocab_size >= logits.size(-1):
+        return logits
+    logits = logits.clone()
+    logits[..., vocab_size:] = float("-inf")
+    return logits
+
+
+def top_k_filter(logits, k):
+    """Keep the k largest logits of each row (ties with the k-th are kept too); None or 0 keeps all."""
+    if not k or k >= logits.size(-1):
+        return logits
+    kth = torch.topk(logits, k, dim=-1).values[..., [-1]]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def top_p_filter(logits, p):
+    """Nucleus sampling (Holtzman et al. 2019): keep the fewest most likely tokens whose probabilities sum to at
+    least p. The most likely token always stays; p of None or 1 keeps all."""
+    if p is None or p >= 1.0:
+        return logits
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    probs = F.softmax(sorted_logits, dim=-1)
+    # a token is dropped when the tokens before it already reach p
+    mass_before = torch.cumsum(probs, dim=-1) - probs
+    drop_sorted = mass_before >= p
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def next_token(logits, temperature=1.0, top_k=None, top_p=None, vocab_size=None, generator=None):
+    """Pick one token id per row of logits (B, vocab) -> (B,). Temperature 0 is greedy: the argmax."""
+    logits = mask_vocab(logits.float(), vocab_size)
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = top_p_filter(top_k_filter(logits / temperature, top_k), top_p)
+    probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the generation loop
+
+
+def next_logits(model, idx, cache):
+    """Logits (B, vocab) for the token after idx (B, T). With a cache, only the tokens it lacks are run.
+
+    The model sees at most its block size, so a longer sequence is cropped to its last block_size tokens, as
+    nanoGPT's generate does. Position embeddings are absolute: once the window slides, every cached key sits at
+    the wrong position, so the cache is refilled from the cropped window (a prefill per token from then on).
+    """
+    block_size = model.config.block_size
+    if cache is None:
+        logits, _ = model(idx[:, -block_size:])
+    elif idx.size(1) > block_size or cache.pos == 0:
+        cache.reset()
+        logits, _ = model(idx[:, -block_size:], kv_cache=cache)
+    else:
+        logits, _ = model(idx[:, cache.pos:], kv_cache=cache)
+    return logits[:, -1, :]
+
+
+@torch.no_grad()
+def generate_ids(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, vocab_size=None,
+                 generator=None, kv_cache=True):
+    """Yield the next token of every row of idx (B, T) as a list of B ints, max_new_tokens times.
+
+    All rows advance together as one batch. kv_cache=False re-reads the whole context at every step, as
+    `GPT.generate` does; it is kept to check the cache against and to measure what the cache saves.
+    Closing the generator stops the work early.
+    """
+    cache = KVCache.for_model(model) if kv_cache else None
+    for _ in range(max_new_tokens):
+        logits = next_logits(model, idx, cache)
+        nxt = next_token(logits, temperature, top_k, top_p, vocab_size, generator)
+        yield nxt.tolist()
+        idx = torch.cat((idx, nxt[:, None]), dim=1)
+
+
+class TextStream:
+    """One sample's generated tokens as text that is safe to show as it grows.
+
+    Holds back text that could still turn out to be part of a stop string, and a trailing U+FFFD that may be a
+    UTF-8 character whose remaining bytes are still to come. Once the text contains a stop string, the sample
+    is finished and its text ends just before the first stop string.
+    """
+
+    def __init__(self, tokenizer, stop=()):
+        self.tokenizer = tokenizer
+        self.stop = [s for s in stop if s]
+        self.longest_stop = max((len(s) for s in self.stop), default=0)
+        self.decoded = ""  # text of the tokens before `pending`
+        self.pending = []  # tokens that decode to an unfinished UTF-8 character so far
+        self.text = ""  # the text shown so far
+        self.finished = False
+
+    def add(self, token):
+        """Take one more token; return the new text that can be shown now."""
+        assert not self.finished
+        self.pending.append(token)
+        tail = self.tokenizer.decode(self.pending)
+        # decoding only the new tokens keeps each step O(1); a token may end inside a multi-byte character,
+        # and then it waits for the tokens that complete it
+        if tail.endswith("\ufffd"):
+            full = self.decoded + tail[:-1]
+        else:
+            self.decoded += tail
+            self.pending = []
+            full = self.decoded
+        # a stop string cannot lie wholly inside the text already shown, else it would have ended the sample
+        start = max(0, len(self.text) - self.longest_stop + 1)
+        cut = min((i for i in (full.find(s, start) for s in self.stop) if i >= 0), default=-1)
+        if cut >= 0:
+            self.finished = True
+            return self._show(full[:cut])
+        hold = max((overlap(full, s) for s in self.stop), default=0)
+        return self._show(full[: len(full) - hold])
+
+    def close(self):
+        """The text still held back, once no more tokens will come."""
+        if self.finished:
+            return ""
+        self.finished = True
+        return self._show(self.decoded + self.tokenizer.decode(self.pending))
+
+    def _show(self, upto):
+        new = upto[len(self.text):]
+        if new:
+            self.text = upto
+        return new
+
+
+def overlap(text, stop):
+    """Length of the longest end of text that is the start of stop (a stop string may be half generated)."""
+    for n in range(min(len(stop) - 1, len(text)), 0, -1):
+        if text.endswith(stop[:n]):
+            return n
+    return 0
+
+
+def complete(model, tokenizer, prompt_ids, max_new_tokens, num_samples=1, temperature=1.0, top_k=None, top_p=None,
+             stop=(), seed=None, kv_cache=True):
+    """Generate num_samples continuations of one prompt as a batch, yielding (index, text, finish_reason).
+
+    Text comes in pieces as it is generated. Each sample's last event has finish_reason 'stop' (it produced a
+    stop string, which is cut off) or 'length' (max_new_tokens reached); before that it is None.
+    """
+    device = next(model.parameters()).device
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=device).manual_seed(seed)
+    idx = torch.tensor([prompt_ids] * num_samples, dtype=torch.long, device=device)
+    streams = [TextStream(tokenizer, stop) for _ in range(num_samples)]
+    steps = generate_ids(model, idx, max_new_tokens, temperature, top_k, top_p, tokenizer.vocab_size, generator,
+                         kv_cache)
+    try:
+        for tokens in steps:
+            for i, (stream, token) in enumerate(zip(streams, tokens)):
+                if stream.finished:
+                    continue  # its row keeps computing with the batch, but nobody reads it
+                piece = stream.add(token)
+                if stream.finished:
+                    yield i, piece, "stop"
+                elif piece:
+                    yield i, piece, None
+            if all(s.finished for s in streams):
+                return
+        for i, stream in enumerate(streams):
+            if not stream.finished:
+                yield i, stream.close(), "length"
+    finally:
+        steps.close()
