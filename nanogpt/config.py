@@ -50,6 +50,7 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0  # clip gradients at this norm; 0 disables
+    skip_nonfinite: bool = False  # on a nan/inf loss or gradient, skip that step and go on instead of stopping
     # learning-rate schedule: linear warmup, then cosine decay to min_lr
     decay_lr: bool = True
     warmup_iters: int = 2000
@@ -57,6 +58,7 @@ class TrainConfig:
     min_lr: float = 6e-5  # ~learning_rate/10 (Chinchilla)
     # distributed
     backend: str = "nccl"  # torch.distributed backend under torchrun: 'nccl' (GPUs) or 'gloo' (CPU)
+    parallelism: str = "ddp"  # under torchrun: 'ddp' (a full copy per rank) or 'fsdp' (weights and optimizer sharded)
     # system
     device: str = "auto"  # 'auto' picks cuda > mps > cpu; or 'cpu', 'cuda', 'cuda:1', 'mps'
     dtype: str = "auto"  # 'auto' picks bfloat16 where supported, else float16 on CUDA, else float32
@@ -70,6 +72,7 @@ class TrainConfig:
 BOOL_OR_AUTO = {"compile"}
 DEVICES = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+PARALLELISMS = ("ddp", "fsdp")
 
 
 def load_config(args, config_class=TrainConfig):
@@ -186,6 +189,8 @@ def validate(cfg):
         raise UserError(f"unknown device '{cfg.device}': use auto, cpu, cuda, cuda:N or mps")
     if cfg.dtype not in DTYPES:
         raise UserError(f"unknown dtype '{cfg.dtype}': use one of {', '.join(DTYPES)}")
+    if cfg.parallelism not in PARALLELISMS:
+        raise UserError(f"unknown parallelism '{cfg.parallelism}': use {' or '.join(PARALLELISMS)}")
     if cfg.n_embd % cfg.n_head != 0:
         raise UserError(f"n_embd ({cfg.n_embd}) must be divisible by n_head ({cfg.n_head})")
     for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip", "dropout"):

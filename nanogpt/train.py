@@ -1,8 +1,9 @@
 """The training loop: nanoGPT's train.py as a function of a TrainConfig.
 
-One process, or one of many under torchrun (DDP). Each optimizer step runs gradient_accumulation_steps
-micro-batches in total, split evenly over the ranks; the batch of every step is a pure function of the seed and
-the step number (see data.py), so an interrupted and resumed run sees exactly the batches a straight run sees.
+One process, or one of many under torchrun (DDP or FSDP, see distributed.py). Each optimizer step runs
+gradient_accumulation_steps micro-batches in total, split evenly over the ranks; the batch of every step is a pure
+function of the seed and the step number (see data.py), and so are the dropout draws, so an interrupted and resumed
+run computes exactly what a straight run computes.
 """
 
 import math
@@ -16,12 +17,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel as DDP
-
 from nanogpt import checkpoint
 from nanogpt.config import TrainConfig, validate
 from nanogpt.data import EVAL_TRAIN_STREAM, EVAL_VAL_STREAM, TRAIN_STREAM, Dataset, batch_offsets, move_batch
-from nanogpt.distributed import all_reduce_mean, init_distributed, shutdown
+from nanogpt.distributed import (
+    all_reduce_mean,
+    full_state,
+    full_tensor,
+    init_distributed,
+    load_optimizer_state,
+    parallelize,
+    set_gradient_sync,
+    shutdown,
+    uses_fsdp,
+)
 from nanogpt.errors import UserError
 from nanogpt.model import GPT, GPTConfig
 
@@ -134,6 +143,8 @@ def _train(cfg, device, dinfo, stop, log):
             f"gradient_accumulation_steps ({cfg.gradient_accumulation_steps}) must be divisible by the number of "
             f"processes ({dinfo.world_size})"
         )
+    if uses_fsdp(cfg, dinfo) and dtype == "float16":
+        raise UserError("parallelism='fsdp' does not support float16's gradient scaling: use --dtype=bfloat16")
     accum = cfg.gradient_accumulation_steps // dinfo.world_size
     tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
     log(f"tokens per iteration will be: {tokens_per_iter:,}")
@@ -144,23 +155,25 @@ def _train(cfg, device, dinfo, stop, log):
     check_out_dir(cfg, out_dir)
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    model, ckpt = build_model(cfg, dataset, out_dir, log)
-    model.to(device)
+    raw_model, ckpt = build_model(cfg, dataset, out_dir, log)
+    raw_model.to(device)
     iter_num = ckpt["iter_num"] if ckpt else 0
     best_val_loss = ckpt["best_val_loss"] if ckpt else float("inf")
-
-    scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))
-    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
-    if ckpt:
-        restore_training_state(out_dir, ckpt, optimizer, scaler)
-    ckpt = None  # free the loaded tensors
-
-    raw_model = model
+    # the weights are loaded before parallelize: under FSDP each rank then keeps its shard of them
     if resolve_compile(cfg.compile, device_type):
         log("compiling the model... (takes a ~minute)")
-        model = torch.compile(model)
-    if dinfo.enabled:
-        model = DDP(model, device_ids=[dinfo.local_rank] if device_type == "cuda" else None)
+    model = parallelize(raw_model, cfg, dinfo, device, resolve_compile(cfg.compile, device_type))
+
+    scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))
+    optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
+                                               device_type)
+    if ckpt:
+        state = checkpoint.load_optimizer_state(out_dir, ckpt)
+        if state is not None:
+            load_optimizer_state(raw_model, optimizer, state["optimizer"], cfg, dinfo)
+            if "scaler" in state:
+                scaler.load_state_dict(state["scaler"])
+    ckpt = state = None  # free the loaded tensors
 
     ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     autocast = nullcontext() if dtype == "float32" else torch.amp.autocast(device_type=device_type, dtype=ptdtype)
@@ -175,6 +188,7 @@ def _train(cfg, device, dinfo, stop, log):
 
     @torch.no_grad()
     def estimate_loss():
+        # every rank evaluates the same batches (under FSDP each forward gathers the weights collectively)
         raw_model.eval()
         out = {}
         for split, stream in (("train", EVAL_TRAIN_STREAM), ("val", EVAL_VAL_STREAM)):
@@ -190,22 +204,38 @@ def _train(cfg, device, dinfo, stop, log):
         raw_model.train()
         return out
 
+    saved_iter = iter_num if cfg.init_from == "resume" else None  # the iteration out_dir's checkpoint holds
+
     def save(is_best):
+        """Checkpoint this iteration. Called on every rank (FSDP gathers collectively); rank 0 writes."""
+        nonlocal saved_iter
+        weights, optimizer_state = full_state(raw_model, optimizer, cfg, dinfo)
+        saved_iter = iter_num
+        if not dinfo.is_master:
+            return
         state = {
-            "model": raw_model.state_dict(),
+            "model": weights,
             "model_args": {k: getattr(raw_model.config, k) for k in MODEL_ARGS},
             "iter_num": iter_num,
             "best_val_loss": best_val_loss,
             "config": cfg.to_dict(),
             "tokenizer": tokenizer_meta,
         }
-        optimizer_state = {
-            "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict(),
-            "iter_num": iter_num,
-        }
-        checkpoint.save_checkpoint(out_dir, state, optimizer_state, is_best)
+        training_state = {"optimizer": optimizer_state, "scaler": scaler.state_dict(), "iter_num": iter_num}
+        checkpoint.save_checkpoint(out_dir, state, training_state, is_best)
         log(f"saving checkpoint to {out_dir}")
+
+    def nonfinite(what, value):
+        """A nan/inf loss or gradient norm: skip the step (skip_nonfinite) or stop with the checkpoint intact.
+        Every rank sees the same value, so all take the same branch."""
+        optimizer.zero_grad(set_to_none=True)
+        if cfg.skip_nonfinite:
+            log(f"iter {iter_num}: {what} is {value}; skipping this step (skip_nonfinite=True), weights unchanged")
+            return
+        raise UserError(
+            f"{what} became {value} at iteration {iter_num}; stopped, the last checkpoint in {out_dir} is intact. "
+            "Lower --learning_rate, check the data, or pass --skip_nonfinite=True to skip such steps"
+        )
 
     result = TrainResult(iter_num=iter_num, best_val_loss=best_val_loss)
     local_iter = 0
@@ -222,10 +252,18 @@ def _train(cfg, device, dinfo, stop, log):
             losses = estimate_loss()
             result.last_losses = losses
             log(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+            if not cfg.eval_only and not math.isfinite(losses["val"]):
+                raise UserError(
+                    f"the val loss became {losses['val']} at iteration {iter_num}; stopped, the last checkpoint in "
+                    f"{out_dir} is intact. Lower --learning_rate, or check the data"
+                )
             improved = losses["val"] < best_val_loss
             if improved:
                 best_val_loss = losses["val"]
-            if dinfo.is_master and iter_num > 0 and not cfg.eval_only and (improved or cfg.always_save_checkpoint):
+            # a run that trained always ends with a checkpoint of its last iteration, so it can be resumed exactly;
+            # in between, only improvements are saved unless always_save_checkpoint
+            trained = local_iter > 0 and not cfg.eval_only
+            if trained and (improved or cfg.always_save_checkpoint or last_iteration):
                 save(is_best=improved)
             if cfg.wandb_log and dinfo.is_master:
                 wandb_log(cfg, iter_num, losses, lr, running_mfu)
@@ -233,7 +271,7 @@ def _train(cfg, device, dinfo, stop, log):
             break
         if stop_requested(stop, dinfo, device):
             log(f"stop requested at iteration {iter_num}: saving a checkpoint and exiting")
-            if dinfo.is_master and iter_num > 0:
+            if local_iter > 0 and saved_iter != iter_num:
                 save(is_best=False)
             result.stopped_by_signal = True
             break
@@ -243,8 +281,7 @@ def _train(cfg, device, dinfo, stop, log):
         loss_sum = torch.zeros((), device=device)
         for micro_step in range(accum):
             if dinfo.enabled:
-                # synchronise gradients only on the last micro-step; the others just accumulate locally
-                model.require_backward_grad_sync = micro_step == accum - 1
+                set_gradient_sync(model, micro_step == accum - 1)
             with autocast:
                 _, loss = model(x, y)
                 loss = loss / accum
@@ -253,23 +290,26 @@ def _train(cfg, device, dinfo, stop, log):
             x, y = train_batch(iter_num + (micro_step + 1) // accum, (micro_step + 1) % accum)
             scaler.scale(loss).backward()
 
+        # the mean over the global batch: each rank's mean over its micro-steps, averaged over the ranks
         loss_value = all_reduce_mean(loss_sum.item(), dinfo, device)
-        if not math.isfinite(loss_value):
-            optimizer.zero_grad(set_to_none=True)
-            raise UserError(
-                f"loss became {loss_value} at iteration {iter_num}; stopping with the last checkpoint in {out_dir} "
-                "intact. Lower --learning_rate, or check the data"
-            )
-        if cfg.grad_clip != 0.0:
+        skipped = not math.isfinite(loss_value)
+        if skipped:
+            nonfinite("the loss", loss_value)
+        elif cfg.grad_clip != 0.0:
             scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+            grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)).item()
+            # under float16 the scaler itself skips steps with inf gradients and lowers its scale
+            if not scaler.is_enabled() and not math.isfinite(grad_norm):
+                skipped = True
+                nonfinite("the gradient norm", grad_norm)
+        if not skipped:
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
 
         t1 = time.time()
         dt, t0 = t1 - t0, t1
-        if iter_num % cfg.log_interval == 0:
+        if iter_num % cfg.log_interval == 0 and not skipped:
             if local_iter >= 5:  # let the training loop settle first
                 mfu = raw_model.estimate_mfu(cfg.batch_size * cfg.gradient_accumulation_steps, dt)
                 running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
@@ -361,15 +401,6 @@ def load_weights(model, state_dict, source):
                 f"checkpoint {source}: tensor '{k}' has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}"
             )
     model.load_state_dict(state_dict)
-
-
-def restore_training_state(out_dir, ckpt, optimizer, scaler):
-    state = checkpoint.load_optimizer_state(out_dir, ckpt)
-    if state is None:
-        return
-    optimizer.load_state_dict(state["optimizer"])
-    if "scaler" in state:
-        scaler.load_state_dict(state["scaler"])
 
 
 def step_seed(seed, rank, step):

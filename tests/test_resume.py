@@ -1,0 +1,103 @@
+"""Exact resume: stopping and resuming a run changes nothing it computes, and a run that goes wrong leaves its last
+good checkpoint untouched."""
+
+import dataclasses
+import hashlib
+
+import pytest
+import torch
+
+from nanogpt.checkpoint import load_checkpoint
+from nanogpt.errors import UserError
+from nanogpt.model import GPT
+from nanogpt.train import train
+from tests.conftest import tiny_config
+
+
+def quiet(*_):
+    pass
+
+
+def resumable_config(data_dir, out_dir, **overrides):
+    # dropout on, so the test also covers the per-step reseeding of dropout; the schedule spans all 60 iterations
+    settings = dict(max_iters=60, lr_decay_iters=60, warmup_iters=5, dropout=0.1, eval_interval=25,
+                    always_save_checkpoint=False)
+    settings.update(overrides)
+    return tiny_config(data_dir, out_dir, **settings)
+
+
+def test_resumed_run_logs_the_same_losses_as_a_straight_one(char_dataset, tmp_path):
+    data_dir, _ = char_dataset
+    straight = train(resumable_config(data_dir, tmp_path / "straight"), log=quiet)
+
+    cfg = resumable_config(data_dir, tmp_path / "halves", max_iters=30)
+    first = train(cfg, log=quiet)
+    # iteration 30 is not an eval_interval and always_save_checkpoint is off: the run's end saves it anyway
+    assert load_checkpoint(tmp_path / "halves")["iter_num"] == 30
+    second = train(dataclasses.replace(cfg, init_from="resume", max_iters=60), log=quiet)
+
+    assert sorted(straight.train_losses) == list(range(60))
+    assert {**first.train_losses, **second.train_losses} == straight.train_losses  # bit for bit
+    a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "halves")
+    assert a["iter_num"] == b["iter_num"] == 60
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["best_val_loss"] == b["best_val_loss"]
+
+
+def test_best_checkpoint_tracks_the_best_val_loss(char_dataset, tmp_path):
+    data_dir, _ = char_dataset
+    out_dir = tmp_path / "run"
+    result = train(resumable_config(data_dir, out_dir, max_iters=20, eval_interval=5), log=quiet)
+    best = load_checkpoint(out_dir, which="best")
+    assert best["best_val_loss"] == result.best_val_loss
+    assert load_checkpoint(out_dir)["iter_num"] == 20
+
+
+def sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def nan_from_call(monkeypatch):
+    """Make the model's training forward return a nan loss from its n-th call on (counted from 0)."""
+    forward = GPT.forward
+
+    def arm(n, once=False):
+        calls = []
+
+        def poisoned(self, idx, targets=None, **kw):
+            logits, loss = forward(self, idx, targets, **kw)
+            if self.training and targets is not None:
+                calls.append(1)
+                hit = len(calls) - 1 == n if once else len(calls) - 1 >= n
+                if hit:
+                    loss = loss * float("nan")
+            return logits, loss
+
+        monkeypatch.setattr(GPT, "forward", poisoned)
+
+    return arm
+
+
+def test_nonfinite_loss_stops_with_the_checkpoint_intact(char_dataset, tmp_path, nan_from_call):
+    data_dir, _ = char_dataset
+    out_dir = tmp_path / "run"
+    cfg = tiny_config(data_dir, out_dir, max_iters=6, eval_interval=3)
+    train(cfg, log=quiet)
+    before = {p.name: sha(p) for p in out_dir.iterdir()}
+
+    nan_from_call(2)  # the third training step of the resumed run
+    with pytest.raises(UserError, match=r"loss became nan at iteration 8; stopped, the last checkpoint .* intact"):
+        train(dataclasses.replace(cfg, init_from="resume", max_iters=20), log=quiet)
+    assert {p.name: sha(p) for p in out_dir.iterdir()} == before
+
+
+def test_skip_nonfinite_skips_the_step_and_goes_on(char_dataset, tmp_path, nan_from_call):
+    data_dir, _ = char_dataset
+    logs = []
+    nan_from_call(3, once=True)
+    result = train(tiny_config(data_dir, tmp_path / "run", max_iters=8, skip_nonfinite=True), log=logs.append)
+    assert result.iter_num == 8
+    assert sorted(result.train_losses) == [0, 1, 2, 4, 5, 6, 7]
+    assert any(line.startswith("iter 3: the loss is nan; skipping this step") for line in logs)
+    assert all(torch.isfinite(v).all() for v in load_checkpoint(tmp_path / "run")["model"].values())
