@@ -19,6 +19,7 @@ commands:
   sample            sample from a trained model (python sample.py)
   bench             time the training step alone (python bench.py)
   export            write a run (or GPT-2 weights) as a Hugging Face folder: --out_dir=RUN --to=DIR
+  serve             serve a run over HTTP: OpenAI-style /v1/completions and a playground page at /
 
 `nanogpt <command> --help` lists a command's settings and their defaults."""
 
@@ -45,6 +46,8 @@ def run(command, args):
             return bench_command(args)
         if command == "export":
             return export_command(args)
+        if command == "serve":
+            return serve_command(args)
         raise UserError(f"unknown command '{command}'; run `nanogpt --help` for the list")
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -141,6 +144,17 @@ def export_command(args):
         print(settings_help(ExportConfig, "usage: nanogpt export [--out_dir=RUN | --init_from=SOURCE] --to=DIR"))
         return 0
     export_run(load_config(args, ExportConfig))
+    return 0
+
+
+def serve_command(args):
+    from nanogpt.config import load_config
+    from nanogpt.serve import ServeConfig, serve
+
+    if wants_help(args):
+        print(settings_help(ServeConfig, "usage: nanogpt serve --out_dir=RUN [--port=8000] [--key=value ...]"))
+        return 0
+    serve(load_config(args, ServeConfig))
     return 0
 
 
