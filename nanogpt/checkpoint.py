@@ -38,7 +38,8 @@ def save_checkpoint(out_dir, state, optimizer_state, is_best):
     _save_atomically(dict(state, optimizer_file=optim_name), out_dir / LATEST)
     if is_best:
         _save_atomically(state, out_dir / BEST)
-    for old in out_dir.glob("optim-*.pt"):
+    # a process killed mid-save leaves a .tmp behind, and older optimizer files are stale now
+    for old in [*out_dir.glob("optim-*.pt"), *out_dir.glob("optim-*.pt.tmp")]:
         if old.name != optim_name:
             old.unlink(missing_ok=True)
 
@@ -113,9 +114,15 @@ def load_optimizer_state(out_dir, ckpt, map_location="cpu"):
     name = ckpt.get("optimizer_file")
     if name is None:
         return None
-    state = load_file(Path(out_dir) / name, map_location)
-    if state.get("iter_num") != ckpt["iter_num"]:
-        raise UserError(f"{Path(out_dir) / name} does not belong to {LATEST} (iteration mismatch)")
+    path = Path(out_dir) / name
+    if not path.is_file():
+        raise UserError(
+            f"{LATEST} in {out_dir} names the optimizer state {name}, which is missing: resuming needs it "
+            "(sampling does not); restore it, or start a new run from these weights"
+        )
+    state = load_file(path, map_location)
+    if not isinstance(state, dict) or "optimizer" not in state or state.get("iter_num") != ckpt["iter_num"]:
+        raise UserError(f"{path} does not belong to {LATEST} in {out_dir} (not its iteration's optimizer state)")
     return state
 
 

@@ -158,7 +158,8 @@ def _train(cfg, device, dinfo, stop, log):
     raw_model, ckpt = build_model(cfg, dataset, out_dir, log)
     raw_model.to(device)
     iter_num = ckpt["iter_num"] if ckpt else 0
-    best_val_loss = ckpt["best_val_loss"] if ckpt else float("inf")
+    # float(): upstream nanoGPT saves it as a 0-dim tensor
+    best_val_loss = float(ckpt["best_val_loss"]) if ckpt else float("inf")
     # the weights are loaded before parallelize: under FSDP each rank then keeps its shard of them
     if resolve_compile(cfg.compile, device_type):
         log("compiling the model... (takes a ~minute)")

@@ -1,0 +1,228 @@
+"""Checkpoints are safe to load and hard to lose: a file that would run code is refused before anything runs,
+upstream nanoGPT's files load, and a process killed at any moment (SIGKILL) or asked to stop (SIGTERM) leaves a
+checkpoint that resumes."""
+
+import dataclasses
+import os
+import pickle
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nanogpt import cli
+from nanogpt.checkpoint import load_checkpoint, load_optimizer_state
+from nanogpt.errors import UserError
+from nanogpt.legacy import read_meta_pkl
+from nanogpt.model import GPT, GPTConfig
+from nanogpt.sample import SampleConfig, sample
+from nanogpt.train import train
+from tests.conftest import CORPUS, tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class RunsCode:
+    """Unpickling this runs `touch marker`: what a malicious checkpoint or meta.pkl would do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def cli_args(cfg, **overrides):
+    return [f"--{k}={v!r}" for k, v in dict(dataclasses.asdict(cfg), **overrides).items()]
+
+
+def script(name, args, cwd, **kw):
+    """Run a root script (train.py, sample.py) as a user would."""
+    return subprocess.Popen([sys.executable, str(ROOT / name), *args], cwd=cwd, text=True, **kw)
+
+
+def write_malicious(path, marker, raw):
+    """A checkpoint with nanoGPT's keys whose unpickling runs code: torch.save's zip format, or a raw pickle."""
+    payload = {"model": {}, "model_args": {}, "iter_num": 1, "best_val_loss": 1.0, "hook": RunsCode(marker)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if raw:
+        path.write_bytes(pickle.dumps(payload, protocol=2))
+    else:
+        torch.save(payload, path)
+
+
+def assert_refused(code, stderr, marker):
+    lines = stderr.strip().splitlines()
+    assert code == 1 and len(lines) == 1, stderr
+    assert lines[0].startswith("error: refused to load ") and "could run code" in lines[0]
+    assert not marker.exists(), "the pickle's code ran"
+
+
+@pytest.mark.parametrize("raw", [False, True], ids=["torch.save", "raw-pickle"])
+def test_code_in_a_checkpoint_is_refused_and_never_runs(char_dataset, tmp_path, capsys, raw):
+    data_dir, _ = char_dataset
+    marker = tmp_path / "marker"
+    write_malicious(tmp_path / "run" / "ckpt.pt", marker, raw)
+    cfg = tiny_config(data_dir, tmp_path / "run", init_from="resume")
+    for command, args in (("sample", [f"--out_dir={tmp_path / 'run'}", "--device=cpu"]), ("train", cli_args(cfg))):
+        assert_refused(cli.run(command, args), capsys.readouterr().err, marker)
+
+
+def test_sample_and_train_scripts_refuse_a_malicious_checkpoint(char_dataset, tmp_path):
+    data_dir, _ = char_dataset
+    marker = tmp_path / "marker"
+    write_malicious(tmp_path / "run" / "ckpt.pt", marker, raw=False)
+    runs = [
+        script("sample.py", [f"--out_dir={tmp_path / 'run'}", "--device=cpu"], tmp_path, stderr=subprocess.PIPE),
+        script("train.py", cli_args(tiny_config(data_dir, tmp_path / "run", init_from="resume")), tmp_path,
+               stderr=subprocess.PIPE),
+    ]
+    for proc in runs:
+        _, stderr = proc.communicate(timeout=60)
+        assert_refused(proc.returncode, stderr, marker)
+
+
+def test_code_in_an_optimizer_file_is_refused(char_dataset, tmp_path):
+    data_dir, _ = char_dataset
+    cfg = tiny_config(data_dir, tmp_path / "run", max_iters=2)
+    train(cfg, log=lambda *_: None)
+    marker = tmp_path / "marker"
+    write_malicious(tmp_path / "run" / "optim-000002.pt", marker, raw=False)
+    with pytest.raises(UserError, match="refused to load .*optim-000002.pt"):
+        train(dataclasses.replace(cfg, init_from="resume", max_iters=4), log=lambda *_: None)
+    assert not marker.exists()
+
+
+def test_code_in_a_meta_pkl_is_refused(tmp_path):
+    marker = tmp_path / "marker"
+    for i, meta in enumerate([RunsCode(marker), {"vocab_size": 2, "itos": {0: "a", 1: RunsCode(marker)}}]):
+        path = tmp_path / f"meta{i}.pkl"
+        path.write_bytes(pickle.dumps(meta))
+        with pytest.raises(UserError, match=r"refused .*meta\d.pkl: it is not a plain vocabulary pickle"):
+            read_meta_pkl(path)
+    assert not marker.exists()
+
+
+def write_upstream_run(root):
+    """A run as upstream nanoGPT leaves it: data/tiny with meta.pkl (no meta.json) and one ckpt.pt holding the
+    optimizer, torch.compile's key prefix, a tensor best_val_loss and no tokenizer."""
+    chars = sorted(set(CORPUS))
+    stoi = {c: i for i, c in enumerate(chars)}
+    ids = np.array([stoi[c] for c in CORPUS], dtype=np.uint16)
+    n = int(len(ids) * 0.9)
+    data = root / "data" / "tiny"
+    data.mkdir(parents=True)
+    ids[:n].tofile(data / "train.bin")
+    ids[n:].tofile(data / "val.bin")
+    (data / "meta.pkl").write_bytes(pickle.dumps({"vocab_size": len(chars), "itos": dict(enumerate(chars)),
+                                                  "stoi": stoi}))
+    model_args = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, bias=False, vocab_size=len(chars), dropout=0.0)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**model_args))
+    optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu")
+    x = torch.from_numpy(ids[:65].astype(np.int64)).view(1, -1)
+    for _ in range(3):
+        _, loss = model(x[:, :16], x[:, 1:17])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    (root / "run").mkdir()
+    torch.save({
+        "model": {"_orig_mod." + k: v for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "model_args": model_args,
+        "iter_num": 3,
+        "best_val_loss": torch.tensor(3.2),
+        "config": {"dataset": "tiny", "out_dir": "run", "batch_size": 4, "compile": True, "device": "cuda"},
+    }, root / "run" / "ckpt.pt")
+    return chars
+
+
+def test_upstream_nanogpt_run_samples_and_resumes(tmp_path, monkeypatch):
+    chars = write_upstream_run(tmp_path)
+    monkeypatch.chdir(tmp_path)  # upstream checkpoints name their dataset, found under ./data as nanoGPT does
+    samples = sample(SampleConfig(out_dir="run", device="cpu", num_samples=2, max_new_tokens=20, start="All:"),
+                     write=lambda *_: None)
+    assert len(samples) == 2 and all(set(s) <= set(chars) and len(s) == 24 for s in samples)
+
+    cfg = tiny_config("data", "run", init_from="resume", max_iters=6, eval_interval=100)
+    result = train(cfg, log=lambda *_: None)
+    assert sorted(result.train_losses) == [3, 4, 5]
+    ckpt = load_checkpoint("run")
+    assert ckpt["iter_num"] == 6 and ckpt["tokenizer"]["chars"] == "".join(chars)
+    assert load_optimizer_state("run", ckpt)["optimizer"]["state"][0]["step"] == 6  # 3 upstream steps + 3 here
+
+
+def saves(log):
+    return log.read_text().count("saving checkpoint") if log.exists() else 0
+
+
+def wait_for(predicate, proc, timeout=60):
+    deadline = time.time() + timeout
+    while not predicate():
+        assert proc.poll() is None, "training exited early"
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def assert_resumable(out_dir):
+    ckpt = load_checkpoint(out_dir)
+    state = load_optimizer_state(out_dir, ckpt)  # weights_only, and checks its iteration matches ckpt.pt's
+    assert state is not None and state["iter_num"] == ckpt["iter_num"] > 0
+    if (out_dir / "best.pt").exists():
+        load_checkpoint(out_dir, which="best")
+    return ckpt
+
+
+def test_sigkill_while_checkpointing_always_leaves_a_checkpoint_that_loads(char_dataset, tmp_path):
+    data_dir, _ = char_dataset
+    out_dir = tmp_path / "run"
+    # a checkpoint at every iteration, so most of the run is spent writing one
+    cfg = tiny_config(data_dir, out_dir, max_iters=100_000, lr_decay_iters=100_000, eval_interval=1, eval_iters=1,
+                      always_save_checkpoint=True)
+    rng = random.Random()
+    iters = []
+    for round in range(4):
+        log = tmp_path / f"log{round}"
+        with open(log, "w") as f:
+            proc = script("train.py", cli_args(cfg, init_from="resume" if round else "scratch"), tmp_path,
+                          stdout=f, stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: saves(log) >= 1, proc)
+            if round % 2:
+                time.sleep(rng.uniform(0, 0.3))  # anywhere in the loop
+            else:
+                # in the middle of writing the optimizer file, then ckpt.pt
+                pattern = "optim-*.pt.tmp" if round == 0 else "ckpt.pt.tmp"
+                wait_for(lambda: any(out_dir.glob(pattern)), proc)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        ckpt = assert_resumable(out_dir)
+        iters.append(ckpt["iter_num"])
+        assert len(list(out_dir.glob("optim-*.pt"))) <= 2, "old optimizer files pile up"
+    assert iters == sorted(iters) and iters[-1] > iters[0]
+
+
+def test_sigterm_saves_the_current_iteration_and_exits_cleanly(char_dataset, tmp_path):
+    data_dir, _ = char_dataset
+    out_dir = tmp_path / "run"
+    cfg = tiny_config(data_dir, out_dir, max_iters=100_000, lr_decay_iters=100_000, eval_interval=100_000)
+    log = tmp_path / "log"
+    with open(log, "w") as f:
+        proc = script("train.py", cli_args(cfg), tmp_path, stdout=f, stderr=subprocess.STDOUT)
+    wait_for(lambda: log.read_text().count("\niter ") >= 5, proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0, log.read_text()[-2000:]
+    text = log.read_text()
+    stopped_at = int(re.search(r"^stop requested at iteration (\d+)", text, re.M).group(1))
+    last_logged = max(int(i) for i in re.findall(r"^iter (\d+): loss", text, re.M))
+    assert stopped_at == last_logged + 1
+    assert assert_resumable(out_dir)["iter_num"] == stopped_at
