@@ -29,6 +29,16 @@ from tests.conftest import CORPUS, tiny_config
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread: on a busy machine two threads spin-waiting on each other can make
+    each step ten times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class RunsCode:
     """Unpickling this runs `touch marker`: what a malicious checkpoint or meta.pkl would do."""
 
@@ -45,7 +55,8 @@ def cli_args(cfg, **overrides):
 
 def script(name, args, cwd, **kw):
     """Run a root script (train.py, sample.py) as a user would."""
-    return subprocess.Popen([sys.executable, str(ROOT / name), *args], cwd=cwd, text=True, **kw)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, str(ROOT / name), *args], cwd=cwd, env=env, text=True, **kw)
 
 
 def write_malicious(path, marker, raw):

@@ -14,6 +14,16 @@ from nanogpt.train import train
 from tests.conftest import tiny_config
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread: on a busy machine two threads spin-waiting on each other can make
+    each step ten times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def quiet(*_):
     pass
 
@@ -21,7 +31,7 @@ def quiet(*_):
 def resumable_config(data_dir, out_dir, **overrides):
     # dropout on, so the test also covers the per-step reseeding of dropout; the schedule spans all 60 iterations
     settings = dict(max_iters=60, lr_decay_iters=60, warmup_iters=5, dropout=0.1, eval_interval=25,
-                    always_save_checkpoint=False)
+                    always_save_checkpoint=False, gradient_accumulation_steps=2)
     settings.update(overrides)
     return tiny_config(data_dir, out_dir, **settings)
 
