@@ -80,9 +80,11 @@ def parallelize(model, cfg, info, device, compile_model=False):
         # one all-gather per block keeps only one block's full weights alive at a time; the embeddings, final
         # LayerNorm and (tied) lm_head form the root group
         for block in model.transformer.h:
+            if compile_model:
+                block.compile()  # per block, in place (no key prefix), inside FSDP's hooks, as torchtitan does
             fully_shard(block, mesh=mesh)
         fully_shard(model, mesh=mesh)
-        return torch.compile(model) if compile_model else model
+        return model
     if compile_model:
         model = torch.compile(model)
     if info.enabled:
