@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from nanogpt import checkpoint
 from nanogpt.config import TrainConfig, validate
 from nanogpt.data import EVAL_TRAIN_STREAM, EVAL_VAL_STREAM, TRAIN_STREAM, Dataset, batch_offsets, move_batch
@@ -160,10 +161,11 @@ def _train(cfg, device, dinfo, stop, log):
     iter_num = ckpt["iter_num"] if ckpt else 0
     # float(): upstream nanoGPT saves it as a 0-dim tensor
     best_val_loss = float(ckpt["best_val_loss"]) if ckpt else float("inf")
-    # the weights are loaded before parallelize: under FSDP each rank then keeps its shard of them
-    if resolve_compile(cfg.compile, device_type):
+    compile_model = resolve_compile(cfg.compile, device_type)
+    if compile_model:
         log("compiling the model... (takes a ~minute)")
-    model = parallelize(raw_model, cfg, dinfo, device, resolve_compile(cfg.compile, device_type))
+    # the weights are loaded before parallelize: under FSDP each rank then keeps its shard of them
+    model = parallelize(raw_model, cfg, dinfo, device, compile_model)
 
     scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))
     optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),

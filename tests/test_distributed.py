@@ -104,3 +104,11 @@ def test_fsdp_from_scratch_matches_one_rank(runs):
     assert_close(losses, reference)
     one, fsdp = load_checkpoint(root / "one", which="best"), load_checkpoint(root / "fsdp-scratch")
     assert sorted(fsdp["model"]) == sorted(one["model"])  # the single-process layout, tied weights included
+
+
+def test_unknown_parallelism_is_a_user_error(tmp_path):
+    from nanogpt.config import load_config
+    from nanogpt.errors import UserError
+
+    with pytest.raises(UserError, match="unknown parallelism 'tp': use ddp or fsdp"):
+        train(load_config(["--parallelism=tp"]), log=lambda *_: None)
