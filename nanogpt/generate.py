@@ -96,36 +96,50 @@ def next_token(logits, temperature=1.0, top_k=None, top_p=None, vocab_size=None,
 # the generation loop
 
 
-def next_logits(model, idx, cache):
-    """Logits (B, vocab) for the token after idx (B, T). With a cache, only the tokens it lacks are run.
+def window_start(length, start, block_size, shift=1):
+    """Where the model's context begins, for a sequence of `length` tokens whose context began at `start`.
 
-    The model sees at most its block size, so a longer sequence is cropped to its last block_size tokens, as
-    nanoGPT's generate does. Position embeddings are absolute: once the window slides, every cached key sits at
-    the wrong position, so the cache is refilled from the cropped window (a prefill per token from then on).
+    The model sees at most block_size tokens. shift=1 slides the window one token at a time, as nanoGPT's generate
+    does: exact, but position embeddings are absolute, so once the window moves every cached key sits at the wrong
+    position and the whole window is prefilled again, for every new token. A larger shift drops that many of the
+    oldest tokens at once, so the window is prefilled only every `shift` tokens and the steps between are
+    single-token cache steps: far faster, at the price of some tokens seeing a shorter context.
     """
-    block_size = model.config.block_size
+    if length - start <= block_size:
+        return start
+    return length - (block_size - shift + 1)
+
+
+def next_logits(model, context, cache=None):
+    """Logits (B, vocab) for the token after context (B, T <= block_size). A cache holding the first cache.pos
+    tokens of context is extended with the rest; without one the whole context is read."""
     if cache is None:
-        logits, _ = model(idx[:, -block_size:])
-    elif idx.size(1) > block_size or cache.pos == 0:
-        cache.reset()
-        logits, _ = model(idx[:, -block_size:], kv_cache=cache)
+        logits, _ = model(context)
     else:
-        logits, _ = model(idx[:, cache.pos:], kv_cache=cache)
+        logits, _ = model(context[:, cache.pos:], kv_cache=cache)
     return logits[:, -1, :]
 
 
 @torch.no_grad()
 def generate_ids(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, vocab_size=None,
-                 generator=None, kv_cache=True):
+                 generator=None, kv_cache=True, window_shift=1):
     """Yield the next token of every row of idx (B, T) as a list of B ints, max_new_tokens times.
 
     All rows advance together as one batch. kv_cache=False re-reads the whole context at every step, as
-    `GPT.generate` does; it is kept to check the cache against and to measure what the cache saves.
-    Closing the generator stops the work early.
+    `GPT.generate` does; it is kept to check the cache against and to measure what the cache saves. window_shift
+    is explained in window_start. Closing the generator stops the work early.
     """
+    block_size = model.config.block_size
+    if not 1 <= window_shift <= block_size:
+        raise ValueError(f"window_shift must be between 1 and the block size {block_size}, got {window_shift}")
     cache = KVCache.for_model(model) if kv_cache else None
+    start = max(0, idx.size(1) - block_size)
     for _ in range(max_new_tokens):
-        logits = next_logits(model, idx, cache)
+        new_start = window_start(idx.size(1), start, block_size, window_shift)
+        if new_start != start and cache is not None:
+            cache.reset()  # every position moved: the cached keys and values no longer apply
+        start = new_start
+        logits = next_logits(model, idx[:, start:], cache)
         nxt = next_token(logits, temperature, top_k, top_p, vocab_size, generator)
         yield nxt.tolist()
         idx = torch.cat((idx, nxt[:, None]), dim=1)
@@ -193,7 +207,7 @@ def overlap(text, stop):
 
 
 def complete(model, tokenizer, prompt_ids, max_new_tokens, num_samples=1, temperature=1.0, top_k=None, top_p=None,
-             stop=(), seed=None, kv_cache=True):
+             stop=(), seed=None, kv_cache=True, window_shift=1):
     """Generate num_samples continuations of one prompt as a batch, yielding (index, text, finish_reason).
 
     Text comes in pieces as it is generated. Each sample's last event has finish_reason 'stop' (it produced a
@@ -206,7 +220,7 @@ def complete(model, tokenizer, prompt_ids, max_new_tokens, num_samples=1, temper
     idx = torch.tensor([prompt_ids] * num_samples, dtype=torch.long, device=device)
     streams = [TextStream(tokenizer, stop) for _ in range(num_samples)]
     steps = generate_ids(model, idx, max_new_tokens, temperature, top_k, top_p, tokenizer.vocab_size, generator,
-                         kv_cache)
+                         kv_cache, window_shift)
     try:
         for tokens in steps:
             for i, (stream, token) in enumerate(zip(streams, tokens)):

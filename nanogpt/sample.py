@@ -33,6 +33,7 @@ class SampleConfig:
     stop: str = ""  # end a sample when it generates this text, cut off (escapes need quotes: --stop="'\n'")
     seed: int = 1337
     kv_cache: bool = True  # False re-reads the whole context for every token, like nanoGPT (for comparison)
+    window_shift: int = 1  # past block_size drop this many oldest tokens at once: 1 is exact; more is faster
     device: str = "auto"  # 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'
     dtype: str = "auto"  # 'auto', 'float32', 'bfloat16', 'float16'
     compile: object = False  # torch.compile the model (True/False/'auto')
@@ -54,6 +55,8 @@ def validate_sample_config(cfg):
         raise UserError(f"top_k must not be negative, got {cfg.top_k}")
     if not 0 < cfg.top_p <= 1:
         raise UserError(f"top_p must be in (0, 1], got {cfg.top_p}")
+    if cfg.window_shift < 1:
+        raise UserError(f"window_shift must be at least 1, got {cfg.window_shift}")
     if not cfg.init_from:
         raise UserError("init_from must be 'resume', a GPT-2 name such as 'gpt2-xl', a hub name or a local folder")
 
@@ -151,13 +154,16 @@ def sample(cfg: SampleConfig, write=write_stdout):
         raise UserError(
             f"the prompt has token id {max(ids)}, beyond the model's vocabulary of {model.config.vocab_size}"
         )
+    if cfg.window_shift > model.config.block_size:
+        raise UserError(f"window_shift must be at most the block size, {model.config.block_size}")
     ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     autocast = nullcontext() if dtype == "float32" else torch.amp.autocast(device_type=device_type, dtype=ptdtype)
     texts = [""] * cfg.num_samples
     printer = OrderedPrinter(cfg.num_samples, prompt, write)
     events = complete(model, tokenizer, ids, cfg.max_new_tokens, num_samples=cfg.num_samples,
                       temperature=cfg.temperature, top_k=cfg.top_k or None, top_p=cfg.top_p,
-                      stop=[cfg.stop] if cfg.stop else [], seed=cfg.seed, kv_cache=cfg.kv_cache)
+                      stop=[cfg.stop] if cfg.stop else [], seed=cfg.seed, kv_cache=cfg.kv_cache,
+                      window_shift=cfg.window_shift)
     with autocast:
         for index, text, finish_reason in events:
             texts[index] += text

@@ -11,6 +11,7 @@ is logged, and the server keeps serving.
 """
 
 import asyncio
+import html
 import json
 import logging
 import threading
@@ -37,6 +38,7 @@ class ServeConfig:
     max_tokens_limit: int = 1024  # the most tokens one request may ask for
     max_n: int = 8  # the most completions one request may ask for (n), generated as one batch
     kv_cache: bool = True  # False re-reads the whole context for every token (for comparison)
+    window_shift: int = 1  # past block_size drop this many oldest tokens at once: 1 is exact; more is faster
 
     def to_dict(self):
         return asdict(self)
@@ -53,13 +55,14 @@ class RequestError(Exception):
 class Generator:
     """A loaded model with its tokenizer, generating for one request at a time in a worker thread."""
 
-    def __init__(self, model, tokenizer, name, device, autocast=None, kv_cache=True):
+    def __init__(self, model, tokenizer, name, device, autocast=None, kv_cache=True, window_shift=1):
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
         self.device = device
         self.autocast = autocast or nullcontext
         self.kv_cache = kv_cache
+        self.window_shift = window_shift
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
         self.lock = asyncio.Lock()  # held for a whole request, streamed ones included
 
@@ -95,7 +98,8 @@ class Generator:
 
         events = complete(self.model, self.tokenizer, ids, params["max_tokens"], num_samples=params["n"],
                           temperature=params["temperature"], top_k=params["top_k"], top_p=params["top_p"],
-                          stop=params["stop"], seed=params["seed"], kv_cache=self.kv_cache)
+                          stop=params["stop"], seed=params["seed"], kv_cache=self.kv_cache,
+                          window_shift=self.window_shift)
         try:
             with self.autocast():
                 for event in events:
@@ -267,7 +271,8 @@ def make_app(generator, max_tokens_limit=1024, max_n=8):
         return web.json_response({"status": "ok", **generator.info()})
 
     async def playground(request):
-        return web.Response(text=PLAYGROUND_HTML.replace("{{MODEL}}", generator.name), content_type="text/html")
+        page = PLAYGROUND_HTML.replace("{{MODEL}}", html.escape(generator.name))
+        return web.Response(text=page, content_type="text/html")
 
     app = web.Application(middlewares=[errors_as_json])
     app.router.add_post("/v1/completions", completions)
@@ -295,12 +300,14 @@ def load_generator(cfg):
     dtype = resolve_dtype(cfg.dtype, device_type)
     model, tokenizer = load_model(SampleConfig(init_from=cfg.init_from, out_dir=cfg.out_dir), device)
     model.eval().to(device)
+    if not 1 <= cfg.window_shift <= model.config.block_size:
+        raise UserError(f"window_shift must be between 1 and the block size, {model.config.block_size}")
     autocast = None
     if dtype != "float32":
         ptdtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
         autocast = lambda: torch.amp.autocast(device_type=device_type, dtype=ptdtype)  # noqa: E731
     name = Path(cfg.out_dir).name if cfg.init_from == "resume" else cfg.init_from
-    return Generator(model, tokenizer, name, device, autocast, cfg.kv_cache)
+    return Generator(model, tokenizer, name, device, autocast, cfg.kv_cache, cfg.window_shift)
 
 
 def announce(line):

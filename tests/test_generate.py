@@ -6,12 +6,12 @@ import torch
 from nanogpt import checkpoint
 from nanogpt.cli import run
 from nanogpt.generate import (KVCache, TextStream, complete, generate_ids, mask_vocab, next_logits, next_token,
-                              top_k_filter, top_p_filter)
+                              top_k_filter, top_p_filter, window_start)
 from nanogpt.model import GPT, GPTConfig
-from nanogpt.sample import SampleConfig, sample
+from nanogpt.sample import OrderedPrinter, SampleConfig, sample
 from nanogpt.tokenizers import CharTokenizer
 
-CHARS = "\n !',.:;?abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"  # 62 characters
+CHARS = "\n !',.:;?abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"  # 61 characters
 
 
 def tiny_model(block_size=16, vocab_size=64, seed=1):
@@ -27,9 +27,9 @@ def tiny_model(block_size=16, vocab_size=64, seed=1):
     return model.eval()
 
 
-def greedy(model, prompt, n, kv_cache):
+def greedy(model, prompt, n, kv_cache, window_shift=1):
     idx = torch.tensor(prompt, dtype=torch.long)
-    return list(generate_ids(model, idx, n, temperature=0, kv_cache=kv_cache))
+    return list(generate_ids(model, idx, n, temperature=0, kv_cache=kv_cache, window_shift=window_shift))
 
 
 def test_cache_and_plain_path_agree_for_200_tokens_past_block_size():
@@ -40,17 +40,36 @@ def test_cache_and_plain_path_agree_for_200_tokens_past_block_size():
     assert len(set(t[0] for t in with_cache[-100:])) > 5, "a constant sequence would prove little"
 
 
-def test_cache_logits_equal_plain_logits_at_every_step():
+@pytest.mark.parametrize("window_shift", [1, 5])
+def test_cache_logits_equal_plain_logits_at_every_step(window_shift):
     model = tiny_model(block_size=16)
     idx = torch.tensor([[7, 3, 9], [1, 1, 2]])
     cache = KVCache.for_model(model)
     generator = torch.Generator().manual_seed(0)
+    start = 0
     with torch.no_grad():
-        for _ in range(40):  # well past block_size: the window slides and the cache is refilled
-            cached = next_logits(model, idx, cache)
-            plain = next_logits(model, idx, None)
+        for _ in range(40):  # well past block_size: the window moves and the cache is refilled
+            new_start = window_start(idx.size(1), start, 16, window_shift)
+            if new_start != start:
+                cache.reset()
+            start = new_start
+            assert idx.size(1) - start <= 16
+            cached = next_logits(model, idx[:, start:], cache)
+            plain = next_logits(model, idx[:, -16:] if window_shift == 1 else idx[:, start:])
             torch.testing.assert_close(cached, plain, atol=1e-5, rtol=0)
             idx = torch.cat((idx, next_token(cached, 1.0, generator=generator)[:, None]), dim=1)
+
+
+def test_window_shift_prefills_only_every_shift_tokens():
+    model = tiny_model(block_size=16)
+    prompt = [[1, 2, 3]]
+    assert greedy(model, prompt, 100, True, window_shift=8) == greedy(model, prompt, 100, False, window_shift=8)
+    starts, start = [], 0
+    for length in range(3, 60):
+        start = window_start(length, start, 16, 8)
+        starts.append(start)
+        assert 16 - 8 < length - start <= 16 or length <= 16
+    assert len(set(starts)) == 7  # 0, then a move at lengths 17, 25, 33, 41, 49 and 57: once every 8 tokens
 
 
 def test_plain_path_matches_model_generate():
@@ -192,7 +211,21 @@ def test_sample_prints_each_sample_then_the_separator(char_run):
     samples = sample(cfg, write=printed.append)
     assert len(samples) == 3 and all(s.startswith("To be") and len(s) == 45 for s in samples)
     assert "".join(printed) == "".join(s + "\n---------------\n" for s in samples)
-    assert set("".join(samples)) <= set(CHARS)  # the 2 padding ids were never sampled
+    assert set("".join(samples)) <= set(CHARS)  # the 3 padding ids were never sampled
+
+
+def test_printer_keeps_samples_in_order_when_a_later_one_finishes_first():
+    printed = []
+    printer = OrderedPrinter(3, "P:", printed.append)
+    printer.add(1, "b1", False)
+    printer.add(0, "a1", False)
+    printer.add(1, "b2", True)  # sample 1 is done before sample 0
+    printer.add(2, "c1", False)
+    printer.add(0, "a2", True)
+    printer.add(2, "c2", True)
+    sep = "\n---------------\n"
+    assert printed[:2] == ["P:", "a1"]  # sample 0 streams as it comes
+    assert "".join(printed) == "P:a1a2" + sep + "P:b1b2" + sep + "P:c1c2" + sep
 
 
 def test_sample_with_and_without_cache_agree_greedily(char_run):
