@@ -3,7 +3,8 @@
 Layout of out_dir:
   ckpt.pt          the latest weights, model_args, iter_num, best_val_loss, config and tokenizer (nanoGPT's keys)
   best.pt          the weights with the best validation loss so far
-  optim-NNNNNN.pt  optimizer and RNG state for the iteration ckpt.pt names; sampling and export never read it
+  optim-NNNNNN.pt  optimizer (and float16 GradScaler) state for the iteration ckpt.pt names; sampling and export
+                   never read it. No RNG state is needed: batches and dropout are seeded per step
 
 Every file is written to a temporary name, fsynced and renamed, so a crash at any moment leaves the previous
 checkpoint or the new one, never a torn file. ckpt.pt is renamed into place after its optimizer file, and older
@@ -27,7 +28,7 @@ COMPILE_PREFIX = "_orig_mod."  # torch.compile wraps the module and prefixes its
 
 def save_checkpoint(out_dir, state, optimizer_state, is_best):
     """Write the latest checkpoint (and best.pt when is_best) atomically. `state` holds the weights and
-    metadata; `optimizer_state` the optimizer and RNG state that resuming needs."""
+    metadata; `optimizer_state` the optimizer state that resuming needs."""
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -107,7 +108,7 @@ def load_checkpoint(out_dir, which="latest", map_location="cpu"):
 
 
 def load_optimizer_state(out_dir, ckpt, map_location="cpu"):
-    """The optimizer and RNG state paired with ckpt: its optim file, or the 'optimizer' key of an upstream
+    """The optimizer state paired with ckpt: its optim file, or the 'optimizer' key of an upstream
     nanoGPT checkpoint, which keeps everything in one file."""
     if "optimizer" in ckpt:
         return {"optimizer": ckpt["optimizer"]}

@@ -14,7 +14,8 @@ from nanogpt.errors import UserError
 USAGE = """usage: nanogpt <command> [config files] [--key=value ...]
 
 commands:
-  prepare NAME      prepare a dataset under data/NAME (shakespeare_char, shakespeare)
+  prepare NAME      prepare a dataset under data/NAME (shakespeare_char, shakespeare, openwebtext)
+  prepare --input=PATH --name=NAME   prepare your own text (a file, a folder, a Hugging Face dataset)
   train             train or finetune a model (python train.py)
   sample            sample from a trained model (python sample.py)
   bench             time the training step alone (python bench.py)

@@ -19,7 +19,7 @@ from nanogpt.errors import UserError
 @dataclass
 class TrainConfig:
     # I/O
-    out_dir: str = "out"  # where checkpoints and the run log go
+    out_dir: str = "out"  # where checkpoints go (ckpt.pt, best.pt, optim-N.pt)
     eval_interval: int = 2000  # iterations between train/val loss estimates (and checkpoint saves)
     log_interval: int = 1  # iterations between log lines
     eval_iters: int = 200  # batches averaged per loss estimate
@@ -68,6 +68,7 @@ class TrainConfig:
         return asdict(self)
 
 
+TYPE_NAMES = {bool: "True or False", int: "an integer", float: "a number", str: "a string"}
 # settings whose default is 'auto' but which also take a bool
 BOOL_OR_AUTO = {"compile"}
 DEVICES = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -127,7 +128,7 @@ def check_value(key, value, config_class, origin):
         ok = isinstance(value, type(default))
     if not ok:
         raise UserError(
-            f"{key} must be a {type(default).__name__} (like {default!r}), got {type(value).__name__} {value!r} in {origin}"
+            f"{key} must be {TYPE_NAMES[type(default)]} (like {default!r}), got {value!r} in {origin}"
         )
     return value
 

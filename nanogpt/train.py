@@ -314,7 +314,8 @@ def _train(cfg, device, dinfo, stop, log):
         dt, t0 = t1 - t0, t1
         if iter_num % cfg.log_interval == 0 and not skipped:
             if local_iter >= 5:  # let the training loop settle first
-                mfu = raw_model.estimate_mfu(cfg.batch_size * cfg.gradient_accumulation_steps, dt)
+                # this process's share of the work against one device's peak
+                mfu = raw_model.estimate_mfu(cfg.batch_size * accum, dt)
                 running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
             result.ms_per_iter.append(dt * 1000)
             result.train_losses[iter_num] = loss_value
@@ -367,6 +368,11 @@ def build_model(cfg, dataset, out_dir, log):
             raise UserError(
                 f"the checkpoint's vocabulary ({ckpt['model_args']['vocab_size']}) is smaller than the dataset's "
                 f"({dataset.vocab_size}): resume on the dataset it was trained on"
+            )
+        if cfg.block_size > model.config.block_size:
+            raise UserError(
+                f"block_size {cfg.block_size} is longer than the checkpoint's context of {model.config.block_size}: "
+                f"resume with --block_size={model.config.block_size} or less"
             )
         if cfg.block_size < model.config.block_size:
             model.crop_block_size(cfg.block_size)

@@ -1,6 +1,7 @@
 """Shared fixtures: a small character corpus written as a prepared dataset, and a tiny trained run."""
 
 import pytest
+import torch
 
 from nanogpt.config import TrainConfig
 from nanogpt.data import write_dataset
@@ -12,6 +13,16 @@ CORPUS = (
     "First Citizen:\nYou are all resolved rather to die than to famish?\n\n"
     "All:\nResolved. resolved.\n\n"
 ) * 40
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """Tiny models run fastest on one thread: on a busy machine two threads spin-waiting on each other can make
+    each step ten times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def tiny_config(data_dir, out_dir, **overrides):

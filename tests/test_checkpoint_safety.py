@@ -29,15 +29,6 @@ from tests.conftest import CORPUS, tiny_config
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread: on a busy machine two threads spin-waiting on each other can make
-    each step ten times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 class RunsCode:
     """Unpickling this runs `touch marker`: what a malicious checkpoint or meta.pkl would do."""

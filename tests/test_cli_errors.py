@@ -49,7 +49,7 @@ def train_args(root, *extra):
 
 CASES = {
     "unknown config key": ("train", ["--foo=1"], "unknown config key 'foo'"),
-    "wrong type": ("train", ["--batch_size=abc"], "batch_size must be a int"),
+    "wrong type": ("train", ["--batch_size=abc"], "batch_size must be an integer"),
     "missing config file": ("train", ["config/does_not_exist.py"], "config file config/does_not_exist.py not found"),
     "missing dataset": ("train", ["--dataset=nowhere", "--init_from=resume"], "dataset folder"),
     "block_size larger than data": ("train", ["--block_size=100000", "--init_from=resume"], "use a smaller --block_size"),
@@ -58,6 +58,7 @@ CASES = {
     "unknown dtype": ("train", ["--dtype=float8"], "unknown dtype 'float8'"),
     "negative learning rate": ("train", ["--learning_rate=-0.1"], "learning_rate must not be negative"),
     "fresh run over a checkpoint": ("train", [], "already holds a checkpoint"),
+    "resume with a longer block_size": ("train", ["--block_size=32", "--init_from=resume"], "longer than the checkpoint's"),
     "odd-length bin": ("train", ["--dataset=odd", "--init_from=resume"], "not a whole number of uint16 tokens"),
 }
 

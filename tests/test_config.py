@@ -37,10 +37,10 @@ def test_config_file_names_refer_to_earlier_assignments(tmp_path):
     [
         (["--foo=1"], "unknown config key 'foo'"),
         (["--n_layr=2"], "did you mean 'n_layer'"),
-        (["--batch_size=1.5"], "batch_size must be a int"),
-        (["--batch_size=True"], "batch_size must be a int"),
-        (["--eval_only=1"], "eval_only must be a bool"),
-        (["--learning_rate=fast"], "learning_rate must be a float"),
+        (["--batch_size=1.5"], "batch_size must be an integer"),
+        (["--batch_size=True"], "batch_size must be an integer"),
+        (["--eval_only=1"], "eval_only must be True or False"),
+        (["--learning_rate=fast"], "learning_rate must be a number"),
         (["--compile=maybe"], "compile must be True, False or 'auto'"),
         (["--batch_size"], "must look like --key=value"),
         (["missing_config.py"], "config file missing_config.py not found"),
@@ -58,7 +58,7 @@ def test_override_and_file_errors(args, message):
         ("batch_size = __import__('os').getpid()\n", "only literals"),
         ("batch_size = \n", "line 1"),
         ("bogus = 3\n", "unknown config key 'bogus'"),
-        ("batch_size = 'twelve'\n", "batch_size must be a int"),
+        ("batch_size = 'twelve'\n", "batch_size must be an integer"),
     ],
 )
 def test_config_file_errors(tmp_path, text, message):

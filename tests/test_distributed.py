@@ -20,15 +20,6 @@ from tests.conftest import tiny_config
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="needs gloo")
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread: on a busy machine two threads spin-waiting on each other can make
-    each step ten times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # gradient_accumulation_steps is the total over ranks: 4 micro-steps on 1 rank, 2 on each of 2 ranks
 SETTINGS = dict(gradient_accumulation_steps=4, lr_decay_iters=35, warmup_iters=3, eval_interval=10, dropout=0.0,

@@ -14,15 +14,6 @@ from nanogpt.train import train
 from tests.conftest import tiny_config
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread: on a busy machine two threads spin-waiting on each other can make
-    each step ten times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def quiet(*_):
     pass
