@@ -33,7 +33,7 @@ class SampleConfig:
     stop: str = ""  # end a sample when it generates this text, cut off (escapes need quotes: --stop="'\n'")
     seed: int = 1337
     kv_cache: bool = True  # False re-reads the whole context for every token, like nanoGPT (for comparison)
-    window_shift: int = 1  # past block_size drop this many oldest tokens at once: 1 is exact; more is faster
+    window_shift: int = 0  # past block_size, drop this many oldest tokens at once: 0 = half the block; 1 = exact, slow
     device: str = "auto"  # 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'
     dtype: str = "auto"  # 'auto', 'float32', 'bfloat16', 'float16'
     compile: object = False  # torch.compile the model (True/False/'auto')
@@ -55,8 +55,8 @@ def validate_sample_config(cfg):
         raise UserError(f"top_k must not be negative, got {cfg.top_k}")
     if not 0 < cfg.top_p <= 1:
         raise UserError(f"top_p must be in (0, 1], got {cfg.top_p}")
-    if cfg.window_shift < 1:
-        raise UserError(f"window_shift must be at least 1, got {cfg.window_shift}")
+    if cfg.window_shift < 0:
+        raise UserError(f"window_shift must be 0 (half the block) or more, got {cfg.window_shift}")
     if not cfg.init_from:
         raise UserError("init_from must be 'resume', a GPT-2 name such as 'gpt2-xl', a hub name or a local folder")
 

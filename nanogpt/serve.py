@@ -38,7 +38,7 @@ class ServeConfig:
     max_tokens_limit: int = 1024  # the most tokens one request may ask for
     max_n: int = 8  # the most completions one request may ask for (n), generated as one batch
     kv_cache: bool = True  # False re-reads the whole context for every token (for comparison)
-    window_shift: int = 1  # past block_size drop this many oldest tokens at once: 1 is exact; more is faster
+    window_shift: int = 0  # past block_size, drop this many oldest tokens at once: 0 = half the block; 1 = exact, slow
 
     def to_dict(self):
         return asdict(self)
@@ -55,7 +55,7 @@ class RequestError(Exception):
 class Generator:
     """A loaded model with its tokenizer, generating for one request at a time in a worker thread."""
 
-    def __init__(self, model, tokenizer, name, device, autocast=None, kv_cache=True, window_shift=1):
+    def __init__(self, model, tokenizer, name, device, autocast=None, kv_cache=True, window_shift=0):
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
@@ -300,8 +300,8 @@ def load_generator(cfg):
     dtype = resolve_dtype(cfg.dtype, device_type)
     model, tokenizer = load_model(SampleConfig(init_from=cfg.init_from, out_dir=cfg.out_dir), device)
     model.eval().to(device)
-    if not 1 <= cfg.window_shift <= model.config.block_size:
-        raise UserError(f"window_shift must be between 1 and the block size, {model.config.block_size}")
+    if not 0 <= cfg.window_shift <= model.config.block_size:
+        raise UserError(f"window_shift must be between 0 and the block size, {model.config.block_size}")
     autocast = None
     if dtype != "float32":
         ptdtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]

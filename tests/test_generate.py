@@ -32,10 +32,12 @@ def greedy(model, prompt, n, kv_cache, window_shift=1):
     return list(generate_ids(model, idx, n, temperature=0, kv_cache=kv_cache, window_shift=window_shift))
 
 
-def test_cache_and_plain_path_agree_for_200_tokens_past_block_size():
+@pytest.mark.parametrize("window_shift", [1, 0])  # exact sliding window, and the default (half a block)
+def test_cache_and_plain_path_agree_for_200_tokens_past_block_size(window_shift):
     model = tiny_model(block_size=16)
     prompt = [[1, 2, 3, 4, 5]]
-    with_cache, without = greedy(model, prompt, 200, True), greedy(model, prompt, 200, False)
+    with_cache = greedy(model, prompt, 200, True, window_shift)
+    without = greedy(model, prompt, 200, False, window_shift)
     assert with_cache == without
     assert len(set(t[0] for t in with_cache[-100:])) > 5, "a constant sequence would prove little"
 
@@ -78,7 +80,7 @@ def test_plain_path_matches_model_generate():
     torch.manual_seed(3)
     reference = model.generate(idx, 30, temperature=1.0)[0, 2:].tolist()
     torch.manual_seed(3)
-    ours = [t[0] for t in generate_ids(model, idx, 30, temperature=1.0, kv_cache=False)]
+    ours = [t[0] for t in generate_ids(model, idx, 30, temperature=1.0, kv_cache=False, window_shift=1)]
     assert ours == reference
 
 
@@ -240,6 +242,7 @@ def test_sample_with_and_without_cache_agree_greedily(char_run):
         (["--temperature=-0.5"], "temperature must not be negative"),
         (["--top_p=0"], "top_p must be in (0, 1]"),
         (["--top_p=1.5"], "top_p must be in (0, 1]"),
+        (["--window_shift=-1"], "window_shift must be 0 (half the block) or more"),
         (["--start=FILE:/no/such/prompt.txt"], "prompt file /no/such/prompt.txt not found"),
         (["--start=caf\u00e9"], "is not in this model's vocabulary"),
     ],
