@@ -37,25 +37,19 @@ def settings_help(config_class, title):
 def run(command, args):
     """Run one command; returns the process exit status."""
     try:
-        if command == "prepare":
-            return prepare_command(args)
-        if command == "train":
-            return train_command(args)
-        if command == "sample":
-            return sample_command(args)
-        if command == "bench":
-            return bench_command(args)
-        if command == "export":
-            return export_command(args)
-        if command == "serve":
-            return serve_command(args)
-        raise UserError(f"unknown command '{command}'; run `nanogpt --help` for the list")
+        if command not in COMMANDS:
+            raise UserError(f"unknown command '{command}'; run `nanogpt --help` for the list")
+        return COMMANDS[command](args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (`nanogpt sample | head`): stop quietly, as Unix tools do
+        sys.stdout = None
+        return 141
 
 
 def wants_help(args):
@@ -104,59 +98,61 @@ text file, a folder of *.txt/*.md files (each a document) or a Hugging Face data
     return 0
 
 
-def train_command(args):
-    from nanogpt.config import TrainConfig, load_config
-    from nanogpt.train import train
+def settings_command(args, config_class, action, usage):
+    """A command configured by a settings dataclass: --help lists the settings, else run action(config)."""
+    from nanogpt.config import load_config
 
     if wants_help(args):
-        print(settings_help(TrainConfig, "usage: python train.py [config/file.py ...] [--key=value ...]"))
+        print(settings_help(config_class, usage))
         return 0
-    train(load_config(args, TrainConfig))
+    action(load_config(args, config_class))
     return 0
+
+
+# each command imports its module only when run, so `nanogpt --help` and the error paths stay fast
+def train_command(args):
+    from nanogpt.config import TrainConfig
+    from nanogpt.train import train
+
+    return settings_command(args, TrainConfig, train,
+                            "usage: python train.py [config/file.py ...] [--key=value ...]")
 
 
 def sample_command(args):
-    from nanogpt.config import load_config
     from nanogpt.sample import SampleConfig, sample
 
-    if wants_help(args):
-        print(settings_help(SampleConfig, "usage: python sample.py [config/file.py ...] [--key=value ...]"))
-        return 0
-    sample(load_config(args, SampleConfig))
-    return 0
+    return settings_command(args, SampleConfig, sample,
+                            "usage: python sample.py [config/file.py ...] [--key=value ...]")
 
 
 def bench_command(args):
     from nanogpt.bench import BenchConfig, bench
-    from nanogpt.config import load_config
 
-    if wants_help(args):
-        print(settings_help(BenchConfig, "usage: python bench.py [--key=value ...]"))
-        return 0
-    bench(load_config(args, BenchConfig))
-    return 0
+    return settings_command(args, BenchConfig, bench, "usage: python bench.py [--key=value ...]")
 
 
 def export_command(args):
-    from nanogpt.config import load_config
     from nanogpt.hf import ExportConfig, export_run
 
-    if wants_help(args):
-        print(settings_help(ExportConfig, "usage: nanogpt export [--out_dir=RUN | --init_from=SOURCE] --to=DIR"))
-        return 0
-    export_run(load_config(args, ExportConfig))
-    return 0
+    return settings_command(args, ExportConfig, export_run,
+                            "usage: nanogpt export [--out_dir=RUN | --init_from=SOURCE] --to=DIR")
 
 
 def serve_command(args):
-    from nanogpt.config import load_config
     from nanogpt.serve import ServeConfig, serve
 
-    if wants_help(args):
-        print(settings_help(ServeConfig, "usage: nanogpt serve --out_dir=RUN [--port=8000] [--key=value ...]"))
-        return 0
-    serve(load_config(args, ServeConfig))
-    return 0
+    return settings_command(args, ServeConfig, serve,
+                            "usage: nanogpt serve --out_dir=RUN [--port=8000] [--key=value ...]")
+
+
+COMMANDS = {
+    "prepare": prepare_command,
+    "train": train_command,
+    "sample": sample_command,
+    "bench": bench_command,
+    "export": export_command,
+    "serve": serve_command,
+}
 
 
 def main(argv=None):
