@@ -280,7 +280,7 @@ def _train(cfg, device, dinfo, stop, log):
             break
 
         # dropout's random draws are a function of (seed, rank, step) too, so a resumed run repeats them exactly
-        torch.manual_seed(step_seed(cfg.seed, dinfo.rank, iter_num))
+        seed_dropout(step_seed(cfg.seed, dinfo.rank, iter_num), device_type)
         loss_sum = torch.zeros((), device=device)
         for micro_step in range(accum):
             if dinfo.enabled:
@@ -415,6 +415,14 @@ def load_weights(model, state_dict, source):
 def step_seed(seed, rank, step):
     """A seed for the dropout draws of one rank at one step."""
     return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
+
+
+def seed_dropout(seed, device_type):
+    """Seed the generators dropout draws from: this device's only (torch.manual_seed also walks every backend,
+    which costs more than the seeding itself at every step)."""
+    torch.default_generator.manual_seed(seed)
+    if device_type == "cuda":
+        torch.cuda.manual_seed(seed)
 
 
 def stop_requested(stop, dinfo, device):
