@@ -20,12 +20,12 @@ PAGE = ROOT / "docs" / "code-analysis" / "configuration-reference.md"
 # NANOGPT_SRC: document another checkout of the code, e.g. a `git archive HEAD` export
 sys.path.insert(0, os.environ.get("NANOGPT_SRC", str(ROOT)))
 
-# (module, class): the dataclasses documented, in page order; a module that does not exist yet is skipped
+# (module, class): the dataclasses documented, in page order
 CLASSES = [
     ("nanogpt.config", "TrainConfig"),
     ("nanogpt.sample", "SampleConfig"),
-    ("nanogpt.generate", "GenerateConfig"),
     ("nanogpt.serve", "ServeConfig"),
+    ("nanogpt.hf", "ExportConfig"),
     ("nanogpt.bench", "BenchConfig"),
 ]
 
@@ -39,8 +39,8 @@ NOTES = {
         "eval_iters": (None, "Fewer for quick CPU runs (20), more for a precise number (500 in the eval presets)."),
         "eval_only": (None, "True to measure a checkpoint's (or a fresh model's) losses without training."),
         "always_save_checkpoint": (None, "False on small data that overfits, so ckpt.pt stays the best model."),
-        "init_from": (None, "'resume' to continue a run in out_dir; GPT-2 names need the Hugging Face import "
-                            "(nanogpt/hf.py)."),
+        "init_from": (None, "'resume' to continue a run in out_dir; 'gpt2' … 'gpt2-xl' or a local HF folder to "
+                            "finetune (needs pip install -e '.[hf]')."),
         "seed": (None, "Change to get a different but equally reproducible run (weights, batches, dropout)."),
         "wandb_log": ("send losses, lr and MFU to Weights & Biases at each evaluation",
                       "True to follow a long run in a browser; needs `pip install wandb`."),
@@ -65,6 +65,8 @@ NOTES = {
         "beta1": ("AdamW first-moment (momentum) decay", "Rarely."),
         "beta2": ("AdamW second-moment decay", "0.99 when each step sees few tokens (the char presets)."),
         "grad_clip": (None, "Lower (0.5) if the loss spikes; 0 to measure unclipped behaviour."),
+        "skip_nonfinite": (None, "True for long runs where a rare bad batch should not stop the job; a run that skips "
+                                 "every step is diverging: lower learning_rate instead."),
         "decay_lr": ("apply the warmup + cosine schedule; False keeps learning_rate constant",
                      "False for short finetunes at a small constant rate."),
         "warmup_iters": ("steps of linear warmup from ~0 to learning_rate",
@@ -72,26 +74,50 @@ NOTES = {
         "lr_decay_iters": (None, "Set to max_iters whenever you change max_iters."),
         "min_lr": (None, "Keep at about learning_rate / 10."),
         "backend": (None, "'gloo' to run several processes on CPUs under torchrun."),
+        "parallelism": (None, "'fsdp' when the model, gradients and AdamW state (~16 bytes per parameter) do not fit on "
+                              "one GPU; needs bfloat16 or float32. Ignored without torchrun."),
         "device": (None, "'cpu' to force the CPU, 'cuda:N' for a specific GPU in a single-process run."),
         "dtype": (None, "'float32' to rule out precision problems; 'float16' only on GPUs without bfloat16."),
         "compile": (None, "False while debugging or for short runs; True to try it on CPU/MPS."),
     },
     "SampleConfig": {
-        "init_from": (None, "Only 'resume' is supported for now."),
+        "init_from": (None, "'gpt2' … 'gpt2-xl' or an HF folder to sample pretrained GPT-2 (out_dir is then not "
+                            "read)."),
         "out_dir": (None, "Always: the out_dir of the run you trained."),
         "start": (None, "Your prompt; FILE:prompt.txt for long or multi-line prompts."),
         "num_samples": (None, "1 for a quick look."),
         "max_new_tokens": (None, "Length of each sample; a char model makes one character per token."),
-        "temperature": (None, "Lower (0.5) for safer text, 1.0 for the raw distribution; must be above 0."),
+        "temperature": (None, "Lower (0.5) for safer text, 1.0 for the raw distribution; 0 for greedy decoding."),
         "top_k": (None, "Smaller (e.g. 40) to cut off unlikely tokens; 0 disables the cut."),
         "top_p": (None, "0.9–0.95 to drop the long tail of unlikely tokens while keeping variety; 1.0 disables it."),
-        "stop": (None, "To end each sample at a delimiter, e.g. a blank line between speeches."),
-        "kv_cache": (None, "False only to compare against the nanoGPT-style sampler that re-reads the whole context (slower)."),
+        "stop": (None, "To end each sample at a delimiter, e.g. a blank line between speeches: --stop=\"'\\n\\n'\"."),
+        "kv_cache": (None, "False only to measure what the cache saves; it is slower and, past block_size, still "
+                           "follows window_shift."),
+        "window_shift": (None, "1 to match nanoGPT's exact sliding window past block_size (slow: a full pass per "
+                               "token); larger for speed with shorter context after each shift."),
         "seed": ("seeds the sampling; the same seed and prompt give the same samples",
                  "Change for different samples."),
         "device": (None, "'cpu' to sample on the CPU although a GPU is present."),
         "dtype": (None, "'float32' for bit-stable output across devices."),
         "compile": (None, "True only for long sampling runs on CUDA."),
+    },
+    "ServeConfig": {
+        "out_dir": (None, "Always (unless init_from names pretrained weights): the run to serve."),
+        "init_from": (None, "'gpt2' … 'gpt2-xl', a hub name or an HF folder to serve pretrained weights."),
+        "host": (None, "0.0.0.0 to accept other machines (there is no authentication: trusted networks only)."),
+        "port": (None, "When 8000 is taken; 0 and read the printed URL."),
+        "device": (None, "'cuda' on a GPU machine ('auto' already picks it); 'cpu' to leave the GPU free."),
+        "dtype": (None, "'float32' on a GPU to rule out precision effects ('auto' is bfloat16 there, float32 on CPU)."),
+        "max_tokens_limit": (None, "Lower to bound how long one request can hold the server (requests run one at a "
+                                   "time)."),
+        "max_n": (None, "Lower on small GPUs: n completions are one batch in memory."),
+        "kv_cache": (None, "False only to measure what the cache saves."),
+        "window_shift": (None, "As for sample: 1 for nanoGPT's exact window past block_size (slow)."),
+    },
+    "ExportConfig": {
+        "init_from": (None, "A GPT-2 name or folder to re-export pretrained weights (e.g. to test a round trip)."),
+        "out_dir": (None, "Always: the run to export (its ckpt.pt; the optimizer file is not needed)."),
+        "to": (None, "Always: a new folder name, e.g. hf-myrun."),
     },
     "BenchConfig": {
         "batch_size": ("sequences per step", "To match the training run you want to time."),
