@@ -171,7 +171,7 @@ def render(text, missing):
         try:
             cls = getattr(importlib.import_module(module), name)
         except (ImportError, AttributeError):
-            continue  # not in the code (yet): the page's placeholder stays
+            continue  # a class missing from the code leaves its section's markers as they are
         pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
         text = pattern.sub(lambda _: f"{begin}\n{table(cls, missing)}\n{end}", text)
     return text
