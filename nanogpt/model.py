@@ -214,7 +214,8 @@ class GPT(nn.Module):
         ]
         # the fused kernel updates all parameters in one pass instead of several ops per tensor (CUDA, and CPU
         # since PyTorch 2.4: ~2 ms of a 35 ms step for the quick-start model)
-        use_fused = "fused" in inspect.signature(torch.optim.AdamW).parameters and device_type in ("cuda", "cpu")
+        fused_devices = ("cuda", "cpu") if torch.torch_version.TorchVersion(torch.__version__) >= "2.4" else ("cuda",)
+        use_fused = "fused" in inspect.signature(torch.optim.AdamW).parameters and device_type in fused_devices
         extra = {"fused": True} if use_fused else {}
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **extra)
 

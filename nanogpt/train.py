@@ -35,6 +35,7 @@ from nanogpt.distributed import (
 from nanogpt.errors import UserError
 from nanogpt.model import GPT, GPTConfig
 
+GPT2_VOCAB_SIZE = 50257
 MODEL_ARGS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "dropout", "gelu_approximate")
 # model args that are not training settings, with the value for checkpoints written before they existed
 MODEL_ONLY_ARGS = {"gelu_approximate": "none"}
@@ -381,6 +382,12 @@ def build_model(cfg, dataset, out_dir, log):
 
     log(f"initializing from pretrained weights {cfg.init_from} (dropout {cfg.dropout})")
     model = hf.from_pretrained(cfg.init_from, {"dropout": cfg.dropout})
+    if model.config.vocab_size >= GPT2_VOCAB_SIZE and dataset.meta.get("tokenizer") != "gpt2":
+        # a GPT-2-sized vocabulary means BPE weights; character ids would index unrelated BPE embeddings
+        raise UserError(
+            f"dataset {dataset.folder} uses the '{dataset.meta.get('tokenizer')}' tokenizer, but {cfg.init_from} reads "
+            "GPT-2 BPE tokens: prepare the text with the GPT-2 tokenizer (e.g. data/shakespeare/prepare.py)"
+        )
     if dataset.vocab_size > model.config.vocab_size:
         raise UserError(
             f"dataset {dataset.folder} has token ids up to {dataset.vocab_size - 1}, but {cfg.init_from}'s vocabulary "

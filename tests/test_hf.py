@@ -240,6 +240,14 @@ def test_finetune_refuses_larger_dataset_vocabulary(tmp_path, char_dataset):
         train(tiny_config(data_dir, tmp_path / "run", init_from=str(tmp_path / "hf8")), log=lambda *a: None)
 
 
+def test_finetune_refuses_gpt2_weights_on_a_character_dataset(tmp_path, char_dataset):
+    data_dir, _ = char_dataset
+    tiny_hf_model(vocab_size=50257, n_embd=16).save_pretrained(tmp_path / "hf")
+    cfg = tiny_config(data_dir, tmp_path / "run", init_from=str(tmp_path / "hf"))
+    with pytest.raises(UserError, match="uses the 'char' tokenizer.*GPT-2 BPE"):
+        train(cfg, log=lambda *a: None)
+
+
 def test_sample_from_hf_folder_with_gpt2_tokenizer(tmp_path):
     from nanogpt.sample import SampleConfig, sample
 
