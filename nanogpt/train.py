@@ -365,18 +365,7 @@ def build_model(cfg, dataset, out_dir, log):
         model_args["dropout"] = cfg.dropout
         model = GPT(GPTConfig(**{k: model_args[k] for k in MODEL_ARGS}))
         load_weights(model, ckpt["model"], out_dir)
-        if ckpt["model_args"]["vocab_size"] < dataset.vocab_size:
-            raise UserError(
-                f"the checkpoint's vocabulary ({ckpt['model_args']['vocab_size']}) is smaller than the dataset's "
-                f"({dataset.vocab_size}): resume on the dataset it was trained on"
-            )
-        if cfg.block_size > model.config.block_size:
-            raise UserError(
-                f"block_size {cfg.block_size} is longer than the checkpoint's context of {model.config.block_size}: "
-                f"resume with --block_size={model.config.block_size} or less"
-            )
-        if cfg.block_size < model.config.block_size:
-            model.crop_block_size(cfg.block_size)
+        fit_to_dataset(model, dataset, cfg.block_size, "the checkpoint")
         return model, ckpt
     from nanogpt import hf  # safetensors and huggingface_hub are needed only here
 
@@ -388,19 +377,25 @@ def build_model(cfg, dataset, out_dir, log):
             f"dataset {dataset.folder} uses the '{dataset.meta.get('tokenizer')}' tokenizer, but {cfg.init_from} reads "
             "GPT-2 BPE tokens: prepare the text with the GPT-2 tokenizer (e.g. data/shakespeare/prepare.py)"
         )
+    fit_to_dataset(model, dataset, cfg.block_size, cfg.init_from)
+    return model, None
+
+
+def fit_to_dataset(model, dataset, block_size, source):
+    """Check that a loaded model can read the dataset's token ids at this block size, and crop its context to
+    block_size (finetuning GPT-2's 1024 on shorter blocks saves memory and time)."""
     if dataset.vocab_size > model.config.vocab_size:
         raise UserError(
-            f"dataset {dataset.folder} has token ids up to {dataset.vocab_size - 1}, but {cfg.init_from}'s vocabulary "
-            f"is only {model.config.vocab_size}: finetune on a dataset made with the model's tokenizer"
+            f"dataset {dataset.folder} has token ids up to {dataset.vocab_size - 1}, but {source}'s vocabulary "
+            f"is only {model.config.vocab_size}: train on a dataset made with the model's tokenizer"
         )
-    if cfg.block_size > model.config.block_size:
+    if block_size > model.config.block_size:
         raise UserError(
-            f"block_size {cfg.block_size} is longer than {cfg.init_from}'s context of {model.config.block_size}: "
+            f"block_size {block_size} is longer than {source}'s context of {model.config.block_size}: "
             f"use --block_size={model.config.block_size} or less"
         )
-    if cfg.block_size < model.config.block_size:
-        model.crop_block_size(cfg.block_size)
-    return model, None
+    if block_size < model.config.block_size:
+        model.crop_block_size(block_size)
 
 
 def load_weights(model, state_dict, source):
