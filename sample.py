@@ -2,7 +2,7 @@
 
 import sys
 
-from nanogpt.cli import run
+from nanogpt.cli import exit_process, run
 
 if __name__ == "__main__":
-    sys.exit(run("sample", sys.argv[1:]))
+    exit_process(run("sample", sys.argv[1:]))

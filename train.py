@@ -2,7 +2,7 @@
 
 import sys
 
-from nanogpt.cli import run
+from nanogpt.cli import exit_process, run
 
 if __name__ == "__main__":
-    sys.exit(run("train", sys.argv[1:]))
+    exit_process(run("train", sys.argv[1:]))

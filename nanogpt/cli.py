@@ -5,6 +5,7 @@ traceback.
 """
 
 import inspect
+import os
 import re
 import sys
 from dataclasses import fields
@@ -163,5 +164,23 @@ def main(argv=None):
     return run(argv[0], argv[1:])
 
 
+def exit_process(status):
+    """End the process now that the command is done. Python's own shutdown spends ~0.4 s tearing down torch's
+    modules (a fifth of a `sample.py` run); every file a command writes is closed, and renamed into place,
+    before it returns, so only the standard streams need flushing."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (BrokenPipeError, ValueError):
+            pass
+    os._exit(status)
+
+
+def console_main():
+    """The `nanogpt` console command."""
+    exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

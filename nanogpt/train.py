@@ -10,6 +10,7 @@ import math
 import os
 import signal
 import statistics
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -131,6 +132,7 @@ def train(cfg: TrainConfig, log=print):
             return _train(cfg, device, dinfo, stop, log if dinfo.is_master else (lambda *a, **k: None))
     finally:
         shutdown(dinfo)
+        finish_wandb()
 
 
 def _train(cfg, device, dinfo, stop, log):
@@ -432,6 +434,13 @@ def stop_requested(stop, dinfo, device):
     if not dinfo.enabled:
         return stop.requested
     return all_reduce_mean(float(stop.requested), dinfo, device) > 0
+
+
+def finish_wandb():
+    """Close the Weights & Biases run, if this process started one (the entry points skip atexit handlers)."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish()
 
 
 def wandb_log(cfg, iter_num, losses, lr, mfu):

@@ -6,7 +6,7 @@ from pathlib import Path
 here = Path(__file__).resolve().parent
 sys.path.insert(0, str(here.parents[1]))  # run from a clone without `pip install`: import the package beside us
 
-from nanogpt.cli import run  # noqa: E402
+from nanogpt.cli import exit_process, run  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(run("prepare", ["shakespeare_char", f"--data_dir={here.parent}"] + sys.argv[1:]))
+    exit_process(run("prepare", ["shakespeare_char", f"--data_dir={here.parent}"] + sys.argv[1:]))
