@@ -53,15 +53,15 @@ def _save_atomically(obj, path):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_path(path.parent)  # the rename is durable only once the directory entry is on disk
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise UserError(f"cannot write checkpoint {path}: {e.strerror}; the previous checkpoint is intact") from None
 
 
-def _fsync_dir(folder):
-    # the rename itself is durable only once the directory entry is on disk
-    fd = os.open(folder, os.O_RDONLY)
+def fsync_path(path):
+    """Flush a file, or a folder's entries, to disk by path."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from nanogpt.checkpoint import fsync_path
 from nanogpt.errors import UserError
 from nanogpt.model import GPT, GPTConfig
 
@@ -237,9 +238,9 @@ def export(model, to, tokenizer_meta, log=print):
             # Hugging Face has no tokenizer class for a character vocabulary; keep ours beside the weights
             write_json(tmp / "nanogpt_tokenizer.json", tokenizer_meta)
         for path in tmp.iterdir():
-            fsync_file(path)
+            fsync_path(path)
         os.replace(tmp, to)  # an empty `to` is replaced as a whole
-        fsync_file(to.parent)
+        fsync_path(to.parent)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise UserError(f"cannot write {to}: {e.strerror or e}") from None
@@ -324,14 +325,6 @@ def write_gpt2_tokenizer(folder, block_size):
 
 def write_json(path, obj):
     path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-
-
-def fsync_file(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ---------------------------------------------------------------------------------------------------- command
