@@ -76,7 +76,7 @@ def nanogpt_loop_seconds(out_dir, threads):
     another, each re-reading its whole context for every token (GPT.generate)."""
     import torch
 
-    from nanogpt.sample import load_run
+    from nanogpt.runs import load_run
 
     if threads:
         torch.set_num_threads(threads)

@@ -3,16 +3,15 @@ nanoGPT's bench.py as a function of a BenchConfig."""
 
 import statistics
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from nanogpt import runtime
 from nanogpt.data import TRAIN_STREAM, Dataset, batch_offsets, move_batch
 from nanogpt.errors import UserError
 from nanogpt.model import GPT, GPTConfig
-from nanogpt.train import resolve_compile, resolve_device, resolve_dtype
 
 
 @dataclass
@@ -43,9 +42,9 @@ def bench(cfg, log=print):
     """Run the benchmark; returns a dict of the figures it printed."""
     if cfg.steps < 1:
         raise UserError("steps must be at least 1")
-    device = resolve_device(cfg.device)
-    device_type = "cuda" if device.startswith("cuda") else device
-    dtype = resolve_dtype(cfg.dtype, device_type)
+    device = runtime.resolve_device(cfg.device)
+    device_type = runtime.device_type(device)
+    dtype = runtime.resolve_dtype(cfg.dtype, device_type)
     torch.manual_seed(cfg.seed)
 
     if cfg.dataset:
@@ -68,9 +67,8 @@ def bench(cfg, log=print):
     model = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=vocab_size, n_layer=cfg.n_layer,
                           n_head=cfg.n_head, n_embd=cfg.n_embd, bias=cfg.bias)).to(device)
     optimizer = model.configure_optimizers(1e-2, 1e-4, (0.9, 0.95), device_type)
-    step_model = torch.compile(model) if resolve_compile(cfg.compile, device_type) else model
-    ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    autocast = nullcontext() if dtype == "float32" else torch.amp.autocast(device_type=device_type, dtype=ptdtype)
+    step_model = torch.compile(model) if runtime.resolve_compile(cfg.compile, device_type) else model
+    autocast = runtime.autocast(device_type, dtype)
 
     def step(i):
         xb, yb = get_batch(i)

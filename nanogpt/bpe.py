@@ -20,6 +20,11 @@ ENDOFTEXT = "<|endoftext|>"
 EOT_TOKEN = 50256  # GPT-2's only special token, the last id
 VOCAB_SIZE = 50257  # 50,000 merges + 256 bytes + <|endoftext|>
 
+
+def gpt2_meta():
+    """The tokenizer description (a dataset's meta.json, a checkpoint's "tokenizer") of GPT-2's BPE."""
+    return {"tokenizer": "gpt2", "vocab_size": VOCAB_SIZE}
+
 # Copied from tiktoken_ext/openai_public.py (tiktoken 0.14): the hashes it checks the downloaded files against, and
 # its faster but equivalent form of GPT-2's original split pattern.
 VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"

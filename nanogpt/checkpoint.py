@@ -1,7 +1,9 @@
 """Every byte written to or read from a run's out_dir.
 
 Layout of out_dir:
-  ckpt.pt          the latest weights, model_args, iter_num, best_val_loss, config and tokenizer (nanoGPT's keys)
+  ckpt.pt          the latest weights, model_args, iter_num, best_val_loss, config and tokenizer (nanoGPT's keys);
+                   model_args holds only the settings upstream nanoGPT's GPTConfig takes, so its sample.py reads
+                   our checkpoints; the other model settings are in model_extra
   best.pt          the weights with the best validation loss so far
   optim-NNNNNN.pt  optimizer (and float16 GradScaler) state for the iteration ckpt.pt names; sampling and export
                    never read it. No RNG state is needed: batches and dropout are seeded per step
@@ -13,17 +15,21 @@ optimizer files are removed only after that, so ckpt.pt always points at an opti
 Loading uses torch.load(weights_only=True): a checkpoint that would run code when unpickled is refused.
 """
 
-import os
 import pickle
+from dataclasses import fields
 from pathlib import Path
 
 import torch
 
 from nanogpt.errors import UserError
+from nanogpt.files import write_atomically
+from nanogpt.model import GPT, GPTConfig
 
 LATEST = "ckpt.pt"
 BEST = "best.pt"
 COMPILE_PREFIX = "_orig_mod."  # torch.compile wraps the module and prefixes its state_dict keys
+# the GPTConfig fields of upstream nanoGPT, which its sample.py passes to its own GPTConfig(**model_args)
+MODEL_ARGS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "dropout")
 
 
 def save_checkpoint(out_dir, state, optimizer_state, is_best):
@@ -46,43 +52,73 @@ def save_checkpoint(out_dir, state, optimizer_state, is_best):
 
 
 def _save_atomically(obj, path):
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_path(path.parent)  # the rename is durable only once the directory entry is on disk
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"cannot write checkpoint {path}: {e.strerror}; the previous checkpoint is intact") from None
+    write_atomically(path, lambda f: torch.save(obj, f), "checkpoint")
 
 
-def fsync_path(path):
-    """Flush a file, or a folder's entries, to disk by path."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def model_settings(config):
+    """(model_args, model_extra) to save for a GPTConfig: upstream nanoGPT's keys, and all the others."""
+    values = {f.name: getattr(config, f.name) for f in fields(config)}
+    return {k: values[k] for k in MODEL_ARGS}, {k: v for k, v in values.items() if k not in MODEL_ARGS}
+
+
+def gpt_config(ckpt, source, **overrides):
+    """The GPTConfig a checkpoint was trained with (older checkpoints of ours kept every setting in model_args)."""
+    values = {**ckpt["model_args"], **(ckpt.get("model_extra") or {}), **overrides}
+    known = {f.name for f in fields(GPTConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise UserError(f"checkpoint {source} has model setting '{unknown[0]}' that this version does not know")
+    return GPTConfig(**values)
+
+
+def load_weights(model, state_dict, source):
+    """Load a state dict, naming the first tensor whose shape or name does not match."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    if missing:
+        raise UserError(f"checkpoint {source} lacks tensor '{missing[0]}' that this model needs")
+    for k, v in state_dict.items():
+        if k not in own:
+            raise UserError(f"checkpoint {source} has tensor '{k}' that this model does not")
+        if own[k].shape != v.shape:
+            raise UserError(
+                f"checkpoint {source}: tensor '{k}' has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}"
+            )
+    model.load_state_dict(state_dict)
+
+
+def load_model(ckpt, source, **overrides):
+    """The GPT a loaded checkpoint holds, with its weights."""
+    model = GPT(gpt_config(ckpt, source, **overrides))
+    load_weights(model, ckpt["model"], source)
+    return model
 
 
 def checkpoint_path(out_dir, which="latest"):
+    """The file of a run's checkpoint: which is 'latest' (ckpt.pt), 'best' (best.pt) or 'auto': the one upstream
+    nanoGPT would have kept, the best for a run with always_save_checkpoint=False and the latest otherwise."""
     out_dir = Path(out_dir)
+    if which == "auto":
+        which = "best" if (out_dir / BEST).is_file() and not _always_saved(out_dir / LATEST) else "latest"
     path = out_dir / (LATEST if which == "latest" else BEST)
     if not path.is_file():
         raise UserError(f"no checkpoint at {path}: train one first, or check --out_dir")
     return path
 
 
-def load_file(path, map_location="cpu"):
+def _always_saved(latest):
+    """Whether the run behind a ckpt.pt trained with always_save_checkpoint (the default, as in nanoGPT)."""
+    ckpt = load_file(latest, mmap=True)  # mmap: only the small config is read, not the weights
+    return bool((ckpt.get("config") or {}).get("always_save_checkpoint", True)) if isinstance(ckpt, dict) else True
+
+
+def load_file(path, map_location="cpu", mmap=False):
     """torch.load with weights_only=True, turning every failure into a one-line UserError."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no checkpoint at {path}: train one first, or check --out_dir")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
         if "Unsupported global" in str(e) or "weights_only" in str(e):
@@ -97,8 +133,8 @@ def load_file(path, map_location="cpu"):
 
 
 def load_checkpoint(out_dir, which="latest", map_location="cpu"):
-    """The weights and metadata of a run's checkpoint, with torch.compile's key prefix removed.
-    Accepts checkpoints written by upstream nanoGPT's train.py too."""
+    """The weights and metadata of a run's checkpoint (which: see checkpoint_path), with torch.compile's key
+    prefix removed. Accepts checkpoints written by upstream nanoGPT's train.py too."""
     path = checkpoint_path(out_dir, which)
     ckpt = load_file(path, map_location)
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:

@@ -133,7 +133,7 @@ def bench_command(args):
 
 
 def export_command(args):
-    from nanogpt.hf import ExportConfig, export_run
+    from nanogpt.export import ExportConfig, export_run
 
     return settings_command(args, ExportConfig, export_run,
                             "usage: nanogpt export [--out_dir=RUN | --init_from=SOURCE] --to=DIR")

@@ -1,5 +1,6 @@
 """Every read and write of a dataset's files: train.bin / val.bin (raw token arrays, nanoGPT's format) and the
-meta.json sidecar that says which tokenizer and integer type they hold.
+meta.json sidecar that says which tokenizer and integer type they hold. Character datasets also get upstream
+nanoGPT's meta.pkl (a plain dict), so its sample.py decodes runs trained here; we only ever read meta.json.
 
 Batches are a pure function of (seed, split, iteration): the global batch of step N is the same whether the run
 was interrupted and resumed, and however many ranks share it, each rank taking its own slice.
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 
 from nanogpt.errors import UserError
+from nanogpt.files import fsync_path, write_bytes_atomically
 
 META_FILE = "meta.json"
 SPLITS = ("train", "val")
@@ -88,9 +90,16 @@ class DatasetWriter:
                     os.fsync(f.fileno())
             for split in SPLITS:
                 os.replace(self.tmp_path(split), self.folder / f"{split}.bin")
+            fsync_path(self.folder)
         except OSError as e:
             raise UserError(f"cannot write the dataset in {self.folder}: {e.strerror}") from None
-        write_atomically(self.folder / META_FILE, json.dumps(self.meta, indent=1).encode())
+        if self.meta["tokenizer"] == "char":
+            from nanogpt.legacy import meta_pkl_bytes
+
+            write_bytes_atomically(self.folder / "meta.pkl", meta_pkl_bytes(self.meta))
+        else:
+            (self.folder / "meta.pkl").unlink(missing_ok=True)  # a stale one would decode the new ids wrongly
+        write_bytes_atomically(self.folder / META_FILE, json.dumps(self.meta, indent=1).encode())
         self.files = {}
 
     def abort(self):
@@ -101,21 +110,6 @@ class DatasetWriter:
         for split in SPLITS:
             if self.folder.is_dir():
                 self.tmp_path(split).unlink(missing_ok=True)
-
-
-def write_atomically(path, data):
-    """Write bytes to path so that a crash leaves either the old file or the new one, never half of one."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"cannot write {path}: {e.strerror}") from None
 
 
 def read_meta(folder):
@@ -132,7 +126,9 @@ def read_meta(folder):
 
         return read_meta_pkl(folder / "meta.pkl")
     # upstream nanoGPT's BPE datasets have no meta file: their .bin files are GPT-2 tokens in uint16
-    return {"tokenizer": "gpt2", "vocab_size": 50257, "dtype": "uint16"}
+    from nanogpt.bpe import gpt2_meta
+
+    return dict(gpt2_meta(), dtype="uint16")
 
 
 class Dataset:

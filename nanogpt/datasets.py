@@ -22,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from nanogpt.data import SPLITS, DatasetWriter, write_atomically, write_dataset
+from nanogpt.data import SPLITS, DatasetWriter, write_dataset
 from nanogpt.errors import UserError
+from nanogpt.files import write_bytes_atomically
 from nanogpt.tokenizers import CharTokenizer
 
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -47,7 +48,7 @@ def shakespeare_text(folder, log=print):
         return embedded_shakespeare()
     if hashlib.sha256(data).hexdigest() != TINY_SHAKESPEARE_SHA256:
         raise UserError(f"the download from {TINY_SHAKESPEARE_URL} does not match its sha256; try again later")
-    write_atomically(local, data)
+    write_bytes_atomically(local, data)
     log(f"downloaded tiny shakespeare to {local} (sha256 checked)")
     return data.decode("utf-8")
 

@@ -1,5 +1,7 @@
-"""Hugging Face GPT-2 weights in and out: load gpt2 … gpt2-xl (or any GPT-2 on the hub, or a local folder) into our
-GPT, and export a run as a folder that `transformers.AutoModelForCausalLM.from_pretrained` reads offline.
+"""Hugging Face GPT-2 weights in and out: read gpt2 … gpt2-xl (or any GPT-2 on the hub, or a local folder) for
+`GPT.from_pretrained`, and write a model as a folder that `transformers.AutoModelForCausalLM.from_pretrained` reads
+offline. This is the one module that knows Hugging Face's names and formats; it builds no model itself (model.py
+calls in here), so the two never import each other.
 
 Hugging Face's GPT-2 keeps its linear layers as `Conv1D` modules, whose weight is the transpose of nn.Linear's:
 (in_features, out_features). Those four matrices per block are transposed on the way in and back on the way out;
@@ -12,14 +14,13 @@ torch.load(weights_only=True). Only a hub name needs huggingface_hub, to downloa
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from nanogpt.checkpoint import fsync_path
+from nanogpt.bpe import EOT_TOKEN, VOCAB_SIZE
 from nanogpt.errors import UserError
-from nanogpt.model import GPT, GPTConfig
+from nanogpt.files import fsync_path
 
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 # causal-mask buffers that older transformers versions saved with the weights; our attention builds its own mask
@@ -31,33 +32,21 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 LAYER_NORM_EPS = 1e-5  # what our LayerNorm uses, and every GPT-2 config
 
 
-@dataclass
-class ExportConfig:
-    init_from: str = "resume"  # 'resume' exports the run in out_dir; or a GPT-2 name, hub name or local folder
-    out_dir: str = "out"  # the run to export
-    to: str = ""  # the folder to write (must not exist, or be empty)
-
-    def to_dict(self):
-        return asdict(self)
-
-
 # ---------------------------------------------------------------------------------------------------- import
 
 
-def from_pretrained(name_or_dir, override_args=None):
-    """A GPT with the weights of a Hugging Face GPT-2: 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl', any GPT-2 on
-    the hub, or a local folder holding config.json and model.safetensors or pytorch_model.bin. Only dropout may be
-    overridden; everything else is fixed by the weights."""
+def read_pretrained(name_or_dir, override_args=None):
+    """(GPTConfig settings, Hugging Face state dict, folder) of a Hugging Face GPT-2: 'gpt2', 'gpt2-medium',
+    'gpt2-large', 'gpt2-xl', any GPT-2 on the hub, or a local folder holding config.json and model.safetensors or
+    pytorch_model.bin. Only dropout may be overridden; everything else is fixed by the weights."""
     override_args = dict(override_args or {})
     unknown = sorted(set(override_args) - {"dropout"})
     if unknown:
         raise UserError(f"only dropout can be overridden for pretrained weights, not {', '.join(unknown)}")
     folder = resolve_source(str(name_or_dir))
-    config = gpt_config_from_hf(read_hf_config(folder), folder)
-    config.dropout = override_args.get("dropout", config.dropout)
-    model = GPT(config)
-    model.load_state_dict(hf_to_ours(read_hf_weights(folder), model, folder))
-    return model
+    settings = gpt_config_from_hf(read_hf_config(folder), folder)
+    settings["dropout"] = override_args.get("dropout", settings["dropout"])
+    return settings, read_hf_weights(folder), folder
 
 
 def resolve_source(name_or_dir):
@@ -125,7 +114,8 @@ def read_hf_config(folder):
 
 
 def gpt_config_from_hf(hf, source):
-    """Our GPTConfig for a Hugging Face GPT-2 config dict; refuses what our model cannot compute exactly."""
+    """Our GPTConfig's settings for a Hugging Face GPT-2 config dict; refuses what our model cannot compute
+    exactly."""
     model_type = hf.get("model_type")
     if model_type != "gpt2":
         raise UserError(f"{source} is a '{model_type}' model, not GPT-2: only GPT-2 weights can be loaded")
@@ -145,19 +135,23 @@ def gpt_config_from_hf(hf, source):
     for bad, what in unsupported:
         if bad:
             raise UserError(f"{source} has {what}, which this GPT does not support")
-    try:
-        return GPTConfig(
-            n_layer=hf.get("n_layer", 12),
-            n_head=hf.get("n_head", 12),
-            n_embd=n_embd,
-            block_size=hf.get("n_positions", 1024),
-            vocab_size=hf.get("vocab_size", 50257),
-            bias=True,  # GPT-2 always has biases
-            dropout=0.0,
-            gelu_approximate=ACTIVATIONS[activation],
-        )
-    except (ValueError, TypeError) as e:
-        raise UserError(f"{source}/config.json: {e}") from None
+    settings = dict(
+        n_layer=hf.get("n_layer", 12),
+        n_head=hf.get("n_head", 12),
+        n_embd=n_embd,
+        block_size=hf.get("n_positions", 1024),
+        vocab_size=hf.get("vocab_size", VOCAB_SIZE),
+        bias=True,  # GPT-2 always has biases
+        dropout=0.0,
+        gelu_approximate=ACTIVATIONS[activation],
+    )
+    ints = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")
+    bad = next((k for k in ints if not isinstance(settings[k], int) or settings[k] < 1), None)
+    if bad:
+        raise UserError(f"{source}/config.json: {bad} must be a positive integer, got {settings[bad]!r}")
+    if n_embd % settings["n_head"] != 0:
+        raise UserError(f"{source}/config.json: n_embd ({n_embd}) must be divisible by n_head ({settings['n_head']})")
+    return settings
 
 
 def read_hf_weights(folder):
@@ -181,9 +175,9 @@ def read_hf_weights(folder):
     raise UserError(f"{folder} has neither {' nor '.join(WEIGHT_FILES)}")
 
 
-def hf_to_ours(hf_state, model, source):
-    """Rename and transpose a Hugging Face GPT-2 state dict into `model`'s, checking every name and shape."""
-    own = model.state_dict()
+def hf_to_ours(hf_state, own, source):
+    """Rename and transpose a Hugging Face GPT-2 state dict into our model's (`own`, its state dict), checking every
+    name and shape."""
     state = {}
     for hf_name, tensor in hf_state.items():
         # hub checkpoints of GPT-2 name the body without the "transformer." prefix that save_pretrained adds
@@ -259,7 +253,7 @@ def export(model, to, tokenizer_meta, log=print):
 def hf_config(config, tokenizer):
     """A GPT2Config dict for our GPTConfig."""
     activation = {"none": "gelu", "tanh": "gelu_new"}[getattr(config, "gelu_approximate", "none")]
-    eot = 50256 if tokenizer == "gpt2" else None  # GPT-2's <|endoftext|> begins and ends every document
+    eot = EOT_TOKEN if tokenizer == "gpt2" else None  # GPT-2's <|endoftext|> begins and ends every document
     return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
@@ -325,22 +319,3 @@ def write_gpt2_tokenizer(folder, block_size):
 
 def write_json(path, obj):
     path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-
-
-# ---------------------------------------------------------------------------------------------------- command
-
-
-def export_run(cfg: ExportConfig, log=print):
-    """The `nanogpt export` command: a run's checkpoint (or pretrained weights) as a Hugging Face folder."""
-    if not cfg.to:
-        raise UserError("say where to export with --to=DIR")
-    if cfg.init_from == "resume":
-        from nanogpt.sample import load_run
-
-        model, tokenizer = load_run(cfg.out_dir, "cpu")
-        meta = tokenizer.describe()
-    else:
-        model = from_pretrained(cfg.init_from)
-        # the GPT-2 family's tokenizer, when the vocabulary is GPT-2's (possibly padded)
-        meta = {"tokenizer": "gpt2", "vocab_size": 50257} if model.config.vocab_size >= 50257 else None
-    return export(model, cfg.to, meta, log)

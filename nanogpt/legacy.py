@@ -1,8 +1,9 @@
-"""Reading upstream nanoGPT's meta.pkl without running it.
+"""Upstream nanoGPT's meta.pkl: read without running it, and written for upstream's sample.py.
 
 nanoGPT stores a character vocabulary as a pickle ({'vocab_size': int, 'itos': {int: str}, 'stoi': {str: int}}).
 Unpickling can run arbitrary code, so this reader refuses every class lookup: plain dicts, strings and ints are
-built by pickle's own opcodes without one, and anything else stops the read before it is constructed.
+built by pickle's own opcodes without one, and anything else stops the read before it is constructed. Writing one
+is safe (it is made of plain values only); nothing here reads it back when meta.json is there.
 """
 
 import pickle
@@ -39,3 +40,13 @@ def read_meta_pkl(path):
     except KeyError:
         raise UserError(f"{path}: itos does not cover ids 0..{vocab_size - 1}") from None
     return {"tokenizer": "char", "vocab_size": vocab_size, "chars": chars, "dtype": "uint16"}
+
+
+def meta_pkl_bytes(meta):
+    """Upstream nanoGPT's meta.pkl for a character tokenizer meta dict (plain dicts of ints and strings only)."""
+    chars = meta["chars"]
+    return pickle.dumps({
+        "vocab_size": len(chars),
+        "itos": dict(enumerate(chars)),
+        "stoi": {ch: i for i, ch in enumerate(chars)},
+    })

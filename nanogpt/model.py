@@ -156,6 +156,18 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
+    @classmethod
+    def from_pretrained(cls, model_type, override_args=None):
+        """GPT-2 weights from Hugging Face, as nanoGPT's GPT.from_pretrained: 'gpt2', 'gpt2-medium', 'gpt2-large',
+        'gpt2-xl', a hub name or a local folder with config.json and model.safetensors. Only dropout may be
+        overridden. Reading and renaming Hugging Face's tensors is hf.py's work, imported only when asked for."""
+        from nanogpt import hf
+
+        settings, hf_state, source = hf.read_pretrained(model_type, override_args)
+        model = cls(GPTConfig(**settings))
+        model.load_state_dict(hf.hf_to_ours(hf_state, model.state_dict(), source))
+        return model
+
     def get_num_params(self, non_embedding=True):
         """Parameter count; by default without position embeddings. Token embeddings count, because
         weight tying makes them the output layer's weights too."""

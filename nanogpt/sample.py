@@ -6,24 +6,23 @@ ends, then streams on, so the output reads exactly like nanoGPT's: prompt and sa
 """
 
 import sys
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from nanogpt import checkpoint
+from nanogpt import runtime
 from nanogpt.config import DEVICES, DTYPES
 from nanogpt.errors import UserError
-from nanogpt.model import GPT, GPTConfig
-from nanogpt.tokenizers import tokenizer_from_meta
-from nanogpt.train import MODEL_ARGS, load_weights, resolve_compile, resolve_device, resolve_dtype
+from nanogpt.generate import complete
+from nanogpt.runs import check_checkpoint_choice, load_model
 
 
 @dataclass
 class SampleConfig:
     init_from: str = "resume"  # 'resume' samples the run in out_dir; or gpt2 … gpt2-xl, a hub name or an HF folder
     out_dir: str = "out"  # the run to sample from
+    checkpoint: str = "auto"  # 'best' (best.pt), 'last' (ckpt.pt) or 'auto': the one nanoGPT would have kept
     start: str = "\n"  # the prompt, or FILE:path to read it from a file
     num_samples: int = 10  # how many samples to draw
     max_new_tokens: int = 500  # tokens generated per sample
@@ -59,6 +58,7 @@ def validate_sample_config(cfg):
         raise UserError(f"window_shift must be 0 (half the block) or more, got {cfg.window_shift}")
     if not cfg.init_from:
         raise UserError("init_from must be 'resume', a GPT-2 name such as 'gpt2-xl', a hub name or a local folder")
+    check_checkpoint_choice(cfg.checkpoint)
 
 
 def read_prompt(start):
@@ -68,35 +68,6 @@ def read_prompt(start):
             raise UserError(f"prompt file {path} not found")
         return path.read_text(encoding="utf-8")
     return start
-
-
-def load_run(out_dir, device):
-    """The model and tokenizer of a trained run, weights only (the optimizer state is never read)."""
-    ckpt = checkpoint.load_checkpoint(out_dir, map_location=device)
-    model = GPT(GPTConfig(**{k: ckpt["model_args"][k] for k in MODEL_ARGS if k in ckpt["model_args"]}))
-    load_weights(model, ckpt["model"], out_dir)
-    meta = ckpt.get("tokenizer") or legacy_tokenizer_meta(ckpt)
-    return model, tokenizer_from_meta(meta)
-
-
-def load_model(cfg, device):
-    """The run in out_dir, or (nanoGPT's init_from='gpt2-xl') pretrained Hugging Face weights with the GPT-2
-    tokenizer."""
-    if cfg.init_from == "resume":
-        return load_run(cfg.out_dir, device)
-    from nanogpt.hf import from_pretrained
-
-    return from_pretrained(cfg.init_from, {"dropout": 0.0}), tokenizer_from_meta({"tokenizer": "gpt2"})
-
-
-def legacy_tokenizer_meta(ckpt):
-    """For upstream nanoGPT checkpoints, which keep no tokenizer: its dataset's meta.pkl, else GPT-2 BPE."""
-    dataset = (ckpt.get("config") or {}).get("dataset")
-    from nanogpt.data import read_meta
-
-    if dataset and Path("data", dataset).is_dir():
-        return read_meta(Path("data", dataset))
-    return {"tokenizer": "gpt2", "vocab_size": 50257}
 
 
 def write_stdout(text):
@@ -135,17 +106,15 @@ class OrderedPrinter:
 def sample(cfg: SampleConfig, write=write_stdout):
     """Draw cfg.num_samples samples, passing the text to write() as it is generated (pieces, newlines
     included); returns the samples, each prompt plus continuation, as a list of strings."""
-    from nanogpt.generate import complete
-
     validate_sample_config(cfg)
-    device = resolve_device(cfg.device)
-    device_type = "cuda" if device.startswith("cuda") else device
-    dtype = resolve_dtype(cfg.dtype, device_type)
+    device = runtime.resolve_device(cfg.device)
+    device_type = runtime.device_type(device)
+    dtype = runtime.resolve_dtype(cfg.dtype, device_type)
     torch.manual_seed(cfg.seed)
     prompt = read_prompt(cfg.start)
-    model, tokenizer = load_model(cfg, device)
+    model, tokenizer = load_model(cfg.init_from, cfg.out_dir, device, cfg.checkpoint)
     model.eval().to(device)
-    if resolve_compile(cfg.compile, device_type):
+    if runtime.resolve_compile(cfg.compile, device_type):
         model = torch.compile(model)
     ids = tokenizer.encode(prompt)
     if not ids:
@@ -156,15 +125,13 @@ def sample(cfg: SampleConfig, write=write_stdout):
         )
     if cfg.window_shift > model.config.block_size:
         raise UserError(f"window_shift must be at most the block size, {model.config.block_size}")
-    ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    autocast = nullcontext() if dtype == "float32" else torch.amp.autocast(device_type=device_type, dtype=ptdtype)
     texts = [""] * cfg.num_samples
     printer = OrderedPrinter(cfg.num_samples, prompt, write)
     events = complete(model, tokenizer, ids, cfg.max_new_tokens, num_samples=cfg.num_samples,
                       temperature=cfg.temperature, top_k=cfg.top_k or None, top_p=cfg.top_p,
                       stop=[cfg.stop] if cfg.stop else [], seed=cfg.seed, kv_cache=cfg.kv_cache,
                       window_shift=cfg.window_shift)
-    with autocast:
+    with runtime.autocast(device_type, dtype):
         for index, text, finish_reason in events:
             texts[index] += text
             printer.add(index, text, finish_reason is not None)

@@ -30,6 +30,7 @@ log = logging.getLogger("nanogpt.serve")
 @dataclass
 class ServeConfig:
     out_dir: str = "out"  # the run to serve
+    checkpoint: str = "auto"  # 'best' (best.pt), 'last' (ckpt.pt) or 'auto': the one nanoGPT would have kept
     init_from: str = "resume"  # 'resume' serves out_dir; or gpt2 … gpt2-xl, a hub name or an HF folder
     host: str = "127.0.0.1"  # the address to listen on; 0.0.0.0 serves other machines too
     port: int = 8000  # 0 picks a free port
@@ -283,11 +284,9 @@ def make_app(generator, max_tokens_limit=1024, max_n=8):
 
 def load_generator(cfg):
     """Load the run (or pretrained weights) a ServeConfig names, ready to generate."""
-    import torch
-
+    from nanogpt import runtime
     from nanogpt.config import DEVICES, DTYPES
-    from nanogpt.sample import SampleConfig, load_model
-    from nanogpt.train import resolve_device, resolve_dtype
+    from nanogpt.runs import check_checkpoint_choice, load_model
 
     if not DEVICES.match(cfg.device):
         raise UserError(f"unknown device '{cfg.device}': use auto, cpu, cuda, cuda:N or mps")
@@ -295,17 +294,15 @@ def load_generator(cfg):
         raise UserError(f"unknown dtype '{cfg.dtype}': use one of {', '.join(DTYPES)}")
     if cfg.max_tokens_limit < 1 or cfg.max_n < 1:
         raise UserError("max_tokens_limit and max_n must be at least 1")
-    device = resolve_device(cfg.device)
-    device_type = "cuda" if device.startswith("cuda") else device
-    dtype = resolve_dtype(cfg.dtype, device_type)
-    model, tokenizer = load_model(SampleConfig(init_from=cfg.init_from, out_dir=cfg.out_dir), device)
+    check_checkpoint_choice(cfg.checkpoint)
+    device = runtime.resolve_device(cfg.device)
+    device_type = runtime.device_type(device)
+    dtype = runtime.resolve_dtype(cfg.dtype, device_type)
+    model, tokenizer = load_model(cfg.init_from, cfg.out_dir, device, cfg.checkpoint)
     model.eval().to(device)
     if not 0 <= cfg.window_shift <= model.config.block_size:
         raise UserError(f"window_shift must be between 0 and the block size, {model.config.block_size}")
-    autocast = None
-    if dtype != "float32":
-        ptdtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-        autocast = lambda: torch.amp.autocast(device_type=device_type, dtype=ptdtype)  # noqa: E731
+    autocast = None if dtype == "float32" else (lambda: runtime.autocast(device_type, dtype))
     name = Path(cfg.out_dir).name if cfg.init_from == "resume" else cfg.init_from
     return Generator(model, tokenizer, name, device, autocast, cfg.kv_cache, cfg.window_shift)
 

@@ -49,7 +49,7 @@ def test_import_matches_transformers(tmp_path, safe):
         # transformers 5 always writes safetensors; a pickled pytorch_model.bin is what 4.x wrote without it
         (tmp_path / "hf" / "model.safetensors").unlink()
         torch.save(theirs.state_dict(), tmp_path / "hf" / "pytorch_model.bin")
-    ours = hf.from_pretrained(tmp_path / "hf")
+    ours = GPT.from_pretrained(tmp_path / "hf")
     assert ours.config.vocab_size == 100 and ours.config.block_size == 64 and ours.config.gelu_approximate == "tanh"
     assert max_diff_to_hf(ours, theirs, 100) < TOL
 
@@ -65,20 +65,20 @@ def test_import_hub_layout_with_mask_buffers(tmp_path):
         state[f"h.{i}.attn.bias"] = torch.tril(torch.ones(1, 1, 64, 64))
         state[f"h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
     save_file(state, tmp_path / "hf" / "model.safetensors", metadata={"format": "pt"})
-    assert max_diff_to_hf(hf.from_pretrained(tmp_path / "hf"), theirs, 100) < TOL
+    assert max_diff_to_hf(GPT.from_pretrained(tmp_path / "hf"), theirs, 100) < TOL
 
 
 def test_dropout_is_the_only_override(tmp_path):
     tiny_hf_model().save_pretrained(tmp_path / "hf")
-    assert hf.from_pretrained(tmp_path / "hf", {"dropout": 0.1}).config.dropout == 0.1
+    assert GPT.from_pretrained(tmp_path / "hf", {"dropout": 0.1}).config.dropout == 0.1
     with pytest.raises(UserError, match="only dropout"):
-        hf.from_pretrained(tmp_path / "hf", {"n_layer": 3})
+        GPT.from_pretrained(tmp_path / "hf", {"n_layer": 3})
 
 
 def test_round_trip_import_export(tmp_path):
     theirs = tiny_hf_model()
     theirs.save_pretrained(tmp_path / "hf")
-    ours = hf.from_pretrained(tmp_path / "hf")
+    ours = GPT.from_pretrained(tmp_path / "hf")
     hf.export(ours, tmp_path / "out", None, log=lambda *a: None)
     again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
     assert max_diff_to_hf(ours, again, 100) < TOL
@@ -93,7 +93,7 @@ def test_export_our_model_matches_transformers(tmp_path, bias):
     theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
     assert json.loads((tmp_path / "out" / "config.json").read_text())["activation_function"] == "gelu"
     assert max_diff_to_hf(ours, theirs, 72) < TOL
-    assert hf.from_pretrained(tmp_path / "out").config.gelu_approximate == "none"
+    assert GPT.from_pretrained(tmp_path / "out").config.gelu_approximate == "none"
 
 
 def test_export_trained_run_through_cli(tmp_path, char_dataset, capsys):
@@ -103,7 +103,7 @@ def test_export_trained_run_through_cli(tmp_path, char_dataset, capsys):
     assert "no Hugging Face tokenizer exists for a character vocabulary" in capsys.readouterr().out
     assert sorted(os.listdir(tmp_path / "hf")) == ["config.json", "model.safetensors", "nanogpt_tokenizer.json"]
 
-    from nanogpt.sample import load_run
+    from nanogpt.runs import load_run
 
     ours, tokenizer = load_run(tmp_path / "run", "cpu")
     theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
@@ -126,7 +126,7 @@ def test_shape_mismatch_names_the_tensor(tmp_path):
     config["n_positions"] = 32
     (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
     with pytest.raises(UserError, match=r"tensor 'transformer\.wpe\.weight' has shape \(64, 32\)") as e:
-        hf.from_pretrained(tmp_path / "hf")
+        GPT.from_pretrained(tmp_path / "hf")
     assert "\n" not in str(e.value)
 
 
@@ -136,7 +136,7 @@ def test_refuses_other_model_types(tmp_path):
     config["model_type"] = "llama"
     (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
     with pytest.raises(UserError, match="'llama' model, not GPT-2"):
-        hf.from_pretrained(tmp_path / "hf")
+        GPT.from_pretrained(tmp_path / "hf")
 
 
 def test_hub_name_without_network_is_one_line(monkeypatch):
@@ -145,7 +145,7 @@ def test_hub_name_without_network_is_one_line(monkeypatch):
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read once, at import
     with pytest.raises(UserError) as e:
-        hf.from_pretrained("gpt2-nonexistent-size-for-tests")
+        GPT.from_pretrained("gpt2-nonexistent-size-for-tests")
     message = str(e.value)
     assert message.startswith("cannot reach the Hugging Face hub to download 'gpt2-nonexistent-size-for-tests'")
     assert "pass its local directory" in message and "\n" not in message
@@ -162,10 +162,10 @@ def test_unknown_hub_name_says_so(monkeypatch):
         raise NotFound()
 
     with pytest.raises(UserError, match="neither a local folder nor a valid Hugging Face model name"):
-        hf.from_pretrained("no such model!")  # refused before any network access
+        GPT.from_pretrained("no such model!")  # refused before any network access
     monkeypatch.setattr("huggingface_hub.snapshot_download", not_found)
     with pytest.raises(UserError, match="not a local folder, and there is no model 'someone/no-such-model' on the Hugging Face hub"):
-        hf.from_pretrained("someone/no-such-model")
+        GPT.from_pretrained("someone/no-such-model")
 
 
 def test_export_refuses_non_empty_destination(tmp_path):
@@ -223,7 +223,7 @@ def test_finetune_from_local_hf_folder(tmp_path, char_dataset):
     logs = []
     train(cfg, log=logs.append)
     assert any("pretrained weights" in line for line in logs)
-    from nanogpt.sample import load_run
+    from nanogpt.runs import load_run
 
     model, _ = load_run(tmp_path / "run", "cpu")
     assert model.config.block_size == 16 and model.config.gelu_approximate == "tanh" and model.config.bias

@@ -25,7 +25,7 @@ CLASSES = [
     ("nanogpt.config", "TrainConfig"),
     ("nanogpt.sample", "SampleConfig"),
     ("nanogpt.serve", "ServeConfig"),
-    ("nanogpt.hf", "ExportConfig"),
+    ("nanogpt.export", "ExportConfig"),
     ("nanogpt.bench", "BenchConfig"),
 ]
 
@@ -93,6 +93,8 @@ NOTES = {
         "stop": (None, "To end each sample at a delimiter, e.g. a blank line between speeches: --stop=\"'\\n\\n'\"."),
         "kv_cache": (None, "False only to measure what the cache saves; it is slower and, past block_size, still "
                            "follows window_shift."),
+        "checkpoint": (None, "'last' to use the final iteration of a run trained with always_save_checkpoint=False "
+                             "(auto picks its best.pt, as nanoGPT would have kept)."),
         "window_shift": (None, "1 to match nanoGPT's exact sliding window past block_size (slow: a full pass per "
                                "token); larger for speed with shorter context after each shift."),
         "seed": ("seeds the sampling; the same seed and prompt give the same samples",
@@ -113,11 +115,15 @@ NOTES = {
         "max_n": (None, "Lower on small GPUs: n completions are one batch in memory."),
         "kv_cache": (None, "False only to measure what the cache saves."),
         "window_shift": (None, "As for sample: 1 for nanoGPT's exact window past block_size (slow)."),
+        "checkpoint": (None, "'last' to use the final iteration of a run trained with always_save_checkpoint=False "
+                             "(auto picks its best.pt, as nanoGPT would have kept)."),
     },
     "ExportConfig": {
         "init_from": (None, "A GPT-2 name or folder to re-export pretrained weights (e.g. to test a round trip)."),
         "out_dir": (None, "Always: the run to export (its ckpt.pt; the optimizer file is not needed)."),
         "to": (None, "Always: a new folder name, e.g. hf-myrun."),
+        "checkpoint": (None, "'last' to use the final iteration of a run trained with always_save_checkpoint=False "
+                             "(auto picks its best.pt, as nanoGPT would have kept)."),
     },
     "BenchConfig": {
         "batch_size": ("sequences per step", "To match the training run you want to time."),

@@ -1,0 +1,62 @@
+"""Where and how a command runs: the device, the number format, autocast and torch.compile.
+
+train, sample, serve and bench all resolve their `device`, `dtype` and `compile` settings here, the same way.
+"""
+
+from contextlib import nullcontext
+
+import torch
+
+from nanogpt.errors import UserError
+
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(name):
+    """'auto' -> the best device here; otherwise check the named one exists."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device '{name}' asked for, but no CUDA GPU is available here: use --device=cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UserError("device 'mps' asked for, but Apple's MPS is not available here: use --device=cpu")
+    return name
+
+
+def device_type(device):
+    """'cuda:1' -> 'cuda': the name torch.amp and the fused kernels know a device by."""
+    return "cuda" if device.startswith("cuda") else device
+
+
+def resolve_dtype(name, device_type):
+    """'auto' -> bfloat16 where the GPU supports it, float16 on older GPUs, float32 elsewhere."""
+    if name == "auto":
+        if device_type == "cuda":
+            return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        return "float32"
+    if name == "float16" and device_type == "cpu":
+        raise UserError("float16 is not supported on the CPU: use --dtype=float32 or --dtype=bfloat16")
+    return name
+
+
+def resolve_compile(value, device_type):
+    # torch.compile pays for its start-up time on CUDA; on CPU and MPS it rarely does for small models
+    return device_type == "cuda" if value == "auto" else value
+
+
+def autocast(device_type, dtype):
+    """A fresh context manager that runs the forward pass in dtype (float32: no autocast at all)."""
+    if dtype == "float32":
+        return nullcontext()
+    return torch.amp.autocast(device_type=device_type, dtype=TORCH_DTYPES[dtype])
+
+
+def prepare_device(device_type):
+    if device_type == "cuda":
+        # TF32 matmuls: float32 range with ~10-bit mantissa, several times faster on Ampere and later
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
