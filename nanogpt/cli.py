@@ -37,6 +37,8 @@ def settings_help(config_class, title):
 
 def run(command, args):
     """Run one command; returns the process exit status."""
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)  # logs appear as they are written, through pipes and tee too
     try:
         if command not in COMMANDS:
             raise UserError(f"unknown command '{command}'; run `nanogpt --help` for the list")
@@ -112,10 +114,11 @@ def settings_command(args, config_class, action, usage):
 
 # each command imports its module only when run, so `nanogpt --help` and the error paths stay fast
 def train_command(args):
-    from nanogpt.config import TrainConfig
+    from nanogpt.config import TrainConfig, given_settings
     from nanogpt.train import train
 
-    return settings_command(args, TrainConfig, train,
+    # a resumed run must know which settings the user asked for, to refuse a change it cannot make
+    return settings_command(args, TrainConfig, lambda cfg: train(cfg, given=given_settings(args, TrainConfig)),
                             "usage: python train.py [config/file.py ...] [--key=value ...]")
 
 

@@ -90,6 +90,17 @@ def load_config(args, config_class=TrainConfig):
     return cfg
 
 
+def given_settings(args, config_class=TrainConfig):
+    """The names of the settings that command-line words set, in config files or as --key=value."""
+    names = set()
+    for arg in args:
+        if arg.startswith("--"):
+            names.add(parse_override(arg, config_class)[0])
+        else:
+            names.update(read_config_file(arg, config_class))
+    return names
+
+
 def config_field_types(config_class):
     return {f.name: f.default for f in fields(config_class)}
 

@@ -232,9 +232,26 @@ def prepare_text(input, name, tokenizer="gpt2", val_fraction=VAL_FRACTION, data_
         log(f"train has {writer.lengths['train']:,} tokens, val has {writer.lengths['val']:,} "
             f"({writer.dtype.name}, vocab size {tok.vocab_size:,})")
         writer.commit()
-    on_dir = "" if Path(data_dir) == Path("data") else f" --data_dir={data_dir}"
-    log(f"wrote {folder}: train on it with `python train.py --dataset={name}{on_dir}`")
+    log(f"wrote {folder}: train on it with `{train_command(name, data_dir)}`")
     return writer.lengths["train"], writer.lengths["val"]
+
+
+def train_command(name, data_dir="data"):
+    """A training command sized for this machine for a new dataset: the small Shakespeare-sized preset (a few
+    minutes on a laptop CPU with the _cpu preset), not GPT-2 124M's defaults, which take hours per evaluation there."""
+    import torch
+
+    preset = "train_shakespeare_char.py" if torch.cuda.is_available() else "train_shakespeare_char_cpu.py"
+    on_dir = "" if Path(data_dir) == Path("data") else f" --data_dir={data_dir}"
+    return f"python train.py config/{preset} --dataset={name}{on_dir} --out_dir=out-{name}"
+
+
+def how_to_prepare(name, data_dir="data"):
+    """How to make the dataset called name: its recipe, or the own-text command."""
+    on_dir = "" if Path(data_dir) == Path("data") else f" --data_dir={data_dir}"
+    if name in RECIPES:
+        return f"prepare it first with `nanogpt prepare {name}{on_dir}` (or `python data/{name}/prepare.py`)"
+    return f"prepare your text into it first with `nanogpt prepare --input=PATH --name={name}{on_dir}`"
 
 
 def tokenize_split(corpus, split, encode, writer, threads):

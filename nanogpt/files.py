@@ -25,6 +25,9 @@ def write_atomically(path, write, what="file"):
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise UserError(f"cannot write {what} {path}: {e.strerror or e}; any previous one is intact") from None
+    except BaseException:  # an interrupt (a second Ctrl-C) leaves no half-written file behind either
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_bytes_atomically(path, data, what="file"):

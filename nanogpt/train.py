@@ -6,8 +6,10 @@ function of the seed and the step number (see data.py), and so are the dropout d
 run computes exactly what a straight run computes.
 
 Read it in this order: `train` (the entry), `run_loop` (the loop, on one screen), then the pieces it calls:
-`set_up` builds a Session (model, optimizer, data, where we are), `optimizer_step` runs one step's micro-batches,
-`evaluate` estimates the losses and decides what to save, `save` writes a checkpoint.
+`set_up` builds a Session (model, optimizer, data, where we are; on resume, the checkpoint's dataset and
+architecture win), `forward_backward` and `update` make one optimizer step, `evaluate` estimates the losses and
+decides what to save, `save` writes a checkpoint. SIGINT/SIGTERM stop the run within about a second of work at
+any point (StopRequest), saving what it trained since its last checkpoint.
 """
 
 import math
@@ -16,7 +18,8 @@ import signal
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -61,11 +64,23 @@ def padded_vocab_size(vocab_size):
     return vocab_size if vocab_size < 1024 else 64 * math.ceil(vocab_size / 64)
 
 
-class StopRequest:
-    """Records SIGTERM/SIGINT so the loop can save a checkpoint and exit at the end of the current step."""
+class StopTraining(Exception):
+    """Raised to leave the loop when a stop was requested; the run then saves what it trained and ends."""
 
-    def __init__(self):
-        self.requested = False
+
+class StopRequest:
+    """SIGINT/SIGTERM handling. The first signal asks the run to stop: at once where the work in hand may be
+    abandoned (a forward/backward pass, an evaluation, compiling: see abandonable), otherwise as soon as the step
+    in hand (the optimizer update, a checkpoint being written) is done. A second signal ends the process at once
+    (KeyboardInterrupt) without saving; checkpoint files are written atomically, so none is left half-written.
+
+    Under torchrun the ranks must stop at the same point, so there the request is only noted here, and the loop
+    asks all ranks (stop_requested) between steps and between evaluation batches."""
+
+    def __init__(self, abandon_at_once=True):
+        self.requested = None  # the name of the signal that asked to stop
+        self.abandon_at_once = abandon_at_once
+        self._abandonable = False
         self._previous = {}
 
     def __enter__(self):
@@ -74,9 +89,26 @@ class StopRequest:
         return self
 
     def _handle(self, signum, frame):
-        self.requested = True
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+        if self._abandonable:
+            raise StopTraining
+
+    @contextmanager
+    def abandonable(self):
+        """Work that a stop request may interrupt: nothing it leaves half-done is saved."""
+        if self.abandon_at_once:
+            if self.requested:
+                raise StopTraining
+            self._abandonable = True
+        try:
+            yield
+        finally:
+            self._abandonable = False
 
     def __exit__(self, *exc):
+        self._abandonable = False
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
@@ -120,14 +152,16 @@ class Session:
         return self.cfg.gradient_accumulation_steps // self.dinfo.world_size
 
 
-def train(cfg: TrainConfig, log=print):
-    """Train (or evaluate) as cfg says. Returns a TrainResult; raises UserError for bad input."""
+def train(cfg: TrainConfig, log=print, given=None):
+    """Train (or evaluate) as cfg says. Returns a TrainResult; raises UserError for bad input. given: the settings
+    the user set (config files and --key=value), which a resumed run must not silently override; None means every
+    setting that differs from its default."""
     validate(cfg)
     device = runtime.resolve_device(cfg.device)
     dinfo, device = init_distributed(cfg.backend, device)
     try:
-        with StopRequest() as stop:
-            session = set_up(cfg, device, dinfo, log if dinfo.is_master else (lambda *a, **k: None))
+        with StopRequest(abandon_at_once=not dinfo.enabled) as stop:
+            session = set_up(cfg, device, dinfo, log if dinfo.is_master else (lambda *a, **k: None), given)
             return run_loop(session, stop)
     finally:
         shutdown(dinfo)
@@ -135,72 +169,130 @@ def train(cfg: TrainConfig, log=print):
 
 
 def run_loop(s, stop):
-    """nanoGPT's loop: evaluate every eval_interval (and save), stop when asked, one optimizer step, log it."""
-    cfg, log = s.cfg, s.log
+    """nanoGPT's loop: evaluate every eval_interval (and save), one optimizer step, log it; until max_iters or a
+    stop request."""
+    cfg = s.cfg
     result = TrainResult(iter_num=s.iter_num, best_val_loss=s.best_val_loss)
-    local_iter = 0
-    running_mfu = -1.0
-    tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
-    batch = train_batch(s, s.iter_num, 0)
-    t0 = time.time()
-    while True:
-        lr = get_lr(s.iter_num, cfg)
-        for group in s.optimizer.param_groups:
-            group["lr"] = lr
-        last_iteration = s.iter_num >= cfg.max_iters
-        if s.iter_num % cfg.eval_interval == 0 or last_iteration or cfg.eval_only:
-            result.last_losses = evaluate(s, trained=local_iter > 0 and not cfg.eval_only, last=last_iteration)
-            if cfg.wandb_log and s.dinfo.is_master:
-                wandb_log(cfg, s.iter_num, result.last_losses, lr, running_mfu)
-        if cfg.eval_only or last_iteration:
-            break
-        if stop_requested(stop, s.dinfo, s.device):
-            log(f"stop requested at iteration {s.iter_num}: saving a checkpoint and exiting")
-            if local_iter > 0 and s.saved_iter != s.iter_num:
-                save(s, is_best=False)
-            result.stopped_by_signal = True
-            break
-
-        loss, skipped, batch = optimizer_step(s, batch)
-        t1 = time.time()
-        dt, t0 = t1 - t0, t1
-        if s.iter_num % cfg.log_interval == 0 and not skipped:
-            if local_iter >= 5:  # let the training loop settle first
-                # this process's share of the work against one device's peak
-                mfu = s.raw_model.estimate_mfu(cfg.batch_size * s.micro_steps, dt)
-                running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
-            result.ms_per_iter.append(dt * 1000)
-            result.train_losses[s.iter_num] = loss
-            log(
-                f"iter {s.iter_num}: loss {loss:.4f}, time {dt * 1000:.2f}ms, mfu {running_mfu * 100:.2f}%, "
-                f"tok/s {tokens_per_iter / dt:.0f}, lr {lr:.3e}"
-            )
-        s.iter_num += 1
-        local_iter += 1
-
+    meter = StepMeter(s)
+    batch = None
+    try:
+        while True:
+            lr = get_lr(s.iter_num, cfg)
+            for group in s.optimizer.param_groups:
+                group["lr"] = lr
+            last_iteration = s.iter_num >= cfg.max_iters
+            if s.iter_num % cfg.eval_interval == 0 or last_iteration or cfg.eval_only:
+                result.last_losses = evaluate(s, stop, trained=meter.steps > 0 and not cfg.eval_only,
+                                              last=last_iteration)
+                if cfg.wandb_log and s.dinfo.is_master:
+                    wandb_log(cfg, s.iter_num, result.last_losses, lr, meter.running_mfu)
+            if cfg.eval_only or last_iteration:
+                break
+            if stop_requested(stop, s.dinfo, s.device):
+                raise StopTraining
+            with stop.abandonable():
+                loss, batch = forward_backward(s, batch)
+            skipped = update(s, loss)
+            if s.iter_num % cfg.log_interval == 0 and not skipped:
+                meter.log_step(s.iter_num, loss, lr, result)
+            else:
+                meter.tick()
+            s.iter_num += 1
+    except StopTraining:
+        stop_and_save(s, stop, trained=meter.steps > 0)
+        result.stopped_by_signal = True
     result.iter_num, result.best_val_loss = s.iter_num, s.best_val_loss
-    if result.ms_per_iter:
-        log(f"done: {s.iter_num} iterations, median {statistics.median(result.ms_per_iter):.2f}ms/iter")
+    log_summary(s, result, meter)
     return result
+
+
+class StepMeter:
+    """Times the steps and keeps the running MFU estimate for the `iter` log lines."""
+
+    def __init__(self, s):
+        self.s = s
+        self.steps = 0  # optimizer steps this process has taken
+        self.running_mfu = -1.0
+        self.tokens_per_iter = s.cfg.gradient_accumulation_steps * s.cfg.batch_size * s.cfg.block_size
+        self.started = self.t0 = time.time()
+
+    def tick(self):
+        t1 = time.time()
+        dt, self.t0 = t1 - self.t0, t1
+        self.steps += 1
+        return dt
+
+    def log_step(self, iter_num, loss, lr, result):
+        s = self.s
+        dt = self.tick()
+        if self.steps > 5:  # let the training loop settle first
+            # this process's share of the work against one device's peak
+            mfu = s.raw_model.estimate_mfu(s.cfg.batch_size * s.micro_steps, dt)
+            self.running_mfu = mfu if self.running_mfu == -1.0 else 0.9 * self.running_mfu + 0.1 * mfu
+        result.ms_per_iter.append(dt * 1000)
+        result.train_losses[iter_num] = loss
+        s.log(
+            f"iter {iter_num}: loss {loss:.4f}, time {dt * 1000:.2f}ms, mfu {self.running_mfu * 100:.2f}%, "
+            f"tok/s {self.tokens_per_iter / dt:.0f}, lr {lr:.3e}"
+        )
+
+
+def stop_and_save(s, stop, trained):
+    """A stop was requested: save the iteration reached if this run trained since its last checkpoint."""
+    s.optimizer.zero_grad(set_to_none=True)  # an abandoned step's partial gradients
+    if trained and s.saved_iter != s.iter_num:
+        s.log(f"stop requested at iteration {s.iter_num} ({stop.requested}): saving a checkpoint and exiting")
+        save(s, is_best=False)
+    else:
+        s.log(f"stop requested at iteration {s.iter_num} ({stop.requested}): exiting, nothing trained since "
+              f"{'the last checkpoint' if s.saved_iter is not None else 'the start'}, nothing to save")
+
+
+def log_summary(s, result, meter):
+    """One line on what the run did, where its checkpoints are, and how to sample from it."""
+    if s.cfg.eval_only:
+        return
+    parts = [f"done: {s.iter_num} iterations"]
+    if result.ms_per_iter:
+        parts[0] += f", median {statistics.median(result.ms_per_iter):.2f}ms/iter"
+    parts.append(f"{meter.steps} trained in {format_duration(time.time() - meter.started)}")
+    if s.saved_iter is not None:
+        best = s.out_dir / checkpoint.BEST
+        if best.exists() and math.isfinite(s.best_val_loss):
+            parts.append(f"best val loss {s.best_val_loss:.4f} in {best}")
+        parts.append(f"last checkpoint {s.out_dir / checkpoint.LATEST} (iteration {s.saved_iter})")
+        parts.append(f"sample with: python sample.py --out_dir={s.out_dir}")
+    s.log("; ".join(parts))
+
+
+def format_duration(seconds):
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
 
 
 # ------------------------------------------------------------------------------------------------------- set-up
 
 
-def set_up(cfg, device, dinfo, log):
+def set_up(cfg, device, dinfo, log, given=None):
     """Check the settings against this machine, load the data and build (or resume) the model and optimizer."""
     dtype = runtime.resolve_dtype(cfg.dtype, runtime.device_type(device))
     runtime.prepare_device(runtime.device_type(device))
     check_parallel_settings(cfg, dinfo, dtype)
-    log(f"tokens per iteration will be: {cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size:,}")
-
-    dataset = Dataset(Path(cfg.data_dir) / cfg.dataset)
-    dataset.check_block_size(cfg.block_size)
+    if cfg.eval_only and cfg.init_from == "scratch":
+        raise UserError("eval_only needs trained weights: add --init_from=resume to evaluate the run in out_dir, or "
+                        "--init_from=gpt2 (or another pretrained model)")
     out_dir = Path(cfg.out_dir)
     check_out_dir(cfg, out_dir)
-
+    ckpt = None
+    if cfg.init_from == "resume":
+        log(f"resuming training from {out_dir}")
+        ckpt = checkpoint.load_checkpoint(out_dir)
+        cfg = resumed_settings(cfg, ckpt, given, log)
+    log(f"tokens per iteration will be: {cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size:,}")
+    dataset = open_dataset(cfg)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    raw_model, ckpt = build_model(cfg, dataset, out_dir, log)
+    raw_model = build_model(cfg, dataset, ckpt, log)
     raw_model.to(device)
     compile_model = runtime.resolve_compile(cfg.compile, runtime.device_type(device))
     if compile_model:
@@ -217,6 +309,50 @@ def set_up(cfg, device, dinfo, log):
     return s
 
 
+def open_dataset(cfg):
+    """The dataset to train on, with a message naming how to make it when it is missing."""
+    folder = Path(cfg.data_dir) / cfg.dataset
+    if not folder.is_dir():
+        from nanogpt.datasets import how_to_prepare
+
+        raise UserError(f"dataset folder {folder} not found: {how_to_prepare(cfg.dataset, cfg.data_dir)}")
+    dataset = Dataset(folder)
+    dataset.check_block_size(cfg.block_size)
+    return dataset
+
+
+def resumed_settings(cfg, ckpt, given, log):
+    """The settings a resumed run trains with: the checkpoint's dataset and architecture, this command's for the
+    rest. Asking for another dataset or architecture is refused, never silently replaced or ignored."""
+    saved = ckpt.get("config") or {}
+    model_config = checkpoint.gpt_config(ckpt, cfg.out_dir)
+    kept = {k: getattr(model_config, k) for k in ARCHITECTURE}
+    if saved.get("dataset"):
+        kept["dataset"] = saved["dataset"]
+    defaults = TrainConfig()
+    for key, value in kept.items():
+        asked = key in given if given is not None else getattr(cfg, key) != getattr(defaults, key)
+        if asked and getattr(cfg, key) != value:
+            what = "dataset" if key == "dataset" else "architecture"
+            raise UserError(
+                f"the run in {cfg.out_dir} was trained with {key}={value!r}, and a resumed run keeps its {what}; "
+                f"this command asks for {key}={getattr(cfg, key)!r}: remove {key} from the command line and config "
+                "files, or start a new run in another --out_dir"
+            )
+    cfg = replace(cfg, **kept)
+    for key in ("batch_size", "gradient_accumulation_steps", "seed"):
+        if key in saved and saved[key] != getattr(cfg, key):
+            log(f"warning: {key} is {getattr(cfg, key)}, the run was trained with {saved[key]}: it goes on, but no "
+                "longer computes exactly what an uninterrupted run would")
+    return cfg
+
+
+# the TrainConfig settings that shape the model: a resumed run keeps the checkpoint's (dropout may change)
+ARCHITECTURE = tuple(
+    f.name for f in fields(GPTConfig) if f.name in {g.name for g in fields(TrainConfig)} and f.name != "dropout"
+)
+
+
 def check_parallel_settings(cfg, dinfo, dtype):
     if cfg.gradient_accumulation_steps % dinfo.world_size != 0:
         raise UserError(
@@ -231,6 +367,11 @@ def restore_training_state(s, ckpt):
     """Continue where a checkpoint left off: its iteration, best val loss and optimizer (and scaler) state."""
     s.iter_num = s.saved_iter = ckpt["iter_num"]
     s.best_val_loss = float(ckpt["best_val_loss"])  # float(): upstream nanoGPT saves it as a 0-dim tensor
+    if s.iter_num >= s.cfg.max_iters and not s.cfg.eval_only:
+        raise UserError(
+            f"the run in {s.out_dir} is already at iteration {s.iter_num} and max_iters is {s.cfg.max_iters}: pass "
+            f"a larger --max_iters to train on (e.g. --max_iters={2 * s.iter_num} --lr_decay_iters={2 * s.iter_num})"
+        )
     state = checkpoint.load_optimizer_state(s.out_dir, ckpt)
     if state is not None:
         load_optimizer_state(s.raw_model, s.optimizer, state["optimizer"], s.cfg, s.dinfo)
@@ -251,10 +392,12 @@ def train_batch(s, step, micro_step):
     return move_batch(*s.dataset.batch("train", mine, cfg.block_size), torch.device(s.device))
 
 
-def optimizer_step(s, batch):
-    """Forward and backward over this rank's micro-batches, then one optimizer update. Returns (the mean loss over
-    the global batch, whether the update was skipped, the first batch of the next step)."""
+def forward_backward(s, batch):
+    """Forward and backward over this rank's micro-batches of one step, gradients accumulated. Returns (the mean
+    loss over the global batch, the first batch of the next step). Nothing here changes the weights, so a stop
+    request may abandon it at any point."""
     cfg, accum = s.cfg, s.micro_steps
+    batch = batch or train_batch(s, s.iter_num, 0)
     # dropout's random draws are a function of (seed, rank, step) too, so a resumed run repeats them exactly
     seed_dropout(step_seed(cfg.seed, s.dinfo.rank, s.iter_num), s.device_type)
     loss_sum = torch.zeros((), device=s.device)
@@ -268,15 +411,19 @@ def optimizer_step(s, batch):
         # draw the next batch while the device works on this one
         batch = train_batch(s, s.iter_num + (micro_step + 1) // accum, (micro_step + 1) % accum)
         s.scaler.scale(loss).backward()
-
     # the mean over the global batch: each rank's mean over its micro-steps, averaged over the ranks
-    loss_value = all_reduce_mean(loss_sum.item(), s.dinfo, s.device)
+    return all_reduce_mean(loss_sum.item(), s.dinfo, s.device), batch
+
+
+def update(s, loss_value):
+    """Clip the accumulated gradients and take the optimizer step, unless the loss or gradient norm is not finite.
+    Returns whether the step was skipped."""
     skipped = not math.isfinite(loss_value)
     if skipped:
         nonfinite(s, "the loss", loss_value)
-    elif cfg.grad_clip != 0.0:
+    elif s.cfg.grad_clip != 0.0:
         s.scaler.unscale_(s.optimizer)
-        grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(s.model.parameters(), cfg.grad_clip)).item()
+        grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(s.model.parameters(), s.cfg.grad_clip)).item()
         # under float16 the scaler itself skips steps with inf gradients and lowers its scale
         if not s.scaler.is_enabled() and not math.isfinite(grad_norm):
             skipped = True
@@ -285,7 +432,7 @@ def optimizer_step(s, batch):
         s.scaler.step(s.optimizer)
         s.scaler.update()
         s.optimizer.zero_grad(set_to_none=True)
-    return loss_value, skipped, batch
+    return skipped
 
 
 def nonfinite(s, what, value):
@@ -317,10 +464,11 @@ def seed_dropout(seed, device_type):
 # ---------------------------------------------------------------------------------------- evaluation and saving
 
 
-def evaluate(s, trained, last):
+def evaluate(s, stop, trained, last):
     """Estimate the losses, log them, and save a checkpoint if this run trained and the val loss improved (or
     always_save_checkpoint, or this is the run's last iteration). Returns the losses."""
-    losses = estimate_loss(s)
+    with stop.abandonable():
+        losses = estimate_loss(s, stop)
     s.log(f"step {s.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
     if not s.cfg.eval_only and not math.isfinite(losses["val"]):
         raise UserError(
@@ -338,24 +486,45 @@ def evaluate(s, trained, last):
 
 
 @torch.no_grad()
-def estimate_loss(s):
+def estimate_loss(s, stop):
     """Mean loss over eval_iters batches of each split. Every rank evaluates the same batches (under FSDP each
-    forward gathers the weights collectively)."""
+    forward gathers the weights collectively). A long evaluation reports its progress every ten seconds."""
     cfg = s.cfg
     s.raw_model.eval()
     out = {}
+    progress = Progress(s.log, 2 * cfg.eval_iters, "batches")
     for split, stream in (("train", EVAL_TRAIN_STREAM), ("val", EVAL_VAL_STREAM)):
         offsets = batch_offsets(cfg.seed, stream, s.iter_num, cfg.eval_iters * cfg.batch_size,
                                 s.dataset.lengths[split], cfg.block_size)
         losses = torch.zeros(cfg.eval_iters)
         for k in range(cfg.eval_iters):
+            if s.dinfo.enabled and stop_requested(stop, s.dinfo, s.device):
+                raise StopTraining
             x, y = s.dataset.batch(split, offsets[k * cfg.batch_size:(k + 1) * cfg.batch_size], cfg.block_size)
             with s.autocast:
                 _, loss = s.raw_model(*move_batch(x, y, torch.device(s.device)))
             losses[k] = loss.item()
+            progress.advance(f"evaluating at step {s.iter_num}")
         out[split] = losses.mean().item()
     s.raw_model.train()
     return out
+
+
+class Progress:
+    """Log lines that show a long piece of work advancing, with an ETA: silent for work that ends quickly."""
+
+    def __init__(self, log, total, unit, every=10.0):
+        self.log, self.total, self.unit, self.every = log, total, unit, every
+        self.done = 0
+        self.started = self.last = time.time()
+
+    def advance(self, what):
+        self.done += 1
+        now = time.time()
+        if now - self.last >= self.every and self.done < self.total:
+            self.last = now
+            eta = (now - self.started) / self.done * (self.total - self.done)
+            self.log(f"{what}: {self.done}/{self.total} {self.unit}, eta {format_duration(eta)}")
 
 
 def save(s, is_best):
@@ -397,21 +566,19 @@ def check_out_dir(cfg, out_dir):
         raise UserError(f"cannot write to out_dir {out_dir}: choose a folder you can write to with --out_dir")
 
 
-def build_model(cfg, dataset, out_dir, log):
-    """The model to train: fresh, or from out_dir's checkpoint. Returns (model, checkpoint or None)."""
+def build_model(cfg, dataset, ckpt, log):
+    """The model to train: fresh, from the resumed checkpoint, or pretrained weights."""
     if cfg.init_from == "scratch":
         vocab_size = padded_vocab_size(dataset.vocab_size)
         log(f"initializing a new model from scratch (vocab_size {vocab_size} from {dataset.folder})")
         model_args = {k: getattr(cfg, k) for k in checkpoint.MODEL_ARGS if k != "vocab_size"}
-        model = GPT(GPTConfig(vocab_size=vocab_size, **model_args))
-        return model, None
+        return GPT(GPTConfig(vocab_size=vocab_size, **model_args))
     if cfg.init_from == "resume":
-        log(f"resuming training from {out_dir}")
-        ckpt = checkpoint.load_checkpoint(out_dir)
+        check_same_tokenizer(ckpt, dataset, cfg.out_dir)
         # architecture comes from the checkpoint; dropout may be changed when resuming
-        model = checkpoint.load_model(ckpt, out_dir, dropout=cfg.dropout)
+        model = checkpoint.load_model(ckpt, cfg.out_dir, dropout=cfg.dropout)
         fit_to_dataset(model, dataset, cfg.block_size, "the checkpoint")
-        return model, ckpt
+        return model
     log(f"initializing from pretrained weights {cfg.init_from} (dropout {cfg.dropout})")
     model = GPT.from_pretrained(cfg.init_from, {"dropout": cfg.dropout})
     if model.config.vocab_size >= GPT2_VOCAB_SIZE and dataset.meta.get("tokenizer") != "gpt2":
@@ -421,7 +588,23 @@ def build_model(cfg, dataset, out_dir, log):
             "GPT-2 BPE tokens: prepare the text with the GPT-2 tokenizer (e.g. data/shakespeare/prepare.py)"
         )
     fit_to_dataset(model, dataset, cfg.block_size, cfg.init_from)
-    return model, None
+    return model
+
+
+def check_same_tokenizer(ckpt, dataset, out_dir):
+    """A resumed run must read token ids made by the tokenizer it was trained with."""
+    trained_with = ckpt.get("tokenizer")
+    now = {k: v for k, v in dataset.meta.items() if k != "dtype"}
+    if trained_with and trained_with != now:
+        raise UserError(
+            f"dataset {dataset.folder} now holds {describe_tokenizer(now)} tokens, but the run in {out_dir} was "
+            f"trained on {describe_tokenizer(trained_with)} tokens: prepare its text again with that tokenizer, "
+            "or start a new run in another --out_dir"
+        )
+
+
+def describe_tokenizer(meta):
+    return f"'{meta.get('tokenizer')}' ({meta.get('vocab_size')} entries)"
 
 
 def fit_to_dataset(model, dataset, block_size, source):
@@ -445,7 +628,7 @@ def stop_requested(stop, dinfo, device):
     """Whether any rank received SIGTERM/SIGINT; all ranks agree, so they stop at the same step."""
     if not dinfo.enabled:
         return stop.requested
-    return all_reduce_mean(float(stop.requested), dinfo, device) > 0
+    return all_reduce_mean(float(bool(stop.requested)), dinfo, device) > 0
 
 
 def finish_wandb():

@@ -2,9 +2,11 @@
 
 import dataclasses
 
+import pytest
 import torch
 
 from nanogpt.checkpoint import load_checkpoint
+from nanogpt.errors import UserError
 from nanogpt.sample import SampleConfig, sample
 from nanogpt.train import train
 from tests.conftest import tiny_config
@@ -39,13 +41,25 @@ def test_train_checkpoint_resume_sample(char_dataset, tmp_path):
         assert set(text) <= set(tokenizer.chars)
 
 
-def test_eval_only_writes_nothing(char_dataset, tmp_path):
+def test_eval_only_evaluates_a_trained_run_and_writes_nothing(char_dataset, tmp_path):
     data_dir, _ = char_dataset
-    out_dir = tmp_path / "eval"
+    out_dir = tmp_path / "run"
+    trained = train(tiny_config(data_dir, out_dir, max_iters=10, eval_interval=10), log=lambda *_: None)
+    before = {p.name: p.read_bytes() for p in out_dir.iterdir()}
     logs = []
-    result = train(tiny_config(data_dir, out_dir, eval_only=True), log=logs.append)
-    assert result.iter_num == 0 and "val" in result.last_losses
-    assert not out_dir.exists() or not any(out_dir.iterdir())
+    result = train(tiny_config(data_dir, out_dir, eval_only=True, init_from="resume"), log=logs.append)
+    assert result.iter_num == 10
+    # the same batches as the run's own last evaluation: the same val loss
+    assert result.last_losses["val"] == trained.last_losses["val"]
+    assert any(line.startswith("step 10: train loss") for line in logs)
+    assert {p.name: p.read_bytes() for p in out_dir.iterdir()} == before
+
+
+def test_eval_only_without_weights_says_so(char_dataset, tmp_path):
+    data_dir, _ = char_dataset
+    with pytest.raises(UserError, match="eval_only needs trained weights"):
+        train(tiny_config(data_dir, tmp_path / "eval", eval_only=True), log=lambda *_: None)
+    assert not (tmp_path / "eval").exists()
 
 
 def test_same_seed_same_run(char_dataset, tmp_path):
