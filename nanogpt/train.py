@@ -161,7 +161,13 @@ def train(cfg: TrainConfig, log=print, given=None):
     dinfo, device = init_distributed(cfg.backend, device)
     try:
         with StopRequest(abandon_at_once=not dinfo.enabled) as stop:
-            session = set_up(cfg, device, dinfo, log if dinfo.is_master else (lambda *a, **k: None), given)
+            log = log if dinfo.is_master else (lambda *a, **k: None)
+            try:
+                with stop.abandonable():  # nothing is trained yet: a stop here just ends the run
+                    session = set_up(cfg, device, dinfo, log, given)
+            except StopTraining:
+                log(f"stop requested ({stop.requested}) while setting up: exiting, nothing trained, nothing to save")
+                return TrainResult(stopped_by_signal=True)
             return run_loop(session, stop)
     finally:
         shutdown(dinfo)
@@ -250,7 +256,7 @@ def stop_and_save(s, stop, trained):
 
 def log_summary(s, result, meter):
     """One line on what the run did, where its checkpoints are, and how to sample from it."""
-    if s.cfg.eval_only:
+    if meter.steps == 0:
         return
     parts = [f"done: {s.iter_num} iterations"]
     if result.ms_per_iter:
@@ -544,8 +550,10 @@ def save(s, is_best):
         "tokenizer": {k: v for k, v in s.dataset.meta.items() if k != "dtype"},
     }
     training_state = {"optimizer": optimizer_state, "scaler": s.scaler.state_dict(), "iter_num": s.iter_num}
+    latest = s.out_dir / checkpoint.LATEST
+    best = f"; the best val loss so far, also {s.out_dir / checkpoint.BEST}" if is_best else ""
+    s.log(f"saving checkpoint to {latest} (iteration {s.iter_num}{best})")
     checkpoint.save_checkpoint(s.out_dir, state, training_state, is_best)
-    s.log(f"saving checkpoint to {s.out_dir}")
 
 
 # ------------------------------------------------------------------------------------------- model and out_dir
