@@ -64,6 +64,7 @@ def prepare_command(args, data_dir=None):
 
     usage = f"""usage: nanogpt prepare NAME [--data_dir=data]
        nanogpt prepare --input=PATH_OR_NAME --name=NAME [--tokenizer=gpt2|char] [--val_fraction=0.1] [--data_dir=data]
+       either form takes --overwrite=True to replace a different dataset already in the folder
 
 The first form runs a named recipe: {', '.join(sorted(RECIPES))}.
 The second tokenizes your own text into DATA_DIR/NAME (then `python train.py --dataset=NAME`): PATH_OR_NAME is a
@@ -74,7 +75,7 @@ text file, a folder of *.txt/*.md files (each a document) or a Hugging Face data
         return 0 if args else 1
     names = [a for a in args if not a.startswith("--")]
     options = {"data_dir": data_dir}
-    known = ("input", "name", "tokenizer", "val_fraction", "data_dir")
+    known = ("input", "name", "tokenizer", "val_fraction", "data_dir", "overwrite")
     for arg in args:
         if not arg.startswith("--"):
             continue
@@ -83,12 +84,15 @@ text file, a folder of *.txt/*.md files (each a document) or a Hugging Face data
             raise UserError(f"unknown option {arg} for prepare; it takes {', '.join('--' + k + '=...' for k in known)}")
         options[key] = value
     data_dir = options.pop("data_dir") or "data"
+    if options.get("overwrite", "False") not in ("True", "False"):
+        raise UserError(f"--overwrite must be True or False, not {options['overwrite']!r}")
+    overwrite = options.pop("overwrite", "False") == "True"
     if len(names) > 1 or (names and "input" in options):
         raise UserError("prepare takes one recipe NAME, or --input=PATH --name=NAME for your own text, not both")
     if names:
         if len(options) > 0:
             raise UserError(f"--{next(iter(options))} is for your own text (--input=...), not for a named recipe")
-        prepare(names[0], data_dir)
+        prepare(names[0], data_dir, overwrite=overwrite)
         return 0
     if "input" not in options or not options.get("name"):
         raise UserError("give a recipe NAME, or --input=PATH_OR_NAME with --name=NAME (the folder to write)")
@@ -97,7 +101,7 @@ text file, a folder of *.txt/*.md files (each a document) or a Hugging Face data
     except ValueError:
         raise UserError(f"--val_fraction must be a number, not {options['val_fraction']!r}") from None
     prepare_text(options["input"], options["name"], tokenizer=options.get("tokenizer", "gpt2"),
-                 val_fraction=val_fraction, data_dir=data_dir)
+                 val_fraction=val_fraction, data_dir=data_dir, overwrite=overwrite)
     return 0
 
 

@@ -6,6 +6,7 @@ Batches are a pure function of (seed, split, iteration): the global batch of ste
 was interrupted and resumed, and however many ranks share it, each rank taking its own slice.
 """
 
+import filecmp
 import json
 import os
 from pathlib import Path
@@ -25,9 +26,9 @@ def token_dtype(vocab_size):
     return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
 
 
-def write_dataset(folder, train_ids, val_ids, tokenizer_meta):
+def write_dataset(folder, train_ids, val_ids, tokenizer_meta, overwrite=False):
     """Write train.bin, val.bin and meta.json from in-memory token ids."""
-    with DatasetWriter(folder, tokenizer_meta) as writer:
+    with DatasetWriter(folder, tokenizer_meta, overwrite) as writer:
         writer.append("train", train_ids)
         writer.append("val", val_ids)
         writer.commit()
@@ -38,11 +39,13 @@ class DatasetWriter:
 
     Tokens go to train.bin.tmp / val.bin.tmp; commit() renames them and writes meta.json last, so the folder holds
     either its previous dataset or the complete new one. Leaving the `with` block without commit() (an error, an
-    interrupt) deletes the .tmp files.
+    interrupt) deletes the .tmp files. A folder that already holds a different dataset is replaced only with
+    overwrite=True: runs trained on it read its files (preparing the very same dataset again changes nothing).
     """
 
-    def __init__(self, folder, tokenizer_meta):
+    def __init__(self, folder, tokenizer_meta, overwrite=False):
         self.folder = Path(folder)
+        self.overwrite = overwrite
         self.dtype = token_dtype(tokenizer_meta["vocab_size"])
         self.meta = dict(tokenizer_meta, dtype=self.dtype.name)
         self.lengths = dict.fromkeys(SPLITS, 0)
@@ -88,6 +91,8 @@ class DatasetWriter:
             for split in SPLITS:
                 with open(self.tmp_path(split), "rb+") as f:
                     os.fsync(f.fileno())
+            if self.holds_it_already():
+                return
             for split in SPLITS:
                 os.replace(self.tmp_path(split), self.folder / f"{split}.bin")
             fsync_path(self.folder)
@@ -101,6 +106,23 @@ class DatasetWriter:
             (self.folder / "meta.pkl").unlink(missing_ok=True)  # a stale one would decode the new ids wrongly
         write_bytes_atomically(self.folder / META_FILE, json.dumps(self.meta, indent=1).encode())
         self.files = {}
+
+    def holds_it_already(self):
+        """True when the folder holds this very dataset already; a different one there is refused unless
+        overwrite."""
+        existing = [self.folder / f"{split}.bin" for split in SPLITS] + [self.folder / META_FILE]
+        if not any(path.exists() for path in existing):
+            return False
+        same = all(path.is_file() for path in existing) and read_meta(self.folder) == self.meta and all(
+            filecmp.cmp(self.tmp_path(split), self.folder / f"{split}.bin", shallow=False) for split in SPLITS)
+        if same:
+            return True
+        if not self.overwrite:
+            raise UserError(
+                f"{self.folder} already holds a different dataset, and runs trained on it read its files: pass "
+                "--overwrite=True to replace it, or choose another name for the new one"
+            )
+        return False
 
     def abort(self):
         """Delete whatever the writer has not committed."""

@@ -64,7 +64,7 @@ def split_train_val(ids, val_fraction=VAL_FRACTION):
     return ids[:n], ids[n:]
 
 
-def prepare_shakespeare_char(folder, log=print):
+def prepare_shakespeare_char(folder, log=print, overwrite=False):
     """Character-level tiny shakespeare: one token per character, 90/10 split."""
     text = shakespeare_text(folder, log)
     if not text:
@@ -76,11 +76,11 @@ def prepare_shakespeare_char(folder, log=print):
     train_ids, val_ids = tokenizer.encode(train_text), tokenizer.encode(val_text)
     log(f"train has {len(train_ids):,} tokens")
     log(f"val has {len(val_ids):,} tokens")
-    write_dataset(folder, train_ids, val_ids, tokenizer.describe())
+    write_dataset(folder, train_ids, val_ids, tokenizer.describe(), overwrite)
     return len(train_ids), len(val_ids)
 
 
-def prepare_shakespeare(folder, log=print):
+def prepare_shakespeare(folder, log=print, overwrite=False):
     """GPT-2 BPE tiny shakespeare, 90/10 split."""
     from nanogpt.bpe import GPT2Tokenizer
 
@@ -91,7 +91,7 @@ def prepare_shakespeare(folder, log=print):
     val_ids = np.array(tokenizer.encode(val_text), dtype=np.uint32)
     log(f"train has {len(train_ids):,} tokens")
     log(f"val has {len(val_ids):,} tokens")
-    write_dataset(folder, train_ids, val_ids, tokenizer.describe())
+    write_dataset(folder, train_ids, val_ids, tokenizer.describe(), overwrite)
     return len(train_ids), len(val_ids)
 
 
@@ -148,7 +148,7 @@ def gpt2_document_ids(example):
     return {"ids": ids, "len": len(ids)}
 
 
-def prepare_openwebtext(folder, log=print, source="openwebtext", num_proc=None):
+def prepare_openwebtext(folder, log=print, overwrite=False, source="openwebtext", num_proc=None):
     """GPT-2 BPE OpenWebText: ~9B train and ~4M val tokens (about 17 GB and 8.5 MB of uint16)."""
     from nanogpt.bpe import GPT2Tokenizer
 
@@ -158,7 +158,7 @@ def prepare_openwebtext(folder, log=print, source="openwebtext", num_proc=None):
     splits["val"] = splits.pop("test")
     tokenized = splits.map(gpt2_document_ids, remove_columns=["text"], desc="tokenizing the splits",
                            num_proc=num_proc)
-    with DatasetWriter(folder, GPT2Tokenizer().describe()) as writer:
+    with DatasetWriter(folder, GPT2Tokenizer().describe(), overwrite) as writer:
         for split in SPLITS:
             dset = tokenized[split]
             arr = writer.memmap(split, int(np.sum(dset["len"], dtype=np.uint64)))
@@ -196,7 +196,7 @@ def cpu_count():
 
 
 def prepare_text(input, name, tokenizer="gpt2", val_fraction=VAL_FRACTION, data_dir="data", log=print,
-                 threads=None, piece_bytes=PIECE_BYTES):
+                 threads=None, piece_bytes=PIECE_BYTES, overwrite=False):
     """Tokenize the user's own corpus into data_dir/name: a text file, a folder of *.txt/*.md files, or a Hugging
     Face dataset (name or local path) with a 'text' column. Returns the (train, val) token counts.
 
@@ -221,7 +221,7 @@ def prepare_text(input, name, tokenizer="gpt2", val_fraction=VAL_FRACTION, data_
         tok = CharTokenizer(corpus_chars(corpus))
         encode = char_encoder(tok.chars)
     folder = Path(data_dir) / name
-    with DatasetWriter(folder, tok.describe()) as writer:
+    with DatasetWriter(folder, tok.describe(), overwrite) as writer:
         saw_text = False
         for split in SPLITS:
             saw_text |= tokenize_split(corpus, split, encode, writer, threads)
@@ -557,9 +557,9 @@ RECIPES = {
 }
 
 
-def prepare(name, data_dir="data", log=print):
-    """Run the recipe called name into data_dir/name."""
+def prepare(name, data_dir="data", log=print, overwrite=False):
+    """Run the recipe called name into data_dir/name (replacing a different dataset there only with overwrite)."""
     if name not in RECIPES:
         raise UserError(f"unknown dataset recipe '{name}': choose one of {', '.join(sorted(RECIPES))}")
     folder = Path(data_dir) / name
-    return RECIPES[name](folder, log)
+    return RECIPES[name](folder, log, overwrite)

@@ -207,7 +207,7 @@ def test_resume_refuses_a_dataset_prepared_again_with_another_tokenizer(trained,
     before = digest(trained.out_dir)
     other = CharTokenizer.from_text(CORPUS + "~")
     ids = other.encode(CORPUS)
-    write_dataset(data_dir / "tiny", ids[:5000], ids[5000:], other.describe())
+    write_dataset(data_dir / "tiny", ids[:5000], ids[5000:], other.describe(), overwrite=True)
     n = len(set(CORPUS))
     with pytest.raises(UserError, match=f"now holds 'char' \\({n + 1} entries\\) tokens, but the run .* 'char' \\({n} "):
         train(dataclasses.replace(trained, init_from="resume", max_iters=20), log=quiet)
@@ -229,3 +229,37 @@ def test_resume_warns_when_a_change_makes_it_inexact(trained):
     logs = []
     train(dataclasses.replace(trained, init_from="resume", max_iters=12, batch_size=8), log=logs.append)
     assert any(line.startswith("warning: batch_size is 8, the run was trained with 4") for line in logs)
+
+
+def test_prepare_does_not_replace_a_different_dataset_unless_asked(tmp_path, capsys):
+    from nanogpt.cli import run
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(CORPUS)
+    args = [f"--input={corpus}", "--name=mine", "--tokenizer=char", f"--data_dir={tmp_path / 'data'}"]
+    assert run("prepare", args) == 0
+    capsys.readouterr()
+    first = digest(tmp_path / "data" / "mine")
+    assert run("prepare", args) == 0  # the very same dataset again: nothing changes, nothing is refused
+    assert digest(tmp_path / "data" / "mine") == first
+
+    corpus.write_text(CORPUS.upper())
+    assert run("prepare", args) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress lines: one line that says why
+    assert err.startswith("error: ") and "already holds a different dataset" in err and "--overwrite=True" in err
+    assert digest(tmp_path / "data" / "mine") == first and not list((tmp_path / "data" / "mine").glob("*.tmp"))
+
+    assert run("prepare", args + ["--overwrite=True"]) == 0
+    assert digest(tmp_path / "data" / "mine") != first
+
+
+def test_prepare_suggests_a_command_that_finishes_here(tmp_path, capsys):
+    from nanogpt.cli import run
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(CORPUS)
+    assert run("prepare", [f"--input={corpus}", "--name=mine", "--tokenizer=char", f"--data_dir={tmp_path}"]) == 0
+    out = capsys.readouterr().out
+    # no GPU here: the CPU preset, which finishes in minutes, not GPT-2 124M's defaults
+    assert (f"train on it with `python train.py config/train_shakespeare_char_cpu.py --dataset=mine "
+            f"--data_dir={tmp_path} --out_dir=out-mine`") in out
