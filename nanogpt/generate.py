@@ -1,12 +1,15 @@
 """Fast generation beside the model: a KV cache, pure functions that pick the next token from logits, and a
 loop that turns a prompt into text pieces as they are produced (used by `sample` and `serve`).
 
-The model never owns inference state. A KVCache is handed to `GPT.forward`, whose attention layers call
-`extend` with the new keys and values, and which calls `advance` once every layer has seen the new tokens.
+The model never owns inference state. A KVCache is handed to `GPT.forward`, which asks it for the new tokens'
+`positions`, whose attention layers call `extend` with the new keys and values (and get back every key and value
+with the mask of which each query may see), and which calls `advance` once every layer has seen the new tokens.
 """
 
 import torch
 from torch.nn import functional as F
+
+from nanogpt.model import causal_mask_full
 
 
 class KVCache:
@@ -27,17 +30,26 @@ class KVCache:
     def for_model(cls, model):
         return cls(model.config.n_layer, model.config.block_size)
 
+    def positions(self, t, device):
+        """Positions of the next t tokens, the same for every row: (1, t)."""
+        if self.pos + t > self.max_len:
+            raise ValueError(f"cannot forward a sequence of length {self.pos + t}, block size is only {self.max_len}")
+        return torch.arange(self.pos, self.pos + t, dtype=torch.long, device=device)[None]
+
     def extend(self, layer_idx, k, v):
-        """Store the new keys and values (B, n_head, T, head_size) after the cached ones; return all of them."""
-        end = self.pos + k.size(2)
-        assert end <= self.max_len, "the model checks the block size before attention runs"
+        """Store the new keys and values (B, n_head, T, head_size) after the cached ones; return all of them and
+        the attention mask: the T queries are the last T positions, so each sees the keys up to its own."""
+        T = k.size(2)
+        end = self.pos + T
+        assert end <= self.max_len, "positions() checks the length before attention runs"
         if self.k[layer_idx] is None or self.k[layer_idx].shape[0] != k.size(0):
             shape = (k.size(0), k.size(1), self.max_len, k.size(3))
             self.k[layer_idx] = torch.empty(shape, dtype=k.dtype, device=k.device)
             self.v[layer_idx] = torch.empty(shape, dtype=v.dtype, device=v.device)
         self.k[layer_idx][:, :, self.pos:end] = k
         self.v[layer_idx][:, :, self.pos:end] = v
-        return self.k[layer_idx][:, :, :end], self.v[layer_idx][:, :, :end]
+        mask = None if T == end or T == 1 else causal_mask_full(T, end, k.device)
+        return self.k[layer_idx][:, :, :end], self.v[layer_idx][:, :, :end], mask
 
     def advance(self, t):
         self.pos += t

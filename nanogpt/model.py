@@ -1,7 +1,15 @@
 """The GPT-2 model, read top to bottom: config, layers, the GPT module, then its helpers.
 
 Nothing here knows about training loops, data, devices or ranks. Inference state (the KV cache) is an object
-passed in from outside (see generate.py); the model only knows how to read and extend it.
+passed in from outside (see generate.py); the model only knows how to read and extend it, through three calls:
+
+  kv_cache.positions(t, device)  -> LongTensor (B, t), or (1, t) when all rows agree: the absolute position of each
+                                    row's t new tokens (rows of a batch may sit at different positions)
+  kv_cache.extend(layer, k, v)   -> (k, v, mask): the new keys and values (B, n_head, t, head_size) stored after
+                                    each row's cached ones, all of them returned (B, n_head, S, head_size), and the
+                                    boolean mask (broadcastable to (B, n_head, t, S), True where a query may see a
+                                    key), or None where plain causal attention is right (t == S, or t == 1 seeing all)
+  kv_cache.advance(t)            once every layer has seen the new tokens
 """
 
 import inspect
@@ -63,9 +71,9 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        mask = None  # training and a cache-less forward: plain causal attention
         if kv_cache is not None:
-            k, v = kv_cache.extend(self.layer_idx, k, v)
-        mask = causal_mask(T, k.size(2), x.device)
+            k, v, mask = kv_cache.extend(self.layer_idx, k, v)
         dropout_p = self.dropout if self.training else 0.0
         if self.flash:
             if mask is None:
@@ -80,14 +88,6 @@ class CausalSelfAttention(nn.Module):
             y = att @ v
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
         return self.resid_dropout(self.c_proj(y))
-
-
-def causal_mask(q_len, k_len, device):
-    """The boolean mask for queries that are the last q_len of k_len positions, or None where
-    scaled_dot_product_attention's own is_causal (square) or no mask (one query sees everything) is right."""
-    if q_len == k_len or q_len == 1:
-        return None
-    return causal_mask_full(q_len, k_len, device)
 
 
 def causal_mask_full(q_len, k_len, device):
@@ -183,15 +183,16 @@ class GPT(nn.Module):
 
     def forward(self, idx, targets=None, kv_cache=None):
         """Logits and loss for token ids idx (B, T). Without targets only the last position's logits are
-        computed (all generation needs). With a kv_cache, idx continues the sequence the cache holds."""
+        computed (all generation needs). With a kv_cache, each row of idx continues the sequence the cache holds
+        for it, at the positions the cache gives (the cache refuses positions past its length, the block size)."""
         device = idx.device
         b, t = idx.size()
-        start = kv_cache.pos if kv_cache is not None else 0
-        if start + t > self.config.block_size:
-            raise ValueError(
-                f"cannot forward a sequence of length {start + t}, block size is only {self.config.block_size}"
-            )
-        pos = torch.arange(start, start + t, dtype=torch.long, device=device)
+        if kv_cache is None:
+            if t > self.config.block_size:
+                raise ValueError(f"cannot forward {t} tokens, block size is only {self.config.block_size}")
+            pos = torch.arange(0, t, dtype=torch.long, device=device)  # (t,): every row starts at position 0
+        else:
+            pos = kv_cache.positions(t, device)  # (b or 1, t)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for block in self.transformer.h:
             x = block(x, kv_cache)
