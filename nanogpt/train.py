@@ -79,6 +79,7 @@ class StopRequest:
 
     def __init__(self, abandon_at_once=True):
         self.requested = None  # the name of the signal that asked to stop
+        self.interrupted = False  # a second signal came
         self.abandon_at_once = abandon_at_once
         self._abandonable = False
         self._previous = {}
@@ -90,6 +91,7 @@ class StopRequest:
 
     def _handle(self, signum, frame):
         if self.requested:
+            self.interrupted = True
             raise KeyboardInterrupt
         self.requested = signal.Signals(signum).name
         if self._abandonable:
@@ -168,7 +170,12 @@ def train(cfg: TrainConfig, log=print, given=None):
             except StopTraining:
                 log(f"stop requested ({stop.requested}) while setting up: exiting, nothing trained, nothing to save")
                 return TrainResult(stopped_by_signal=True)
-            return run_loop(session, stop)
+            try:
+                return run_loop(session, stop)
+            except Exception:
+                if stop.interrupted:  # torch.save turns an interrupt in mid-write into a RuntimeError of its own
+                    raise KeyboardInterrupt from None
+                raise
     finally:
         shutdown(dinfo)
         finish_wandb()
@@ -550,10 +557,9 @@ def save(s, is_best):
         "tokenizer": {k: v for k, v in s.dataset.meta.items() if k != "dtype"},
     }
     training_state = {"optimizer": optimizer_state, "scaler": s.scaler.state_dict(), "iter_num": s.iter_num}
-    latest = s.out_dir / checkpoint.LATEST
-    best = f"; the best val loss so far, also {s.out_dir / checkpoint.BEST}" if is_best else ""
-    s.log(f"saving checkpoint to {latest} (iteration {s.iter_num}{best})")
     checkpoint.save_checkpoint(s.out_dir, state, training_state, is_best)
+    best = f"; the best val loss so far, also {s.out_dir / checkpoint.BEST}" if is_best else ""
+    s.log(f"saving checkpoint to {s.out_dir / checkpoint.LATEST} (iteration {s.iter_num}{best})")
 
 
 # ------------------------------------------------------------------------------------------- model and out_dir
