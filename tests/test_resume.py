@@ -72,7 +72,7 @@ def test_best_checkpoint_is_the_iteration_with_the_lowest_val_loss(char_dataset,
     data_dir, _ = char_dataset
     val_losses = iter([4.0, 3.0, 2.5, 2.75, 2.6])  # at iterations 0, 5, 10, 15, 20
 
-    def scripted(session):
+    def scripted(session, *_):
         return {"train": 1.0, "val": next(val_losses)}
 
     monkeypatch.setattr(train_module, "estimate_loss", scripted)
