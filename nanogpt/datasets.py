@@ -48,6 +48,10 @@ def shakespeare_text(folder, log=print):
         return embedded_shakespeare()
     if hashlib.sha256(data).hexdigest() != TINY_SHAKESPEARE_SHA256:
         raise UserError(f"the download from {TINY_SHAKESPEARE_URL} does not match its sha256; try again later")
+    try:  # a fresh --data_dir has no recipe folder yet
+        local.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create dataset folder {local.parent}: {e.strerror}") from None
     write_bytes_atomically(local, data)
     log(f"downloaded tiny shakespeare to {local} (sha256 checked)")
     return data.decode("utf-8")

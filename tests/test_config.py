@@ -20,10 +20,53 @@ def test_config_file_then_overrides_in_order(tmp_path):
     assert cfg.learning_rate == 1.0 and isinstance(cfg.learning_rate, float)  # an int is accepted for a float
 
 
-def test_repository_presets_load():
-    for preset in ("train_shakespeare_char", "train_shakespeare_char_cpu", "train_gpt2", "finetune_shakespeare",
-                   "eval_gpt2", "eval_gpt2_medium", "eval_gpt2_large", "eval_gpt2_xl"):
-        load_config([f"config/{preset}.py"])
+# What each preset in config/ sets: nanoGPT's values for its presets of the same name (the CPU one is nanoGPT's
+# README command for a laptop), written out here rather than read from the files under test.
+SHAKESPEARE_CHAR = dict(
+    out_dir="out-shakespeare-char", eval_interval=250, eval_iters=200, log_interval=10, always_save_checkpoint=False,
+    wandb_log=False, wandb_project="shakespeare-char", wandb_run_name="mini-gpt", dataset="shakespeare_char",
+    gradient_accumulation_steps=1, batch_size=64, block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2,
+    learning_rate=1e-3, max_iters=5000, lr_decay_iters=5000, min_lr=1e-4, beta2=0.99, warmup_iters=100,
+)
+PRESETS = {
+    "train_shakespeare_char": SHAKESPEARE_CHAR,
+    "train_shakespeare_char_cpu": dict(
+        out_dir="out-shakespeare-char", eval_interval=250, eval_iters=20, log_interval=10,
+        always_save_checkpoint=False, dataset="shakespeare_char", gradient_accumulation_steps=1, batch_size=12,
+        block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0, learning_rate=1e-3, max_iters=2000,
+        lr_decay_iters=2000, min_lr=1e-4, beta2=0.99, warmup_iters=100, device="cpu", compile=False,
+    ),
+    "train_gpt2": dict(
+        wandb_project="owt", wandb_run_name="gpt2-124M", batch_size=12, block_size=1024,
+        gradient_accumulation_steps=40, max_iters=600000, lr_decay_iters=600000, eval_interval=1000,
+        eval_iters=200, log_interval=10, weight_decay=0.1,
+    ),
+    "finetune_shakespeare": dict(
+        out_dir="out-shakespeare", eval_interval=5, eval_iters=40, wandb_project="shakespeare",
+        dataset="shakespeare", init_from="gpt2-xl",
+        always_save_checkpoint=False, batch_size=1, gradient_accumulation_steps=32, max_iters=20,
+        learning_rate=3e-5, decay_lr=False,
+    ),
+    **{f"eval_{size}": dict(batch_size=8, eval_iters=500, eval_only=True, wandb_log=False, init_from=size)
+       for size in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")},
+}
+# nanoGPT names the finetuning run 'ft-' plus the time it started; only its prefix is fixed
+RUN_NAME_PREFIX = {"finetune_shakespeare": "ft"}
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_repository_presets_set_their_values(preset):
+    file = f"config/{preset.replace('-', '_')}.py"
+    cfg = load_config([file])
+    expected = PRESETS[preset]
+    assert {k: getattr(cfg, k) for k in expected} == expected
+    if preset in RUN_NAME_PREFIX:
+        assert cfg.wandb_run_name.startswith(RUN_NAME_PREFIX[preset])
+        expected = dict(expected, wandb_run_name=cfg.wandb_run_name)
+    # everything else keeps its default
+    defaults = TrainConfig()
+    changed = {k for k, v in cfg.to_dict().items() if v != getattr(defaults, k) and k not in expected}
+    assert not changed, f"{file} also sets {sorted(changed)}"
 
 
 def test_config_file_names_refer_to_earlier_assignments(tmp_path):

