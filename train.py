@@ -5,4 +5,4 @@ import sys
 from nanogpt.cli import exit_process, run
 
 if __name__ == "__main__":
-    exit_process(run("train", sys.argv[1:]))
+    exit_process(run("train", sys.argv[1:], prog="python train.py"))

@@ -1,11 +1,13 @@
 # Finetune pretrained GPT-2 XL on BPE-tokenized Shakespeare (python data/shakespeare/prepare.py first).
 
+import time
+
 out_dir = 'out-shakespeare'
 eval_interval = 5
 eval_iters = 40
 wandb_log = False
 wandb_project = 'shakespeare'
-wandb_run_name = 'ft'
+wandb_run_name = 'ft-' + str(time.time())  # a new W&B run name each time
 
 dataset = 'shakespeare'
 init_from = 'gpt2-xl'  # the largest GPT-2 model

@@ -4,12 +4,11 @@ Every command turns a UserError into one line on stderr and exit status 1; anyth
 traceback.
 """
 
-import inspect
 import os
-import re
 import sys
-from dataclasses import fields
+from dataclasses import fields, replace
 
+from nanogpt.config import field_help, load_config
 from nanogpt.errors import UserError
 
 USAGE = """usage: nanogpt <command> [config files] [--key=value ...]
@@ -23,26 +22,28 @@ commands:
   export            write a run (or GPT-2 weights) as a Hugging Face folder: --out_dir=RUN --to=DIR
   serve             serve a run over HTTP: OpenAI-style /v1/completions and a playground page at /
 
-`nanogpt <command> --help` lists a command's settings and their defaults."""
+`nanogpt <command> --help` lists a command's settings, their defaults and what each one means."""
 
 
-def settings_help(config_class, title):
-    """A help text listing every setting of a config dataclass with its default and the comment beside it."""
-    comments = dict(re.findall(r"^\s+(\w+): [^=]+=[^#\n]*#\s*(.*)$", inspect.getsource(config_class), re.M))
-    lines = [title, "", "settings (config files and --key=value override them, in order):"]
+def settings_help(config_class, usage, heading="settings (config files and --key=value override them, in order):"):
+    """The usage text, then every setting of a config dataclass with its default and its meaning (the comment
+    beside the field, as config.field_help reads it)."""
+    meanings = field_help(config_class)
+    lines = [usage, "", heading]
     for f in fields(config_class):
-        lines.append(f"  --{f.name}={f.default!r}".ljust(40) + comments.get(f.name, ""))
+        lines.append(f"  --{f.name}={f.default!r}".ljust(39) + " " + meanings[f.name])
     return "\n".join(lines)
 
 
-def run(command, args):
-    """Run one command; returns the process exit status."""
+def run(command, args, prog=None):
+    """Run one command; returns the process exit status. prog is what the user typed to start it, for usage lines:
+    the root scripts pass theirs (`python train.py`); the `nanogpt` command leaves it to `nanogpt <command>`."""
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)  # logs appear as they are written, through pipes and tee too
     try:
         if command not in COMMANDS:
             raise UserError(f"unknown command '{command}'; run `nanogpt --help` for the list")
-        return COMMANDS[command](args)
+        return COMMANDS[command](args, prog)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -59,56 +60,8 @@ def wants_help(args):
     return any(a in ("-h", "--help") for a in args)
 
 
-def prepare_command(args, data_dir=None):
-    from nanogpt.datasets import RECIPES, prepare, prepare_text
-
-    usage = f"""usage: nanogpt prepare NAME [--data_dir=data]
-       nanogpt prepare --input=PATH_OR_NAME --name=NAME [--tokenizer=gpt2|char] [--val_fraction=0.1] [--data_dir=data]
-       either form takes --overwrite=True to replace a different dataset already in the folder
-
-The first form runs a named recipe: {', '.join(sorted(RECIPES))}.
-The second tokenizes your own text into DATA_DIR/NAME (then `python train.py --dataset=NAME`): PATH_OR_NAME is a
-text file, a folder of *.txt/*.md files (each a document) or a Hugging Face dataset (name or local path) with a
-'text' column. The last val_fraction of the documents (of the text, for one file) is the val split."""
-    if wants_help(args) or not args:
-        print(usage)
-        return 0 if args else 1
-    names = [a for a in args if not a.startswith("--")]
-    options = {"data_dir": data_dir}
-    known = ("input", "name", "tokenizer", "val_fraction", "data_dir", "overwrite")
-    for arg in args:
-        if not arg.startswith("--"):
-            continue
-        key, eq, value = arg[2:].partition("=")
-        if key not in known or not eq:
-            raise UserError(f"unknown option {arg} for prepare; it takes {', '.join('--' + k + '=...' for k in known)}")
-        options[key] = value
-    data_dir = options.pop("data_dir") or "data"
-    if options.get("overwrite", "False") not in ("True", "False"):
-        raise UserError(f"--overwrite must be True or False, not {options['overwrite']!r}")
-    overwrite = options.pop("overwrite", "False") == "True"
-    if len(names) > 1 or (names and "input" in options):
-        raise UserError("prepare takes one recipe NAME, or --input=PATH --name=NAME for your own text, not both")
-    if names:
-        if len(options) > 0:
-            raise UserError(f"--{next(iter(options))} is for your own text (--input=...), not for a named recipe")
-        prepare(names[0], data_dir, overwrite=overwrite)
-        return 0
-    if "input" not in options or not options.get("name"):
-        raise UserError("give a recipe NAME, or --input=PATH_OR_NAME with --name=NAME (the folder to write)")
-    try:
-        val_fraction = float(options.get("val_fraction", "0.1"))
-    except ValueError:
-        raise UserError(f"--val_fraction must be a number, not {options['val_fraction']!r}") from None
-    prepare_text(options["input"], options["name"], tokenizer=options.get("tokenizer", "gpt2"),
-                 val_fraction=val_fraction, data_dir=data_dir, overwrite=overwrite)
-    return 0
-
-
 def settings_command(args, config_class, action, usage):
     """A command configured by a settings dataclass: --help lists the settings, else run action(config)."""
-    from nanogpt.config import load_config
-
     if wants_help(args):
         print(settings_help(config_class, usage))
         return 0
@@ -117,40 +70,69 @@ def settings_command(args, config_class, action, usage):
 
 
 # each command imports its module only when run, so `nanogpt --help` and the error paths stay fast
-def train_command(args):
+def prepare_command(args, prog=None):
+    from nanogpt.datasets import RECIPES, PrepareConfig, prepare_dataset
+
+    if prog:  # nanoGPT's data/NAME/prepare.py, whose recipe is the script's folder
+        usage = f"usage: {prog} [--data_dir=DIR] [--overwrite=True]"
+    else:
+        usage = f"""usage: nanogpt prepare NAME [--data_dir=data]
+       nanogpt prepare --input=PATH_OR_NAME --name=NAME [--tokenizer=gpt2|char] [--val_fraction=0.1] [--data_dir=data]
+       either form takes --overwrite=True to replace a different dataset already in the folder
+
+The first form runs a named recipe: {', '.join(sorted(RECIPES))}.
+The second tokenizes your own text into DATA_DIR/NAME (then `python train.py --dataset=NAME`): PATH_OR_NAME is a
+text file, a folder of *.txt/*.md files (each a document) or a Hugging Face dataset (name or local path) with a
+'text' column. The last val_fraction of the documents (of the text, for one file) is the val split."""
+    if wants_help(args) or not args:
+        print(settings_help(PrepareConfig, usage, heading="settings (--key=value):"))
+        return 0 if args else 1
+    # the one word that is not --key=value is the recipe NAME; the settings go through the common parser
+    names = [a for a in args if not a.startswith("--")]
+    if len(names) > 1:
+        raise UserError(f"prepare takes one recipe NAME, not {len(names)} ({' '.join(names)})")
+    cfg = load_config([a for a in args if a.startswith("--")], PrepareConfig)
+    if names and cfg.recipe:
+        raise UserError(f"give the recipe once: {names[0]} or --recipe={cfg.recipe}, not both")
+    prepare_dataset(replace(cfg, recipe=names[0]) if names else cfg)
+    return 0
+
+
+def train_command(args, prog=None):
     from nanogpt.config import TrainConfig, given_settings
     from nanogpt.train import train
 
     # a resumed run must know which settings the user asked for, to refuse a change it cannot make
     return settings_command(args, TrainConfig, lambda cfg: train(cfg, given=given_settings(args, TrainConfig)),
-                            "usage: python train.py [config/file.py ...] [--key=value ...]")
+                            f"usage: {prog or 'nanogpt train'} [config/file.py ...] [--key=value ...]")
 
 
-def sample_command(args):
+def sample_command(args, prog=None):
     from nanogpt.sample import SampleConfig, sample
 
     return settings_command(args, SampleConfig, sample,
-                            "usage: python sample.py [config/file.py ...] [--key=value ...]")
+                            f"usage: {prog or 'nanogpt sample'} [config/file.py ...] [--key=value ...]")
 
 
-def bench_command(args):
+def bench_command(args, prog=None):
     from nanogpt.bench import BenchConfig, bench
 
-    return settings_command(args, BenchConfig, bench, "usage: python bench.py [--key=value ...]")
+    return settings_command(args, BenchConfig, bench,
+                            f"usage: {prog or 'nanogpt bench'} [config/file.py ...] [--key=value ...]")
 
 
-def export_command(args):
+def export_command(args, prog=None):
     from nanogpt.export import ExportConfig, export_run
 
     return settings_command(args, ExportConfig, export_run,
-                            "usage: nanogpt export [--out_dir=RUN | --init_from=SOURCE] --to=DIR")
+                            f"usage: {prog or 'nanogpt export'} [--out_dir=RUN | --init_from=SOURCE] --to=DIR")
 
 
-def serve_command(args):
+def serve_command(args, prog=None):
     from nanogpt.serve import ServeConfig, serve
 
     return settings_command(args, ServeConfig, serve,
-                            "usage: nanogpt serve --out_dir=RUN [--port=8000] [--key=value ...]")
+                            f"usage: {prog or 'nanogpt serve'} --out_dir=RUN [--port=8000] [--key=value ...]")
 
 
 COMMANDS = {

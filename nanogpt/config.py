@@ -1,15 +1,24 @@
 """Training settings: one typed dataclass, read from nanoGPT-style config files and `--key=value` overrides.
 
 A config file is plain Python assignments (`batch_size = 12`). It is never executed: each right-hand side is
-evaluated by a small reader that knows literals, arithmetic and names assigned earlier in the same file, so a
+evaluated by a small reader that knows literals, bounded arithmetic, names assigned earlier in the same file,
+str()/int()/float() and, after `import time`, time.time() (so upstream nanoGPT's presets read as they are), and a
 config file from the internet cannot run code. Overrides are Python literals (a bare word is a string) and must
 have the type of the setting's default; an int is accepted where a float is expected.
+
+Each setting's meaning is the comment beside its field: field_help reads it for `--help` and the settings reference.
+The validation helpers at the end are shared by every command that has the same kind of setting.
 """
 
 import ast
 import difflib
+import inspect
+import io
 import operator
 import re
+import textwrap
+import time
+import tokenize
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -28,34 +37,34 @@ class TrainConfig:
     init_from: str = "scratch"  # 'scratch', 'resume' (from out_dir), 'gpt2' … 'gpt2-xl', a hub name or an HF folder
     seed: int = 1337  # seeds weights, batches and dropout; a run is reproducible from it
     # logging to Weights & Biases (optional; `pip install wandb`)
-    wandb_log: bool = False
-    wandb_project: str = "owt"
-    wandb_run_name: str = "gpt2"
+    wandb_log: bool = False  # send losses, learning rate and MFU to Weights & Biases at each evaluation
+    wandb_project: str = "owt"  # the Weights & Biases project the run is logged under
+    wandb_run_name: str = "gpt2"  # the run's name in Weights & Biases
     # data
     dataset: str = "openwebtext"  # a folder under data_dir holding train.bin, val.bin and meta.json
-    data_dir: str = "data"
+    data_dir: str = "data"  # the folder that holds the dataset folders
     gradient_accumulation_steps: int = 5 * 8  # micro-steps per optimizer step, summed over all ranks
     batch_size: int = 12  # sequences per micro-step per rank
     block_size: int = 1024  # tokens per sequence
     # model
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    dropout: float = 0.0  # 0 for pretraining, 0.1+ for finetuning
+    n_layer: int = 12  # transformer blocks
+    n_head: int = 12  # attention heads per block; must divide n_embd
+    n_embd: int = 768  # width of the residual stream (the embedding size)
+    dropout: float = 0.0  # share of activations zeroed during training: 0 for pretraining, 0.1+ for finetuning
     bias: bool = False  # biases inside LayerNorm and Linear layers
     # AdamW
     learning_rate: float = 6e-4  # peak learning rate
     max_iters: int = 600000  # total optimizer steps
-    weight_decay: float = 1e-1
-    beta1: float = 0.9
-    beta2: float = 0.95
+    weight_decay: float = 1e-1  # AdamW's decoupled weight decay, applied to 2-D weights only (not biases, norms)
+    beta1: float = 0.9  # AdamW's decay rate of the gradient average (momentum)
+    beta2: float = 0.95  # AdamW's decay rate of the squared-gradient average
     grad_clip: float = 1.0  # clip gradients at this norm; 0 disables
     skip_nonfinite: bool = False  # on a nan/inf loss or gradient, skip that step and go on instead of stopping
     # learning-rate schedule: linear warmup, then cosine decay to min_lr
-    decay_lr: bool = True
-    warmup_iters: int = 2000
-    lr_decay_iters: int = 600000  # should be ~max_iters (Chinchilla)
-    min_lr: float = 6e-5  # ~learning_rate/10 (Chinchilla)
+    decay_lr: bool = True  # follow the warmup + cosine schedule; False keeps learning_rate constant
+    warmup_iters: int = 2000  # steps of linear warmup from ~0 to learning_rate
+    lr_decay_iters: int = 600000  # the step where the cosine decay reaches min_lr; ~max_iters (Chinchilla)
+    min_lr: float = 6e-5  # the learning rate after lr_decay_iters; ~learning_rate/10 (Chinchilla)
     # distributed
     backend: str = "nccl"  # torch.distributed backend under torchrun: 'nccl' (GPUs) or 'gloo' (CPU)
     parallelism: str = "ddp"  # under torchrun: 'ddp' (a full copy per rank) or 'fsdp' (weights and optimizer sharded)
@@ -105,6 +114,18 @@ def config_field_types(config_class):
     return {f.name: f.default for f in fields(config_class)}
 
 
+def field_help(config_class):
+    """Setting name -> the one-line comment beside its field in the class source: the text `--help` prints and
+    docs/code-analysis/configuration-reference.md shows ("" for a field without one)."""
+    source = textwrap.dedent(inspect.getsource(config_class))
+    comments = {token.start[0]: token.string.lstrip("#").strip()
+                for token in tokenize.generate_tokens(io.StringIO(source).readline)
+                if token.type == tokenize.COMMENT}
+    lines = {node.target.id: node.end_lineno for node in ast.parse(source).body[0].body
+             if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)}
+    return {f.name: comments.get(lines.get(f.name), "") for f in fields(config_class)}
+
+
 def parse_override(arg, config_class):
     """`--key=value` -> (key, typed value)."""
     if "=" not in arg:
@@ -112,9 +133,9 @@ def parse_override(arg, config_class):
     key, text = arg[2:].split("=", 1)
     try:
         value = ast.literal_eval(text)
-    except (SyntaxError, ValueError):
+    except (SyntaxError, ValueError, RecursionError, MemoryError):  # the last two: thousands of nested brackets
         value = text  # a bare word such as --device=cpu is a string, as in nanoGPT
-    return key, check_value(key, value, config_class, origin=arg)
+    return key, check_value(key, value, config_class, origin=_short(arg))
 
 
 def check_value(key, value, config_class, origin):
@@ -127,7 +148,7 @@ def check_value(key, value, config_class, origin):
     if key in BOOL_OR_AUTO:
         if isinstance(value, bool) or value == "auto":
             return value
-        raise UserError(f"{key} must be True, False or 'auto', got {value!r} in {origin}")
+        raise UserError(f"{key} must be True, False or 'auto', got {_short(repr(value))} in {origin}")
     if isinstance(default, bool):
         ok = isinstance(value, bool)
     elif isinstance(default, float):
@@ -139,19 +160,54 @@ def check_value(key, value, config_class, origin):
         ok = isinstance(value, type(default))
     if not ok:
         raise UserError(
-            f"{key} must be {TYPE_NAMES[type(default)]} (like {default!r}), got {value!r} in {origin}"
+            f"{key} must be {TYPE_NAMES[type(default)]} (like {default!r}), got {_short(repr(value))} in {origin}"
         )
     return value
+
+
+# A config file's arithmetic is bounded so that no file can hang the reader or fill memory (`9**9**9`,
+# `'x' * 10**12`): no setting needs an integer past a float's range or a computed text of book length.
+MAX_INT_BITS = 1024
+MAX_TEXT = 100_000  # characters a computed string may reach; string literals are only bounded by the file
+# the calls a config file may make: pure conversions of one value, and time.time() after `import time` (upstream
+# nanoGPT's finetune_shakespeare.py stamps its W&B run name with it)
+CONVERSIONS = {"str": str, "int": int, "float": float}
+ALLOWED = "literals, arithmetic, names assigned earlier, str()/int()/float() and time.time()"
+TOO_BIG = f"a number beyond {MAX_INT_BITS} bits is too large for any setting"
+TOO_LONG = f"a computed text longer than {MAX_TEXT:,} characters is too long for any setting"
+
+
+def _power(base, exponent):
+    if isinstance(base, int) and isinstance(exponent, int) and exponent > 0 and abs(base) > 1:
+        if exponent * (abs(base).bit_length() - 1) > MAX_INT_BITS:
+            raise OverflowError(TOO_BIG)
+    try:
+        return base ** exponent
+    except OverflowError:
+        raise OverflowError("the result is beyond a float's range") from None
+
+
+def _multiply(a, b):
+    for text, times in ((a, b), (b, a)):
+        if isinstance(text, str) and isinstance(times, int) and len(text) * times > MAX_TEXT:
+            raise OverflowError(TOO_LONG)
+    return a * b
+
+
+def _modulo(a, b):
+    if isinstance(a, str):
+        raise TypeError("%-formatting of strings is not supported")  # '%999999999d' % 1 would be a gigabyte
+    return a % b
 
 
 _BINARY = {
     ast.Add: operator.add,
     ast.Sub: operator.sub,
-    ast.Mult: operator.mul,
+    ast.Mult: _multiply,
     ast.Div: operator.truediv,
     ast.FloorDiv: operator.floordiv,
-    ast.Pow: operator.pow,
-    ast.Mod: operator.mod,
+    ast.Pow: _power,
+    ast.Mod: _modulo,
 }
 
 
@@ -164,59 +220,117 @@ def read_config_file(path, config_class=TrainConfig):
         tree = ast.parse(file.read_text(), filename=str(path))
     except SyntaxError as e:
         raise UserError(f"config file {path} line {e.lineno}: {e.msg}") from None
-    names = {}
+    except (RecursionError, MemoryError):  # the parser's own stack, on thousands of nested operators
+        raise UserError(f"config file {path}: an expression is nested too deeply to read") from None
+    names, imports = {}, set()
     for node in tree.body:
         where = f"{path} line {node.lineno}"
         if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
             continue  # a docstring or bare string comment
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            imports.add(_check_import(node, where))
+            continue
         if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
-            raise UserError(f"{where}: config files may only hold `name = value` assignments")
+            raise UserError(f"{where}: config files may only hold `name = value` assignments (and `import time`)")
         name = node.targets[0].id
-        value = _evaluate(node.value, names, where)
+        try:
+            value = _evaluate(node.value, names, imports, where)
+        except (ArithmeticError, TypeError, ValueError) as e:
+            raise UserError(f"{where}: {e}; write the value itself") from None
+        except RecursionError:
+            raise UserError(f"{where}: the expression is nested too deeply; write the value itself") from None
         names[name] = check_value(name, value, config_class, origin=where)
     return names
 
 
-def _evaluate(node, names, where):
-    """Evaluate a literal, a name assigned earlier, or arithmetic on those."""
-    if isinstance(node, ast.Constant):
-        return node.value
+def _check_import(node, where):
+    if isinstance(node, ast.Import) and [(a.name, a.asname) for a in node.names] == [("time", None)]:
+        return "time"
+    raise UserError(f"{where}: `{_short(ast.unparse(node))}` is not allowed: a config file may only `import time` "
+                    "(for time.time()); write the value itself")
+
+
+def _evaluate(node, names, imports, where):
+    """Evaluate a literal, a name assigned earlier, arithmetic on those, or one of the allowed calls."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, (str, int, float, type(None))):  # not bytes, 1j
+        return _bounded(node.value) if isinstance(node.value, int) else node.value
     if isinstance(node, ast.Name) and node.id in names:
         return names[node.id]
     if isinstance(node, ast.Name) and node.id in ("True", "False", "None"):
         return {"True": True, "False": False, "None": None}[node.id]
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-        value = _evaluate(node.operand, names, where)
-        return -value if isinstance(node.op, ast.USub) else value
+        value = _evaluate(node.operand, names, imports, where)
+        return -value if isinstance(node.op, ast.USub) else +value
     if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
-        return _BINARY[type(node.op)](_evaluate(node.left, names, where), _evaluate(node.right, names, where))
-    if isinstance(node, (ast.Tuple, ast.List)):
-        return type(node.elts)(_evaluate(e, names, where) for e in node.elts)
-    raise UserError(f"{where}: only literals, arithmetic and earlier names are allowed on the right of `=`")
+        left, right = _evaluate(node.left, names, imports, where), _evaluate(node.right, names, imports, where)
+        return _bounded(_BINARY[type(node.op)](left, right))
+    if isinstance(node, ast.Call) and not node.keywords:
+        if _is_time_call(node):
+            if "time" not in imports:
+                raise UserError(f"{where}: time.time() needs `import time` earlier in the file")
+            return time.time()
+        if isinstance(node.func, ast.Name) and node.func.id in CONVERSIONS and len(node.args) == 1:
+            argument = _bounded(_evaluate(node.args[0], names, imports, where))
+            return _bounded(CONVERSIONS[node.func.id](argument))
+    if isinstance(node, ast.Name):
+        raise UserError(f"{where}: '{node.id}' is not a name assigned earlier in this file; write the value itself")
+    raise UserError(f"{where}: `{_short(ast.unparse(node))}` is not allowed: only {ALLOWED} may appear on the right "
+                    "of `=`; write the value itself")
+
+
+def _is_time_call(node):
+    func = node.func
+    return (isinstance(func, ast.Attribute) and func.attr == "time" and isinstance(func.value, ast.Name)
+            and func.value.id == "time" and not node.args)
+
+
+def _bounded(value):
+    """value, if it is within the bounds: checked on every number and on every string the reader computes."""
+    if isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
+        raise OverflowError(TOO_BIG)
+    if isinstance(value, str) and len(value) > MAX_TEXT:
+        raise OverflowError(TOO_LONG)
+    return value
+
+
+def _short(text, limit=60):
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def validate(cfg):
-    """Check values that have the right type but cannot work. Raises UserError."""
-    if not DEVICES.match(cfg.device):
-        raise UserError(f"unknown device '{cfg.device}': use auto, cpu, cuda, cuda:N or mps")
-    if cfg.dtype not in DTYPES:
-        raise UserError(f"unknown dtype '{cfg.dtype}': use one of {', '.join(DTYPES)}")
+    """Check training settings that have the right type but cannot work. Raises UserError."""
+    check_device(cfg)
     if cfg.parallelism not in PARALLELISMS:
         raise UserError(f"unknown parallelism '{cfg.parallelism}': use {' or '.join(PARALLELISMS)}")
-    if cfg.n_embd % cfg.n_head != 0:
-        raise UserError(f"n_embd ({cfg.n_embd}) must be divisible by n_head ({cfg.n_head})")
-    for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip", "dropout"):
-        if getattr(cfg, name) < 0:
-            raise UserError(f"{name} must not be negative, got {getattr(cfg, name)}")
+    check_model_shape(cfg)
+    check_at_least(cfg, 1, "gradient_accumulation_steps", "eval_iters", "eval_interval", "log_interval")
+    check_at_least(cfg, 0, "learning_rate", "min_lr", "weight_decay", "grad_clip", "dropout", "max_iters")
     if cfg.dropout >= 1:
         raise UserError(f"dropout must be below 1, got {cfg.dropout}")
-    for name in ("batch_size", "block_size", "n_layer", "n_head", "n_embd", "gradient_accumulation_steps",
-                 "eval_iters", "eval_interval", "log_interval"):
-        if getattr(cfg, name) < 1:
-            raise UserError(f"{name} must be at least 1, got {getattr(cfg, name)}")
-    if cfg.max_iters < 0:
-        raise UserError(f"max_iters must not be negative, got {cfg.max_iters}")
     # any other name is pretrained weights: a GPT-2 size, a hub name or a local folder, checked by hf.py
     if not cfg.init_from:
         raise UserError("init_from must be 'scratch', 'resume', a GPT-2 name such as 'gpt2', a hub name or a folder")
     return cfg
+
+
+def check_device(cfg):
+    """The names in `device` and `dtype` (whether that device exists here is runtime.resolve_device's check)."""
+    if not DEVICES.match(cfg.device):
+        raise UserError(f"unknown device '{cfg.device}': use auto, cpu, cuda, cuda:N or mps")
+    if cfg.dtype not in DTYPES:
+        raise UserError(f"unknown dtype '{cfg.dtype}': use one of {', '.join(DTYPES)}")
+
+
+def check_model_shape(cfg):
+    """The model and batch sizes of a config that builds a model (train, bench)."""
+    check_at_least(cfg, 1, "batch_size", "block_size", "n_layer", "n_head", "n_embd")
+    if cfg.n_embd % cfg.n_head != 0:
+        raise UserError(f"n_embd ({cfg.n_embd}) must be divisible by n_head ({cfg.n_head})")
+
+
+def check_at_least(cfg, minimum, *names):
+    for name in names:
+        value = getattr(cfg, name)
+        if value < minimum:
+            rule = "must not be negative" if minimum == 0 else f"must be at least {minimum}"
+            raise UserError(f"{name} {rule}, got {value}")

@@ -18,6 +18,7 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -567,3 +568,32 @@ def prepare(name, data_dir="data", log=print, overwrite=False):
         raise UserError(f"unknown dataset recipe '{name}': choose one of {', '.join(sorted(RECIPES))}")
     folder = Path(data_dir) / name
     return RECIPES[name](folder, log, overwrite)
+
+
+@dataclass
+class PrepareConfig:
+    recipe: str = ""  # a named recipe: shakespeare_char, shakespeare or openwebtext (or the first word: prepare NAME)
+    input: str = ""  # your own text instead: a text file, a folder of .txt/.md files or a Hugging Face dataset
+    name: str = ""  # with input: the dataset folder to write under data_dir
+    tokenizer: str = "gpt2"  # with input: 'gpt2' (GPT-2 BPE) or 'char' (one token per character)
+    val_fraction: float = VAL_FRACTION  # with input: the share held out for validation, taken from the end
+    data_dir: str = "data"  # the folder that holds the dataset folders
+    overwrite: bool = False  # replace a different dataset already in the folder (the same one again changes nothing)
+
+
+OWN_TEXT_SETTINGS = ("input", "name", "tokenizer", "val_fraction")  # what prepare_text takes; a recipe takes none
+
+
+def prepare_dataset(cfg, log=print):
+    """`nanogpt prepare`: run the named recipe, or prepare_text on the user's own text."""
+    if cfg.recipe and cfg.input:
+        raise UserError("prepare takes one recipe NAME, or --input=PATH --name=NAME for your own text, not both")
+    if cfg.recipe:
+        for key in OWN_TEXT_SETTINGS:
+            if getattr(cfg, key) != getattr(PrepareConfig, key):
+                raise UserError(f"--{key} is for your own text (--input=...), not for a named recipe")
+        return prepare(cfg.recipe, cfg.data_dir, log, overwrite=cfg.overwrite)
+    if not cfg.input or not cfg.name:
+        raise UserError("give a recipe NAME, or --input=PATH_OR_NAME with --name=NAME (the folder to write)")
+    return prepare_text(cfg.input, cfg.name, tokenizer=cfg.tokenizer, val_fraction=cfg.val_fraction,
+                        data_dir=cfg.data_dir, log=log, overwrite=cfg.overwrite)

@@ -30,7 +30,7 @@ class SampleConfig:
     top_k: int = 200  # sample only among the top_k most likely tokens (0: all)
     top_p: float = 1.0  # nucleus sampling: only the most likely tokens that together hold top_p of the mass
     stop: str = ""  # end a sample when it generates this text, cut off (escapes need quotes: --stop="'\n'")
-    seed: int = 1337
+    seed: int = 1337  # seeds the sampling: the same seed and prompt give the same samples
     kv_cache: bool = True  # False re-reads the whole context for every token (with window_shift=1: nanoGPT's sampler)
     window_shift: int = 0  # past block_size, drop this many oldest tokens at once: 0 = half the block; 1 = exact, slow
     device: str = "auto"  # 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'

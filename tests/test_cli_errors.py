@@ -1,15 +1,17 @@
 """Every bad input a user can give gets one line on stderr, a non-zero exit, no traceback, and leaves an existing
-checkpoint byte-for-byte intact."""
+checkpoint byte-for-byte intact; every command's --help names the command typed and explains every setting."""
 
 import hashlib
 import os
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
-from nanogpt.cli import run
+from nanogpt.cli import COMMANDS, main, run
+from nanogpt.config import field_help
 from nanogpt.train import train
 from tests.conftest import tiny_config
 
@@ -124,3 +126,41 @@ def test_root_scripts_exit_nonzero_with_one_line(script, args, message):
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error: ") and message in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def config_classes():
+    """command -> the dataclass that holds its settings."""
+    from nanogpt.bench import BenchConfig
+    from nanogpt.config import TrainConfig
+    from nanogpt.datasets import PrepareConfig
+    from nanogpt.export import ExportConfig
+    from nanogpt.sample import SampleConfig
+    from nanogpt.serve import ServeConfig
+
+    return {"train": TrainConfig, "sample": SampleConfig, "serve": ServeConfig, "export": ExportConfig,
+            "bench": BenchConfig, "prepare": PrepareConfig}
+
+
+def test_every_command_has_a_settings_class():
+    assert set(config_classes()) == set(COMMANDS)
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_help_names_the_command_typed_and_explains_every_setting(command, capsys):
+    cls = config_classes()[command]
+    assert main([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: nanogpt {command} ") and "python " not in out.splitlines()[0]
+    meanings = field_help(cls)
+    for f in fields(cls):
+        assert meanings[f.name].strip(), f"{cls.__name__}.{f.name} has no comment beside it"
+        line = next(line for line in out.splitlines() if line.startswith(f"  --{f.name}="))
+        assert line.endswith(" " + meanings[f.name])
+
+
+@pytest.mark.parametrize("script", ["train.py", "data/shakespeare_char/prepare.py"])  # sample.py, bench.py: as train.py
+def test_root_scripts_usage_names_the_script(script):
+    proc = subprocess.run([sys.executable, script, "--help"], cwd=REPO, capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"usage: python {script} ")

@@ -266,7 +266,7 @@ def test_bad_corpus_is_one_line_and_writes_nothing(tmp_path, capsys, make_input,
     (["--input=x.txt", "--name=mine", "--val_fraction=1.5"], "val_fraction must be between 0 and 1"),
     (["--input=x.txt", "--name=mine", "--tokenizer=bpe"], "unknown tokenizer 'bpe'"),
     (["--input=x.txt"], "--name=NAME"),
-    (["--input=x.txt", "--name=mine", "--colour=red"], "unknown option --colour=red"),
+    (["--input=x.txt", "--name=mine", "--colour=red"], "unknown config key 'colour'"),
 ])
 def test_bad_arguments_are_one_line(tmp_path, capsys, args, message):
     assert cli.main(["prepare", *args, f"--data_dir={tmp_path / 'data'}"]) == 1

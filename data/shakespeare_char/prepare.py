@@ -9,4 +9,5 @@ sys.path.insert(0, str(here.parents[1]))  # run from a clone without `pip instal
 from nanogpt.cli import exit_process, run  # noqa: E402
 
 if __name__ == "__main__":
-    exit_process(run("prepare", ["shakespeare_char", f"--data_dir={here.parent}"] + sys.argv[1:]))
+    exit_process(run("prepare", ["shakespeare_char", f"--data_dir={here.parent}"] + sys.argv[1:],
+                     prog="python data/shakespeare_char/prepare.py"))
