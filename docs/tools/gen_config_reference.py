@@ -148,6 +148,8 @@ NOTES = {
                      "text or to finetune GPT-2.",
         "val_fraction": "Smaller (0.01–0.05) on a big corpus, where 10 % is more validation text than needed.",
         "data_dir": "When your datasets live elsewhere; give train the same --data_dir.",
+        "overwrite": "True to replace a dataset made from other text or with another tokenizer (runs trained on it "
+                     "then no longer match their data); preparing the same dataset again needs no flag.",
     },
 }
 
