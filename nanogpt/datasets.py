@@ -14,7 +14,6 @@ import hashlib
 import os
 import re
 import sys
-import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from nanogpt.data import SPLITS, DatasetWriter, write_dataset
 from nanogpt.errors import UserError
@@ -266,8 +266,8 @@ def tokenize_split(corpus, split, encode, writer, threads):
     """
     saw_text = False
     total, unit = corpus.size(split)
-    progress = Progress(f"tokenizing {split}", total, unit)
-    with ThreadPoolExecutor(threads) as pool:
+    progress = progress_bar(f"tokenizing {split}", total, unit)
+    with progress, ThreadPoolExecutor(threads) as pool:
         pending = collections.deque()
 
         def write_oldest():
@@ -282,7 +282,6 @@ def tokenize_split(corpus, split, encode, writer, threads):
                 write_oldest()
         while pending:
             write_oldest()
-    progress.close()
     return saw_text
 
 
@@ -395,7 +394,7 @@ class TextFile:
 
     def size(self, split):
         start, stop = self.ranges[split]
-        return stop - start, "MB"
+        return stop - start, "B"
 
     def tasks(self, split):
         start, stop = self.ranges[split]
@@ -416,7 +415,7 @@ class TextFolder:
         self.files = {"train": files[:n_train], "val": files[n_train:]}
 
     def size(self, split):
-        return sum(p.stat().st_size for p in self.files[split]), "MB"
+        return sum(p.stat().st_size for p in self.files[split]), "B"
 
     def tasks(self, split):
         task = Task()
@@ -518,41 +517,15 @@ def decode_utf8(data, path):
             from None
 
 
-class Progress:
-    """A one-line progress count on stderr, redrawn at most twice a second."""
-
-    def __init__(self, desc, total, unit):
-        self.desc, self.total, self.unit = desc, total, unit
-        self.scale = 1e6 if unit == "MB" else 1
-        self.done = 0
-        self.start = self.shown = time.perf_counter()
-
-    def update(self, n):
-        self.done += n
-        now = time.perf_counter()
-        if now - self.shown >= 0.5:
-            self.shown = now
-            self.draw(now, "\r")
-
-    def draw(self, now, end):
-        rate = self.done / self.scale / max(now - self.start, 1e-9)
-        pct = 100 * self.done / self.total if self.total else 100
-        digits = 1 if self.scale > 1 else 0  # MB to a tenth, documents and shards whole
-        sys.stderr.write(f"{end}{self.desc}: {self.done / self.scale:,.{digits}f}/{self.total / self.scale:,.{digits}f} "
-                         f"{self.unit} ({pct:.0f}%, {rate:,.1f} {self.unit}/s)")
-        sys.stderr.flush()
-
-    def close(self):
-        self.draw(time.perf_counter(), "\r")
-        sys.stderr.write("\n")
+def progress_bar(desc, total, unit, iterable=None):
+    """A tqdm progress bar on stderr. It is drawn only on a terminal: in a log file a bar redrawn with carriage
+    returns is noise, and the recipes log each split's token count when it is done anyway."""
+    return tqdm(iterable, desc=desc, total=total, unit=unit, unit_scale=unit == "B", file=sys.stderr,
+                disable=None, mininterval=0.5, dynamic_ncols=True)
 
 
 def progress_range(n, desc):
-    progress = Progress(desc, n, "shards")
-    for i in range(n):
-        yield i
-        progress.update(1)
-    progress.close()
+    return progress_bar(desc, n, "shards", range(n))
 
 
 RECIPES = {
