@@ -1,12 +1,15 @@
-"""How fast sampling is, with and without the KV cache, printed beside nanoGPT's figure.
+"""How fast sampling is: our sample.py beside upstream nanoGPT's, measured side by side, and the KV cache's gain.
 
 (a) the whole `python sample.py --out_dir=RUN --device=cpu` process (imports, loading, 10 samples x 500 tokens)
-    for the CPU quick-start model (4 layers, 128 wide, block 64), median of --runs runs, against the ~11 s
-    nanoGPT's sample.py takes for the same job (its README's CPU quick start);
+    for the CPU quick-start model (4 layers, 128 wide, block 64): ours and upstream nanoGPT's sample.py, run from a
+    scratch copy of a nanoGPT checkout (--reference), with the same Python and torch, on the very same ckpt.pt (ours
+    with --checkpoint=last, the file upstream reads) and the same settings (its defaults: temperature 0.8,
+    top_k 200, seed 1337, float32 on the CPU). The runs alternate between the programs, and each line shows the
+    median of --runs runs and its ratio to upstream's median;
 (b) a GPT-2-small-shaped model (124M parameters, block 1024, random weights): tokens/s for 256 new tokens after
     a 512-token prompt, cache against no cache.
 
-    python benchmarks/sample_speed.py [--out_dir=RUN] [--runs=3] [--threads=N] [--skip=a|b]
+    python benchmarks/sample_speed.py [--out_dir=RUN] [--reference=NANOGPT] [--runs=5] [--threads=N] [--skip=a|b]
 
 A missing run is trained first (data/shakespeare_char/prepare.py, then train.py with the CPU quick-start config).
 --threads sets OMP_NUM_THREADS / torch's threads for every measurement; on a shared machine 1 is often fastest.
@@ -14,18 +17,23 @@ A missing run is trained first (data/shakespeare_char/prepare.py, then train.py 
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-NANOGPT_REFERENCE_S = 11.0  # nanoGPT sample.py, 10 x 500 tokens from the CPU quick-start model, per the brief
+REFERENCE = REPO.parent / "shared" / "reference" / "nanoGPT"  # an upstream nanoGPT checkout, where there is one
+UPSTREAM = "upstream nanoGPT sample.py"
 
 
-def environment(threads):
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+def environment(threads, pythonpath):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    if pythonpath:
+        env["PYTHONPATH"] = str(pythonpath)
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     return env
@@ -41,54 +49,63 @@ def ensure_run(out_dir, env, train_iters):
                     *extra], cwd=REPO, env=env, check=True)
 
 
-def process_seconds(args, env, runs):
-    """Median wall time of a fresh `python ARGS` process, output discarded."""
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        subprocess.run([sys.executable, *args], cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), times
-
-
-def bench_processes(out_dir, runs, env):
-    sample = ["sample.py", f"--out_dir={out_dir}", "--device=cpu"]
-    cases = [
-        ("python -c 'import nanogpt.sample' (imports alone)", ["-c", "import nanogpt.sample"]),
-        ("sample.py, KV cache (default: window_shift = half the block)", sample),
-        ("sample.py, KV cache, --window_shift=1 (exact sliding window)", sample + ["--window_shift=1"]),
-        ("sample.py --kv_cache=False (batched, no cache)", sample + ["--kv_cache=False"]),
-    ]
-    print(f"\n(a) whole process: 10 samples x 500 tokens, {out_dir}, median of {runs} runs")
-    print(f"    {'nanoGPT sample.py (reference figure)':<52} {NANOGPT_REFERENCE_S:6.2f} s")
-    for label, args in cases:
-        median, times = process_seconds(args, env, runs)
-        speedup = f"{NANOGPT_REFERENCE_S / median:5.1f}x vs 11 s" if "sample.py" in label else ""
-        runs_text = ", ".join(f"{t:.2f}" for t in times)
-        print(f"    {label:<52} {median:6.2f} s  {speedup}  (runs: {runs_text})", flush=True)
-    loop = nanogpt_loop_seconds(out_dir, int(env.get("OMP_NUM_THREADS", 0)))
-    print(f"    {'nanoGPT loop (GPT.generate per sample), here':<52} {loop:6.2f} s  in-process, without the imports "
-          f"and loading (one run)")
-
-
-def nanogpt_loop_seconds(out_dir, threads):
-    """nanoGPT's own sampling loop measured here, in this process (imports and loading excluded): one sample after
-    another, each re-reading its whole context for every token (GPT.generate)."""
+def upstream_copy(reference, out_dir):
+    """A scratch copy of the nanoGPT checkout (never run in place), with the run's meta.pkl where upstream's
+    sample.py looks for it: data/<dataset>/meta.pkl under the directory it runs in."""
     import torch
 
-    from nanogpt.runs import load_run
+    scratch = Path(tempfile.mkdtemp(prefix="nanogpt-reference-"))
+    shutil.copytree(reference, scratch / "nanoGPT", ignore=shutil.ignore_patterns(".git", "*.bin", "out*"))
+    config = torch.load(Path(out_dir) / "ckpt.pt", map_location="cpu", weights_only=True, mmap=True)["config"]
+    meta = REPO / config["data_dir"] / config["dataset"] / "meta.pkl"
+    if meta.is_file():  # a BPE run has none, and upstream then decodes GPT-2 BPE, as it should
+        (scratch / "nanoGPT" / "data" / config["dataset"]).mkdir(parents=True, exist_ok=True)
+        shutil.copy(meta, scratch / "nanoGPT" / "data" / config["dataset"] / "meta.pkl")
+    return scratch
 
-    if threads:
-        torch.set_num_threads(threads)
-    model, tokenizer = load_run(out_dir, "cpu")
-    model.eval()
-    x = torch.tensor([tokenizer.encode("\n")])
-    torch.manual_seed(1337)
+
+def seconds(cmd, cwd, env):
+    """Wall time of one fresh process, output discarded."""
     start = time.perf_counter()
-    with torch.no_grad():
-        for _ in range(10):
-            model.generate(x, 500, temperature=0.8, top_k=200)
+    subprocess.run(cmd, cwd=cwd, env=env, check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - start
+
+
+def bench_processes(out_dir, runs, threads, reference):
+    ours_env, upstream_env = environment(threads, REPO), environment(threads, None)
+    sample = [sys.executable, "sample.py", f"--out_dir={out_dir}", "--device=cpu", "--checkpoint=last"]
+    cases = [  # (label, command, directory, environment)
+        ("imports alone: python -c 'import nanogpt.sample'", [sys.executable, "-c", "import nanogpt.sample"], REPO,
+         ours_env),
+        ("ours: KV cache (default: window_shift = half the block)", sample, REPO, ours_env),
+        ("ours: KV cache, --window_shift=1 (exact sliding window)", sample + ["--window_shift=1"], REPO, ours_env),
+        ("ours: --kv_cache=False (batched, no cache)", sample + ["--kv_cache=False"], REPO, ours_env),
+    ]
+    scratch = None
+    if reference.is_dir():
+        scratch = upstream_copy(reference, out_dir)
+        upstream_sample = [sys.executable, "sample.py", f"--out_dir={out_dir}", "--device=cpu"]
+        cases.insert(0, (UPSTREAM, upstream_sample, scratch / "nanoGPT", upstream_env))
+    else:
+        print(f"no nanoGPT checkout at {reference}: measuring ours only (pass --reference=PATH to compare)")
+    try:
+        times = {label: [] for label, *_ in cases}
+        for _ in range(runs):  # alternate: each round runs every case once, so slow spells hit all of them
+            for label, cmd, cwd, env in cases:
+                times[label].append(seconds(cmd, cwd, env))
+    finally:
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
+    import torch
+
+    print(f"\n(a) whole process: 10 samples x 500 tokens from {out_dir}/ckpt.pt, CPU, torch {torch.__version__}, "
+          f"median of {runs} alternating runs")
+    upstream = statistics.median(times[UPSTREAM]) if scratch else None
+    for label, *_ in cases:
+        median = statistics.median(times[label])
+        ratio = f"{upstream / median:5.2f}x as fast" if upstream and label.startswith("ours") else ""
+        runs_text = ", ".join(f"{t:.2f}" for t in times[label])
+        print(f"    {label:<56} {median:6.2f} s  {ratio:<22} (runs: {runs_text})", flush=True)
 
 
 def bench_124m(threads, prompt_len=512, new_tokens=256, plain_steps=6):
@@ -140,18 +157,19 @@ def bench_124m(threads, prompt_len=512, new_tokens=256, plain_steps=6):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out_dir", default="out-shakespeare-char", help="the CPU quick-start run (trained if missing)")
-    parser.add_argument("--runs", type=int, default=3, help="runs per process measurement (the median is shown)")
+    parser.add_argument("--reference", default=str(REFERENCE), help="an upstream nanoGPT checkout (copied, not run "
+                                                                    "in place)")
+    parser.add_argument("--runs", type=int, default=5, help="runs per process measurement (the median is shown)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
     parser.add_argument("--train_iters", type=int, default=0, help="iterations when training a missing run "
                                                                     "(default: the config's 2000)")
     parser.add_argument("--skip", choices=["a", "b"], help="leave out one part")
     args = parser.parse_args()
     out_dir = str(Path(args.out_dir).resolve())
-    env = environment(args.threads)
     sys.path.insert(0, str(REPO))
     if args.skip != "a":
-        ensure_run(out_dir, env, args.train_iters)
-        bench_processes(out_dir, args.runs, env)
+        ensure_run(out_dir, environment(args.threads, REPO), args.train_iters)
+        bench_processes(out_dir, args.runs, args.threads, Path(args.reference).resolve())
     if args.skip != "b":
         bench_124m(args.threads)
 
