@@ -91,21 +91,26 @@ class DatasetWriter:
             for split in SPLITS:
                 with open(self.tmp_path(split), "rb+") as f:
                     os.fsync(f.fileno())
-            if self.holds_it_already():
-                return
-            for split in SPLITS:
-                os.replace(self.tmp_path(split), self.folder / f"{split}.bin")
-            fsync_path(self.folder)
+            already_there = self.holds_it_already()
+            if not already_there:
+                for split in SPLITS:
+                    os.replace(self.tmp_path(split), self.folder / f"{split}.bin")
+                fsync_path(self.folder)
         except OSError as e:
             raise UserError(f"cannot write the dataset in {self.folder}: {e.strerror}") from None
+        # written for the very same dataset too: one prepared by an older version has no meta.pkl yet
+        self.write_upstream_meta()
+        if not already_there:
+            write_bytes_atomically(self.folder / META_FILE, json.dumps(self.meta, indent=1).encode())
+        self.files = {}
+
+    def write_upstream_meta(self):
         if self.meta["tokenizer"] == "char":
             from nanogpt.legacy import meta_pkl_bytes
 
             write_bytes_atomically(self.folder / "meta.pkl", meta_pkl_bytes(self.meta))
         else:
             (self.folder / "meta.pkl").unlink(missing_ok=True)  # a stale one would decode the new ids wrongly
-        write_bytes_atomically(self.folder / META_FILE, json.dumps(self.meta, indent=1).encode())
-        self.files = {}
 
     def holds_it_already(self):
         """True when the folder holds this very dataset already; a different one there is refused unless

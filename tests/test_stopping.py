@@ -263,3 +263,14 @@ def test_prepare_suggests_a_command_that_finishes_here(tmp_path, capsys):
     # no GPU here: the CPU preset, which finishes in minutes, not GPT-2 124M's defaults
     assert (f"train on it with `python train.py config/train_shakespeare_char_cpu.py --dataset=mine "
             f"--data_dir={tmp_path} --out_dir=out-mine`") in out
+
+
+def test_preparing_the_same_char_dataset_again_adds_a_missing_meta_pkl(tmp_path):
+    from nanogpt.legacy import read_meta_pkl
+
+    tokenizer = CharTokenizer.from_text(CORPUS)
+    ids = tokenizer.encode(CORPUS)
+    write_dataset(tmp_path / "d", ids[:5000], ids[5000:], tokenizer.describe())
+    (tmp_path / "d" / "meta.pkl").unlink()  # as a dataset prepared before meta.pkl was written
+    write_dataset(tmp_path / "d", ids[:5000], ids[5000:], tokenizer.describe())
+    assert read_meta_pkl(tmp_path / "d" / "meta.pkl")["chars"] == tokenizer.chars
