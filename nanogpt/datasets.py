@@ -201,30 +201,33 @@ def cpu_count():
 
 
 def prepare_text(input, name, tokenizer="gpt2", val_fraction=VAL_FRACTION, data_dir="data", log=print,
-                 threads=None, piece_bytes=PIECE_BYTES, overwrite=False):
+                 threads=None, piece_bytes=PIECE_BYTES, overwrite=False, vocab_size=None):
     """Tokenize the user's own corpus into data_dir/name: a text file, a folder of *.txt/*.md files, or a Hugging
     Face dataset (name or local path) with a 'text' column. Returns the (train, val) token counts.
 
+    tokenizer: 'gpt2' (GPT-2's BPE), 'char' (the corpus's characters) or 'bpe': a byte-level BPE of vocab_size
+    tokens trained on the train split alone (so validation text never shapes the vocabulary), written to
+    tokenizer.json beside the token files.
+
     Validation is the last val_fraction of the documents (of the bytes, for a single file), so it never changes
     between runs. Documents are read, tokenized on `threads` threads and written in pieces, so corpora bigger than
-    memory work. With GPT-2 BPE, <|endoftext|> follows every document, as in nanoGPT's OpenWebText.
+    memory work. With a BPE, <|endoftext|> follows every document, as in nanoGPT's OpenWebText.
     """
-    if tokenizer not in ("gpt2", "char"):
-        raise UserError(f"unknown tokenizer '{tokenizer}': choose gpt2 or char")
+    if tokenizer not in ("gpt2", "char", "bpe"):
+        raise UserError(f"unknown tokenizer '{tokenizer}': choose gpt2, char or bpe")
+    if tokenizer == "bpe":
+        from nanogpt.bpe import check_vocab_size
+
+        check_vocab_size(vocab_size)
+    elif vocab_size is not None:
+        raise UserError(f"vocab_size is for --tokenizer=bpe: the {tokenizer} tokenizer's vocabulary is fixed")
     if not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
         raise UserError(f"val_fraction must be between 0 and 1 (exclusive), not {val_fraction}")
     if not re.fullmatch(r"[\w.-]+", name) or name in (".", ".."):
         raise UserError(f"dataset name '{name}' must be a plain folder name (letters, digits, '_', '-', '.')")
     corpus = open_corpus(input, val_fraction, piece_bytes, log)
     threads = threads or cpu_count()
-    if tokenizer == "gpt2":
-        from nanogpt.bpe import GPT2Tokenizer
-
-        tok = GPT2Tokenizer()
-        encode = gpt2_encoder(tok.enc, corpus.documents)
-    else:
-        tok = CharTokenizer(corpus_chars(corpus))
-        encode = char_encoder(tok.chars)
+    tok, encode = corpus_tokenizer(tokenizer, corpus, vocab_size, input, log)
     folder = Path(data_dir) / name
     with DatasetWriter(folder, tok.describe(), overwrite) as writer:
         saw_text = False
@@ -259,6 +262,50 @@ def how_to_prepare(name, data_dir="data"):
     return f"prepare your text into it first with `nanogpt prepare --input=PATH --name={name}{on_dir}`"
 
 
+def corpus_tokenizer(kind, corpus, vocab_size, input, log):
+    """The tokenizer for a corpus, and the function that turns a task's pieces into its token ids."""
+    if kind == "gpt2":
+        from nanogpt.bpe import GPT2Tokenizer
+
+        tok = GPT2Tokenizer()
+        return tok, bpe_encoder(tok.enc, corpus.documents)
+    if kind == "bpe":
+        tok = train_tokenizer(corpus, vocab_size, input, log)
+        return tok, bpe_encoder(tok.enc, corpus.documents)
+    tok = CharTokenizer(corpus_chars(corpus))
+    return tok, char_encoder(tok.chars)
+
+
+def train_tokenizer(corpus, vocab_size, input, log):
+    """A byte-level BPE of vocab_size tokens learned from the train split (see bpe.py); nothing is written yet, so
+    a corpus that cannot give that many tokens leaves no trace."""
+    from tqdm import tqdm
+
+    from nanogpt.bpe import BPETokenizer, train_bpe
+
+    total, unit = corpus.size("train")
+    saw_text = False
+
+    def texts():
+        nonlocal saw_text
+        with tqdm(total=total, unit="B" if unit == "MB" else " documents", unit_scale=unit == "MB",
+                  desc="counting the words of train", mininterval=0.5) as progress:
+            for task in corpus.tasks("train"):
+                for text, _ in task.pieces:
+                    saw_text = saw_text or (text and not text.isspace())
+                    yield text  # each document alone: no merge spans two documents
+                progress.update(task.advance)
+
+    log(f"training a BPE tokenizer of {vocab_size:,} tokens on the train split")
+    ranks = train_bpe(texts(), vocab_size)
+    if not saw_text:
+        raise UserError(f"the train split of {input} holds no text (only whitespace)")
+    if len(ranks) + 1 < vocab_size:
+        raise UserError(f"the train split of {input} is too small for vocab_size={vocab_size:,}: it gives only "
+                        f"{len(ranks) + 1:,} tokens (pairs seen at least twice); ask for fewer or give more text")
+    return BPETokenizer.from_ranks(ranks)
+
+
 def tokenize_split(corpus, split, encode, writer, threads):
     """Tokenize one split's pieces on a pool of threads, writing them in order; whether any held non-space text.
 
@@ -285,8 +332,9 @@ def tokenize_split(corpus, split, encode, writer, threads):
     return saw_text
 
 
-def gpt2_encoder(enc, documents):
-    """A function from [(text, ends_document)] to GPT-2 token ids, with <|endoftext|> after each document."""
+def bpe_encoder(enc, documents):
+    """A function from [(text, ends_document)] to BPE token ids (a tiktoken Encoding's), with <|endoftext|> after
+    each document."""
 
     def encode(pieces):
         ids = []
@@ -548,13 +596,14 @@ class PrepareConfig:
     recipe: str = ""  # a named recipe: shakespeare_char, shakespeare or openwebtext (or the first word: prepare NAME)
     input: str = ""  # your own text instead: a text file, a folder of .txt/.md files or a Hugging Face dataset
     name: str = ""  # with input: the dataset folder to write under data_dir
-    tokenizer: str = "gpt2"  # with input: 'gpt2' (GPT-2 BPE) or 'char' (one token per character)
+    tokenizer: str = "gpt2"  # with input: 'gpt2' (GPT-2 BPE), 'char' (one token per character) or 'bpe' (trained on it)
+    vocab_size: int = 0  # with tokenizer=bpe: the trained tokenizer's size, at least 257 (0: gpt2 and char, fixed)
     val_fraction: float = VAL_FRACTION  # with input: the share held out for validation, taken from the end
     data_dir: str = "data"  # the folder that holds the dataset folders
     overwrite: bool = False  # replace a different dataset already in the folder (the same one again changes nothing)
 
 
-OWN_TEXT_SETTINGS = ("input", "name", "tokenizer", "val_fraction")  # what prepare_text takes; a recipe takes none
+OWN_TEXT_SETTINGS = ("input", "name", "tokenizer", "vocab_size", "val_fraction")  # prepare_text's; a recipe takes none
 
 
 def prepare_dataset(cfg, log=print):
@@ -569,4 +618,4 @@ def prepare_dataset(cfg, log=print):
     if not cfg.input or not cfg.name:
         raise UserError("give a recipe NAME, or --input=PATH_OR_NAME with --name=NAME (the folder to write)")
     return prepare_text(cfg.input, cfg.name, tokenizer=cfg.tokenizer, val_fraction=cfg.val_fraction,
-                        data_dir=cfg.data_dir, log=log, overwrite=cfg.overwrite)
+                        data_dir=cfg.data_dir, log=log, overwrite=cfg.overwrite, vocab_size=cfg.vocab_size or None)

@@ -107,10 +107,7 @@ def read_hf_config(folder):
     path = Path(folder) / "config.json"
     if not path.is_file():
         raise UserError(f"{folder} has no config.json: it is not a Hugging Face model folder")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not valid JSON ({e})") from None
+    return read_json(path)
 
 
 def gpt_config_from_hf(hf, source):
@@ -152,6 +149,30 @@ def gpt_config_from_hf(hf, source):
     if n_embd % settings["n_head"] != 0:
         raise UserError(f"{source}/config.json: n_embd ({n_embd}) must be divisible by n_head ({settings['n_head']})")
     return settings
+
+
+def read_tokenizer(folder):
+    """The tokenizer description (see tokenizers.py) of a model folder's own tokenizer: its tokenizer.json with the
+    eos_token its tokenizer_config.json names, or the characters in nanogpt_tokenizer.json (what exports of
+    character runs held before they carried a tokenizer.json); None when it has neither."""
+    folder = Path(folder)
+    legacy, path = folder / "nanogpt_tokenizer.json", folder / "tokenizer.json"
+    if legacy.is_file() and not path.is_file():
+        return read_json(legacy)
+    if not path.is_file():
+        return None
+    eos = (read_json(folder / "tokenizer_config.json") if (folder / "tokenizer_config.json").is_file() else {}) \
+        .get("eos_token")
+    if isinstance(eos, dict):  # an AddedToken written out: {"content": "<|endoftext|>", ...}
+        eos = eos.get("content")
+    return {"tokenizer": "hf", "tokenizer_json": path.read_text(encoding="utf-8"), "eos_token": eos}
+
+
+def read_json(path):
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not valid JSON ({e})") from None
 
 
 def read_hf_weights(folder):
@@ -206,8 +227,8 @@ def hf_to_ours(hf_state, own, source):
 
 
 def export(model, to, tokenizer_meta, log=print):
-    """Write `model` as a Hugging Face GPT-2 folder `to`: config.json, model.safetensors and, for GPT-2 BPE runs,
-    the tokenizer files, so AutoModelForCausalLM and AutoTokenizer load it offline. The folder appears complete
+    """Write `model` as a Hugging Face GPT-2 folder `to`: config.json, model.safetensors and the tokenizer's files
+    (see write_tokenizer), so AutoModelForCausalLM and AutoTokenizer load it offline. The folder appears complete
     or not at all: everything is written to a temporary sibling that is renamed into place."""
     try:
         from safetensors.torch import save_file
@@ -218,19 +239,15 @@ def export(model, to, tokenizer_meta, log=print):
         raise UserError("say where to export with --to=DIR")
     if to.exists() and (not to.is_dir() or any(to.iterdir())):
         raise UserError(f"{to} already exists and is not empty: export to a new folder")
-    tokenizer = (tokenizer_meta or {}).get("tokenizer")
     tmp = to.with_name(f".{to.name}.tmp-{os.getpid()}")
     try:
         to.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        write_json(tmp / "config.json", hf_config(model.config, tokenizer))
+        write_json(tmp / "config.json", hf_config(model.config, tokenizer_meta))
         save_file(ours_to_hf(model), tmp / "model.safetensors", metadata={"format": "pt"})
-        if tokenizer == "gpt2":
-            write_gpt2_tokenizer(tmp, model.config.block_size)
-        elif tokenizer == "char":
-            # Hugging Face has no tokenizer class for a character vocabulary; keep ours beside the weights
-            write_json(tmp / "nanogpt_tokenizer.json", tokenizer_meta)
+        if tokenizer_meta:
+            write_tokenizer(tmp, tokenizer_meta, model.config.block_size)
         for path in tmp.iterdir():
             fsync_path(path)
         os.replace(tmp, to)  # an empty `to` is replaced as a whole
@@ -242,18 +259,15 @@ def export(model, to, tokenizer_meta, log=print):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log(f"exported to {to}")
-    if tokenizer == "char":
-        log("no Hugging Face tokenizer exists for a character vocabulary: wrote config and weights only, and the "
-            "characters to nanogpt_tokenizer.json")
-    elif tokenizer != "gpt2":
+    if not tokenizer_meta:
         log("no tokenizer is known for this model: wrote config and weights only")
     return to
 
 
-def hf_config(config, tokenizer):
+def hf_config(config, tokenizer_meta):
     """A GPT2Config dict for our GPTConfig."""
     activation = {"none": "gelu", "tanh": "gelu_new"}[getattr(config, "gelu_approximate", "none")]
-    eot = EOT_TOKEN if tokenizer == "gpt2" else None  # GPT-2's <|endoftext|> begins and ends every document
+    eot = eot_of(tokenizer_meta or {})  # <|endoftext|> begins and ends every document where there is one
     return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
@@ -296,6 +310,47 @@ def ours_to_hf(model):
             if name.startswith("transformer.") and hasattr(module, "bias") and module.bias is None:
                 state[f"{name}.bias"] = torch.zeros(module.weight.shape[0])  # Linear: (out, in); LayerNorm: (n,)
     return state
+
+
+def eot_of(tokenizer_meta):
+    """The end-of-text token id a tokenizer description names, or None."""
+    return EOT_TOKEN if tokenizer_meta.get("tokenizer") == "gpt2" else tokenizer_meta.get("eot_token")
+
+
+def write_tokenizer(folder, tokenizer_meta, block_size):
+    """The files AutoTokenizer loads: GPT-2's own for GPT-2 runs; for the others, a tokenizer.json (a trained
+    BPE's own, or a character vocabulary's) that transformers reads through PreTrainedTokenizerFast."""
+    kind = tokenizer_meta["tokenizer"]
+    if kind == "gpt2":
+        return write_gpt2_tokenizer(folder, block_size)
+    from nanogpt.bpe import ENDOFTEXT
+
+    if kind == "char":
+        text, eos = char_tokenizer_json(tokenizer_meta["chars"]), None
+    else:  # 'bpe' or 'hf': the tokenizer.json the run or folder already has
+        text = tokenizer_meta["tokenizer_json"]
+        eos = tokenizer_meta.get("eos_token") or (ENDOFTEXT if eot_of(tokenizer_meta) is not None else None)
+    (folder / "tokenizer.json").write_text(text, encoding="utf-8")
+    special = {"bos_token": eos, "eos_token": eos} if eos else {}
+    write_json(folder / "special_tokens_map.json", special)
+    # no clean-up of spaces: transformers would otherwise turn " ." into "." and decoding would not round-trip
+    write_json(folder / "tokenizer_config.json", dict(
+        special, tokenizer_class="PreTrainedTokenizerFast", model_max_length=block_size,
+        clean_up_tokenization_spaces=False,
+    ))
+
+
+def char_tokenizer_json(chars):
+    """A Hugging Face tokenizer.json for a character vocabulary: every character its own word, looked up in the
+    vocabulary, and decoded by joining them. A character outside the vocabulary is an error, as in ours."""
+    try:
+        from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    except ImportError:
+        raise UserError("exporting a tokenizer needs Hugging Face's tokenizers: pip install 'nanogpt[hf]'") from None
+    tokenizer = Tokenizer(models.WordLevel(vocab={c: i for i, c in enumerate(chars)}))
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # any one character
+    tokenizer.decoder = decoders.Fuse()
+    return tokenizer.to_str()
 
 
 def write_gpt2_tokenizer(folder, block_size):

@@ -4,7 +4,7 @@ optimizer state too, see train.py)."""
 
 from pathlib import Path
 
-from nanogpt import checkpoint
+from nanogpt import checkpoint, hf
 from nanogpt.bpe import gpt2_meta
 from nanogpt.data import read_meta
 from nanogpt.errors import UserError
@@ -32,10 +32,17 @@ def load_run(out_dir, device="cpu", which="auto"):
 
 def load_model(init_from, out_dir, device="cpu", which="auto"):
     """init_from='resume': the run in out_dir; anything else (nanoGPT's init_from='gpt2-xl'): pretrained Hugging
-    Face weights with the GPT-2 tokenizer."""
+    Face weights with their folder's own tokenizer (an exported run's), else GPT-2's."""
     if init_from == "resume":
         return load_run(out_dir, device, which)
-    return GPT.from_pretrained(init_from, {"dropout": 0.0}), tokenizer_from_meta(gpt2_meta())
+    model = GPT.from_pretrained(init_from, {"dropout": 0.0})
+    return model, tokenizer_from_meta(pretrained_tokenizer_meta(init_from))
+
+
+def pretrained_tokenizer_meta(init_from):
+    """A local model folder's own tokenizer, else GPT-2's BPE (hub names: GPT-2 and its finetunes)."""
+    folder = Path(init_from).expanduser()
+    return (hf.read_tokenizer(folder) if folder.is_dir() else None) or gpt2_meta()
 
 
 def legacy_tokenizer_meta(ckpt):

@@ -87,7 +87,7 @@ class Generator:
             ids = self.tokenizer.encode(prompt)
         except UserError as e:
             raise RequestError(str(e)) from None
-        if not ids and hasattr(self.tokenizer, "eot_token"):
+        if not ids and self.tokenizer.eot_token is not None:
             ids = [self.tokenizer.eot_token]
         if not ids:
             raise RequestError("prompt must not be empty")

@@ -39,25 +39,30 @@ def assert_nothing_written(folder):
     assert not folder.exists() or not any(folder.iterdir()), f"{folder} should be empty"
 
 
-@pytest.mark.parametrize("tokenizer", ["gpt2", "char"])
+def vocab(tokenizer):
+    """The vocab_size argument for a tokenizer: a trained BPE's size, none for the fixed ones."""
+    return 300 if tokenizer == "bpe" else None
+
+
+@pytest.mark.parametrize("tokenizer", ["gpt2", "char", "bpe"])
 def test_text_file_round_trip(tmp_path, tokenizer):
     (tmp_path / "corpus.txt").write_text(CORPUS)
     # small pieces, so the file is read and tokenized in many pieces on two threads
     n_train, n_val = prepare_text(tmp_path / "corpus.txt", "mine", tokenizer=tokenizer, data_dir=tmp_path / "data",
-                                  threads=2, piece_bytes=500, **quiet)
+                                  threads=2, piece_bytes=500, vocab_size=vocab(tokenizer), **quiet)
     ds, ids, tok = tokens(tmp_path / "data" / "mine")
     assert tok.decode(ids) == CORPUS
     assert (ds.lengths["train"], ds.lengths["val"]) == (n_train, n_val)
     assert 0.05 < n_val / (n_train + n_val) < 0.15  # the last tenth of the text
     meta = json.loads((tmp_path / "data" / "mine" / "meta.json").read_text())
     assert meta["tokenizer"] == tokenizer and meta["dtype"] == "uint16"
-    if tokenizer == "gpt2":  # pieces are cut where the pre-tokenizer has a boundary: same tokens as one call
+    if tokenizer != "char":  # pieces are cut where the pre-tokenizer has a boundary: same tokens as one call
         enc = tok.enc
         cut = len(CORPUS.encode()) - len(tok.decode(ids[n_train:]).encode())
         assert ids == enc.encode_ordinary(CORPUS[:cut]) + enc.encode_ordinary(CORPUS[cut:])
 
 
-@pytest.mark.parametrize("tokenizer", ["gpt2", "char"])
+@pytest.mark.parametrize("tokenizer", ["gpt2", "char", "bpe"])
 def test_folder_round_trip(tmp_path, tokenizer):
     root = tmp_path / "corpus"
     (root / "b").mkdir(parents=True)
@@ -66,9 +71,9 @@ def test_folder_round_trip(tmp_path, tokenizer):
     for path, doc in zip(paths, DOCS):
         path.write_text(doc)
     (root / "notes.json").write_text("{}")  # not text: skipped
-    prepare_text(root, "mine", tokenizer=tokenizer, data_dir=tmp_path / "data", **quiet)
+    prepare_text(root, "mine", tokenizer=tokenizer, data_dir=tmp_path / "data", vocab_size=vocab(tokenizer), **quiet)
     ds, ids, tok = tokens(tmp_path / "data" / "mine")
-    if tokenizer == "gpt2":
+    if tokenizer != "char":
         assert tok.decode(ids) == "".join(doc + ENDOFTEXT for doc in DOCS)
         assert tok.decode(ds.tokens("val").tolist()) == DOCS[-1] + ENDOFTEXT  # the last tenth of the documents
     else:
@@ -264,7 +269,8 @@ def test_bad_corpus_is_one_line_and_writes_nothing(tmp_path, capsys, make_input,
     (["bogus"], "unknown dataset recipe 'bogus'"),
     (["--input=x.txt", "--name=mine", "--val_fraction=0"], "val_fraction must be between 0 and 1"),
     (["--input=x.txt", "--name=mine", "--val_fraction=1.5"], "val_fraction must be between 0 and 1"),
-    (["--input=x.txt", "--name=mine", "--tokenizer=bpe"], "unknown tokenizer 'bpe'"),
+    (["--input=x.txt", "--name=mine", "--tokenizer=wordpiece"], "unknown tokenizer 'wordpiece'"),
+    (["--input=x.txt", "--name=mine", "--vocab_size=300"], "vocab_size is for --tokenizer=bpe"),
     (["--input=x.txt"], "--name=NAME"),
     (["--input=x.txt", "--name=mine", "--colour=red"], "unknown config key 'colour'"),
 ])

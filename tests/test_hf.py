@@ -96,18 +96,86 @@ def test_export_our_model_matches_transformers(tmp_path, bias):
     assert GPT.from_pretrained(tmp_path / "out").config.gelu_approximate == "none"
 
 
-def test_export_trained_run_through_cli(tmp_path, char_dataset, capsys):
+def test_export_trained_run_through_cli(tmp_path, char_dataset):
     data_dir, _ = char_dataset
     train(tiny_config(data_dir, tmp_path / "run", max_iters=5, lr_decay_iters=5), log=lambda *a: None)
     assert cli.main(["export", f"--out_dir={tmp_path / 'run'}", f"--to={tmp_path / 'hf'}"]) == 0
-    assert "no Hugging Face tokenizer exists for a character vocabulary" in capsys.readouterr().out
-    assert sorted(os.listdir(tmp_path / "hf")) == ["config.json", "model.safetensors", "nanogpt_tokenizer.json"]
+    assert sorted(os.listdir(tmp_path / "hf")) == ["config.json", "model.safetensors", "special_tokens_map.json",
+                                                   "tokenizer.json", "tokenizer_config.json"]
 
     from nanogpt.runs import load_run
 
     ours, tokenizer = load_run(tmp_path / "run", "cpu")
     theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     assert max_diff_to_hf(ours, theirs, tokenizer.vocab_size, length=16) < TOL
+
+
+def prepare_run(tmp_path, kind):
+    """A tiny run trained on the shared corpus with a character or a trained BPE tokenizer; returns its out_dir."""
+    from nanogpt.datasets import prepare_text
+    from tests.conftest import CORPUS
+
+    (tmp_path / "corpus.txt").write_text(CORPUS)
+    prepare_text(tmp_path / "corpus.txt", "tiny", tokenizer=kind, data_dir=tmp_path / "data",
+                 vocab_size=300 if kind == "bpe" else None, log=lambda *a: None)
+    # a context longer than prompt and continuation: transformers has no sliding window to match ours past it
+    train(tiny_config(tmp_path / "data", tmp_path / "run", block_size=64, max_iters=30, lr_decay_iters=30),
+          log=lambda *a: None)
+    return tmp_path / "run"
+
+
+@pytest.mark.parametrize("kind", ["char", "bpe"])
+def test_exported_run_continues_as_sample_does(tmp_path, kind, monkeypatch):
+    """Export, then transformers alone and offline (AutoTokenizer, AutoModelForCausalLM, the text-generation
+    pipeline) continue a prompt greedily as `nanogpt sample --temperature=0` does; AutoTokenizer gives our ids."""
+    from nanogpt.runs import load_run
+    from nanogpt.sample import SampleConfig, sample
+
+    run = prepare_run(tmp_path, kind)
+    assert cli.main(["export", f"--out_dir={run}", f"--to={tmp_path / 'hf'}"]) == 0
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    prompt, n = "First Citizen:\nYou", 24
+    (ours,) = sample(SampleConfig(out_dir=str(run), start=prompt, num_samples=1, max_new_tokens=n, temperature=0,
+                                  device="cpu", dtype="float32"), write=lambda *a: None)
+    _, tokenizer = load_run(run, "cpu")
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    ids = hf_tokenizer(prompt)["input_ids"]
+    assert ids == tokenizer.encode(prompt) and hf_tokenizer.decode(ids) == prompt
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    out = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False)
+    assert hf_tokenizer.decode(out[0]) == ours
+    generate = transformers.pipeline("text-generation", model=str(tmp_path / "hf"), device="cpu")
+    assert generate(prompt, max_new_tokens=n, do_sample=False)[0]["generated_text"] == ours
+    # `nanogpt sample --init_from=FOLDER` reads the exported folder with its own tokenizer, not GPT-2's
+    (again,) = sample(SampleConfig(init_from=str(tmp_path / "hf"), start=prompt, num_samples=1, max_new_tokens=n,
+                                   temperature=0, device="cpu", dtype="float32"), write=lambda *a: None)
+    assert again == ours
+
+
+def test_old_character_exports_still_decode(tmp_path, char_dataset):
+    """Exports of character runs made before tokenizer.json kept the characters in nanogpt_tokenizer.json."""
+    from nanogpt.runs import load_model
+
+    data_dir, tokenizer = char_dataset
+    torch.manual_seed(0)
+    hf.export(GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=32, vocab_size=tokenizer.vocab_size)),
+              tmp_path / "hf", None, log=lambda *a: None)
+    (tmp_path / "hf" / "nanogpt_tokenizer.json").write_text(json.dumps(tokenizer.describe()))
+    _, theirs = load_model(str(tmp_path / "hf"), "unused")
+    assert theirs.name == "char" and theirs.encode("First") == tokenizer.encode("First")
+
+
+def test_foreign_characters_are_a_one_line_error_in_hf_tokenizers(tmp_path, char_dataset):
+    from nanogpt.tokenizers import tokenizer_from_meta
+
+    _, tokenizer = char_dataset
+    torch.manual_seed(0)
+    hf.export(GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=32, vocab_size=tokenizer.vocab_size)),
+              tmp_path / "hf", tokenizer.describe(), log=lambda *a: None)
+    theirs = tokenizer_from_meta(hf.read_tokenizer(tmp_path / "hf"))
+    assert theirs.eot_token is None and theirs.decode(theirs.encode("All:\n")) == "All:\n"
+    with pytest.raises(UserError, match="cannot encode this text"):
+        theirs.encode("Ωmega")
 
 
 def test_export_bpe_tokenizer_loads_offline(tmp_path):
