@@ -248,6 +248,8 @@ def export(model, to, tokenizer_meta, log=print):
         save_file(ours_to_hf(model), tmp / "model.safetensors", metadata={"format": "pt"})
         if tokenizer_meta:
             write_tokenizer(tmp, tokenizer_meta, model.config.block_size)
+            if tokenizer_meta["vocab_size"] < model.config.vocab_size:
+                write_json(tmp / "generation_config.json", generation_config(model.config, tokenizer_meta))
         for path in tmp.iterdir():
             fsync_path(path)
         os.replace(tmp, to)  # an empty `to` is replaced as a whole
@@ -293,6 +295,14 @@ def hf_config(config, tokenizer_meta):
         "eos_token_id": eot,
         "torch_dtype": "float32",
     }
+
+
+def generation_config(config, tokenizer_meta):
+    """transformers' generation settings for a model whose vocabulary is padded past its tokenizer's (for speed):
+    never generate the padding ids, as our sampler never does, so both continue a prompt alike."""
+    eot = eot_of(tokenizer_meta)
+    return {"bos_token_id": eot, "eos_token_id": eot,
+            "suppress_tokens": list(range(tokenizer_meta["vocab_size"], config.vocab_size))}
 
 
 def ours_to_hf(model):

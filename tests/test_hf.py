@@ -152,6 +152,22 @@ def test_exported_run_continues_as_sample_does(tmp_path, kind, monkeypatch):
     assert again == ours
 
 
+def test_export_never_generates_padding_ids(tmp_path, char_dataset):
+    """A vocabulary padded past the tokenizer's (for speed): transformers must not pick the padding ids either."""
+    _, tokenizer = char_dataset
+    torch.manual_seed(0)
+    ours = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=32, vocab_size=tokenizer.vocab_size + 7))
+    ids = torch.tensor([tokenizer.encode("All:")])
+    with torch.no_grad():  # bait: padding rows that outscore the best real token wherever it scores above zero
+        best = ours(ids)[0][0, -1].argmax()
+        ours.transformer.wte.weight[tokenizer.vocab_size:] = ours.transformer.wte.weight[best] * 3
+    hf.export(ours, tmp_path / "hf", tokenizer.describe(), log=lambda *a: None)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert theirs(ids).logits[0, -1].argmax() >= tokenizer.vocab_size  # the bait works on the raw logits
+    out = theirs.generate(ids, max_new_tokens=10, do_sample=False)[0, 4:]
+    assert len(out) == 10 and out.max() < tokenizer.vocab_size
+
+
 def test_old_character_exports_still_decode(tmp_path, char_dataset):
     """Exports of character runs made before tokenizer.json kept the characters in nanogpt_tokenizer.json."""
     from nanogpt.runs import load_model
