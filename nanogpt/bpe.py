@@ -131,7 +131,9 @@ class GPT2Tokenizer(TiktokenBPE):
 # GPT-2). tiktoken merges, at each step, the adjacent pair whose concatenation is the lowest-ranked token; a
 # Hugging Face BPE only merges the pairs in its merge list. So the tokenizer.json lists every split of every token
 # into two tokens, ranked by the token's id (transformers converts tiktoken vocabularies the same way), and both
-# libraries give the same ids.
+# libraries give the same ids. (They could differ only where two different splits of one token overlap in a word,
+# as "ab"+"a" and "a"+"ba" over the pieces "ab", "a", "ba": tiktoken takes the leftmost, Hugging Face the one listed
+# first. The tests compare the two on seen and unseen text.)
 
 MIN_VOCAB_SIZE = 257  # the 256 bytes and <|endoftext|>
 MIN_PAIR_COUNT = 2  # a pair seen once is not a pattern; merging it would only memorise the training text

@@ -335,7 +335,6 @@ def tokenize_split(corpus, split, encode, writer, threads):
 def bpe_encoder(enc, documents):
     """A function from [(text, ends_document)] to BPE token ids (a tiktoken Encoding's), with <|endoftext|> after
     each document."""
-
     eot = np.array([enc.eot_token], dtype=np.uint32)
 
     def encode(pieces):
@@ -545,9 +544,7 @@ def read_pieces(path, start, stop, piece_bytes):
 def find_cut(data, piece_bytes):
     """Where to end a piece of data: its last safe cut, else its last newline, else its last character start;
     0 (read more) while data is short of four pieces and has no safe cut."""
-    safe = None
-    for m in SAFE_CUT.finditer(data, max(0, len(data) - piece_bytes - 2)):
-        safe = m.end()
+    safe = last_safe_cut(data, max(0, len(data) - piece_bytes - 2))
     if safe is not None:
         return safe
     if len(data) < 4 * piece_bytes:
@@ -559,6 +556,22 @@ def find_cut(data, piece_bytes):
     while i > 0 and data[i] & 0xC0 == 0x80:  # step back over UTF-8 continuation bytes to a character start
         i -= 1
     return i
+
+
+def last_safe_cut(data, begin):
+    """The end of the last SAFE_CUT match starting at or after begin, or None. The newlines nearest the end are tried
+    first, as in prose one of them nearly always is a safe cut: visiting every match of a megabyte in Python took
+    ~0.15 s, the main thread's whole budget for reading a megabyte at tiktoken's speed."""
+    end = len(data) - 1  # the newline needs a byte after it
+    for _ in range(64):
+        newline = data.rfind(b"\n", begin + 1, end)
+        if newline < 0:
+            return None
+        if SAFE_CUT.match(data, newline - 1):
+            return newline + 1
+        end = newline
+    matches = list(SAFE_CUT.finditer(data, begin, end + 1))  # no safe cut among 64 newlines: scan the rest in C
+    return matches[-1].end() if matches else None
 
 
 def decode_utf8(data, path):

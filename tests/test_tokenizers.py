@@ -207,3 +207,19 @@ def test_switching_tokenizer_removes_the_stale_file(tmp_path):
     ds = Dataset(tmp_path / "data" / "mine")
     ids = np.concatenate([ds.tokens("train"), ds.tokens("val")]).tolist()
     assert tokenizer_from_meta(ds.meta).decode(ids) == CORPUS
+
+
+def test_literal_end_of_text_in_a_document_is_text(tmp_path):
+    """Only the separator the recipe adds is <|endoftext|>; the same characters inside a document stay characters."""
+    root = tmp_path / "docs"
+    root.mkdir()
+    docs = scenes()
+    docs[3] = docs[3].replace("All:", f"All {ENDOFTEXT}:")
+    for i, doc in enumerate(docs):
+        (root / f"{i}.txt").write_text(doc)
+    prepare_text(root, "mine", tokenizer="bpe", vocab_size=300, data_dir=tmp_path / "data", **quiet)
+    ds = Dataset(tmp_path / "data" / "mine")
+    tok = tokenizer_from_meta(ds.meta)
+    train_ids = ds.tokens("train").tolist()
+    assert train_ids.count(tok.eot_token) == 9  # one after each of the nine training documents
+    assert tok.decode(train_ids) == "".join(doc + ENDOFTEXT for doc in docs[:9])
