@@ -154,6 +154,9 @@ def byte_alphabet() -> list[str]:
 
 
 def check_vocab_size(vocab_size):
+    if vocab_size is None:
+        raise UserError(f"a trained BPE needs its size: give --vocab_size=N, at least {MIN_VOCAB_SIZE} (the 256 bytes "
+                        f"and {ENDOFTEXT}); a few thousand suit a few MB of text")
     if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < MIN_VOCAB_SIZE:
         raise UserError(f"vocab_size must be a whole number of at least {MIN_VOCAB_SIZE} (the 256 bytes and "
                         f"{ENDOFTEXT}), not {vocab_size!r}")
