@@ -199,10 +199,15 @@ def test_dataset_without_its_tokenizer_file_is_one_line(tmp_path):
         Dataset(tmp_path / "data" / "mine")
 
 
-def test_switching_tokenizer_removes_the_stale_file(tmp_path):
+def test_preparing_again_and_switching_tokenizer(tmp_path):
+    """The same BPE dataset prepared twice is the same dataset; another one (even only another vocabulary) needs
+    overwrite, and a tokenizer without a tokenizer.json removes the stale one."""
     path = write_corpus(tmp_path, CORPUS)
     prepare_text(path, "mine", tokenizer="bpe", vocab_size=300, data_dir=tmp_path / "data", **quiet)
-    prepare_text(path, "mine", tokenizer="char", data_dir=tmp_path / "data", **quiet)
+    prepare_text(path, "mine", tokenizer="bpe", vocab_size=300, data_dir=tmp_path / "data", **quiet)  # no change
+    with pytest.raises(UserError, match="already holds a different dataset"):
+        prepare_text(path, "mine", tokenizer="bpe", vocab_size=290, data_dir=tmp_path / "data", **quiet)
+    prepare_text(path, "mine", tokenizer="char", data_dir=tmp_path / "data", overwrite=True, **quiet)
     assert not (tmp_path / "data" / "mine" / "tokenizer.json").exists()
     ds = Dataset(tmp_path / "data" / "mine")
     ids = np.concatenate([ds.tokens("train"), ds.tokens("val")]).tolist()
