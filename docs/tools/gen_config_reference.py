@@ -144,8 +144,10 @@ NOTES = {
                   "pip install -e '.[hf]') to pretrain GPT-2.",
         "input": "To train on your own text (then give --name too).",
         "name": "Always with --input: the name you then give train as --dataset.",
-        "tokenizer": "'char' for a small corpus and model (the vocabulary is the characters seen); 'gpt2' for large "
-                     "text or to finetune GPT-2.",
+        "tokenizer": "'char' for a small corpus and model (the vocabulary is the characters seen); 'gpt2' to "
+                     "finetune GPT-2; 'bpe' (pip install -e '.[bpe]') for code, another language or a domain.",
+        "vocab_size": "With --tokenizer=bpe: a few thousand for a few MB of text (2,048–8,192 on tiny Shakespeare, "
+                      "see docs/concepts/data-pipeline.md); more text affords more.",
         "val_fraction": "Smaller (0.01–0.05) on a big corpus, where 10 % is more validation text than needed.",
         "data_dir": "When your datasets live elsewhere; give train the same --data_dir.",
         "overwrite": "True to replace a dataset made from other text or with another tokenizer (runs trained on it "
