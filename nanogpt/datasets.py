@@ -279,8 +279,6 @@ def corpus_tokenizer(kind, corpus, vocab_size, input, log):
 def train_tokenizer(corpus, vocab_size, input, log):
     """A byte-level BPE of vocab_size tokens learned from the train split (see bpe.py); nothing is written yet, so
     a corpus that cannot give that many tokens leaves no trace."""
-    from tqdm import tqdm
-
     from nanogpt.bpe import BPETokenizer, train_bpe
 
     total, unit = corpus.size("train")
@@ -288,8 +286,7 @@ def train_tokenizer(corpus, vocab_size, input, log):
 
     def texts():
         nonlocal saw_text
-        with tqdm(total=total, unit="B" if unit == "MB" else " documents", unit_scale=unit == "MB",
-                  desc="counting the words of train", mininterval=0.5) as progress:
+        with progress_bar("counting the words of train", total, unit) as progress:
             for task in corpus.tasks("train"):
                 for text, _ in task.pieces:
                     saw_text = saw_text or (text and not text.isspace())
