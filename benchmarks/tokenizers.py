@@ -183,7 +183,7 @@ def encoding_throughput(text, tokenizer, megabytes, runs, root):
         cpu = statistics.median(c for _, c in runs_)
         print(f"{name:<66} {wall:>9.2f} {nbytes / 1e6 / wall:>7.1f} {busy:>10.2f} {nbytes / 1e6 / cpu:>9.1f}")
     wall, busy, mb = hf
-    print(f"{'Hugging Face tokenizers encode_batch, same BPE (' + str(HF_SLICE_MB) + ' MB slice, once)':<66} "
+    print(f"{f'Hugging Face tokenizers encode_batch, same BPE ({mb:.0f} MB slice, once)':<66} "
           f"{wall:>9.2f} {mb / wall:>7.1f} {busy:>10.2f} {mb / (wall * busy):>9.1f}")
     ours = statistics.median(w for w, _ in times[list(methods)[2]])
     ref = statistics.median(w for w, _ in times[list(methods)[0]])
