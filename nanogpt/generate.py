@@ -381,6 +381,7 @@ class Completion:
     tag: object = None  # whatever the caller needs to route events (e.g. request and choice index)
     tokens: list = field(default_factory=list)  # prompt and generated ids: the context the model reads from
     generated: int = 0
+    finish_reason: str = None  # 'stop' or 'length' once it has finished
     start: int = 0  # where the model's window begins in tokens
     row: int = None  # its row of the SlotCache while it is decoding
     stream: TextStream = None  # its text so far, stop strings held back
@@ -440,6 +441,10 @@ class BatchEngine:
             self.rows[c.row] = last
         c.row = None
 
+    def clear(self):
+        """Drop every completion (after a failed step, whose state cannot be trusted)."""
+        self.rows, self.arrived = [], []
+
     @torch.no_grad()
     def step(self):
         """Advance every running completion by one token; returns its events, (completion, text, finish_reason)
@@ -461,6 +466,7 @@ class BatchEngine:
             logits, _ = self.model(last, kv_cache=self.cache.decode(decoding))
             events += [self._take(c, logits[i, -1]) for i, c in enumerate(self.rows[:decoding])]
         for c, _, reason in events:
+            c.finish_reason = reason
             if reason is not None and c.row is not None:
                 self.remove(c)
             elif reason is None and window_start(len(c.tokens), c.start, self.block_size, self.window_shift) != c.start:
