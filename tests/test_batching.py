@@ -2,7 +2,7 @@
 
 import torch
 
-from nanogpt.generate import BatchEngine, Completion, complete
+from nanogpt.generate import BatchEngine, Completion, complete, pick_token
 from nanogpt.tokenizers import CharTokenizer
 from tests.test_generate import CHARS, tiny_model
 
@@ -10,10 +10,15 @@ TOKENIZER = CharTokenizer(CHARS)
 
 
 def solo(model, c):
-    """What complete() (the one-request path `sample` uses) gives for c alone: (text, finish_reason)."""
-    events = list(complete(model, TOKENIZER, c.prompt, c.max_tokens, temperature=c.temperature, top_k=c.top_k,
-                           top_p=c.top_p, stop=c.stop, seed=c.seed))
-    return "".join(text for _, text, _ in events), events[-1][2]
+    """What c gives alone: (text, finish_reason). Greedy: from complete(), the one-request path `sample` uses;
+    sampled: from an engine running nothing else (it draws its random numbers differently from `sample`)."""
+    if c.temperature == 0:
+        events = list(complete(model, TOKENIZER, c.prompt, c.max_tokens, temperature=0, top_k=c.top_k,
+                               top_p=c.top_p, stop=c.stop))
+        return "".join(text for _, text, _ in events), events[-1][2]
+    copy = Completion(c.prompt, c.max_tokens, c.temperature, c.top_k, c.top_p, c.seed, c.stop)
+    results, _ = run(BatchEngine(model, TOKENIZER, max_batch=1), {0: [copy]})
+    return results[id(copy)]
 
 
 def run(engine, arrivals):
@@ -108,3 +113,14 @@ def test_rows_at_different_positions_match_the_plain_forward():
     for i, c in enumerate(cs):
         plain, _ = model(torch.tensor([c.tokens[:-1]]))
         torch.testing.assert_close(captured["logits"][i, -1], plain[0, -1], atol=1e-4, rtol=0)
+
+
+def test_pick_token_follows_the_distribution_and_never_picks_a_filtered_token():
+    logits = torch.tensor([0.0, 1.0, 2.0, -1.0, 9.0, 9.0])  # the last two ids are padding beyond a vocabulary of 4
+    generator = torch.Generator().manual_seed(0)
+    picks = [pick_token(logits, 1.0, 3, None, 4, generator) for _ in range(3000)]
+    counts = [picks.count(i) for i in range(6)]
+    assert counts[3] == counts[4] == counts[5] == 0  # filtered by top_k=3, and padding
+    expected = torch.softmax(logits[:3], -1) * 3000
+    assert all(abs(c - e) < 5 * e.sqrt() for c, e in zip(counts, expected))
+    assert pick_token(logits, 0, None, None, 4, generator) == 2
