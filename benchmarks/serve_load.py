@@ -155,9 +155,10 @@ async def load_run(url, clients, tokens, seed):
         wall = time.perf_counter() - start
     ok = [r for r in results if r["status"] == 200 and r["done"] and r["usage"] and not r["error"]]
     generated = sum(r["usage"]["completion_tokens"] for r in ok)
-    return {"tokens_per_s": generated / wall, "ttft_p50": percentile([r["ttft"] for r in ok], 50),
-            "ttft_p95": percentile([r["ttft"] for r in ok], 95), "latency_p50": percentile([r["latency"] for r in ok], 50),
-            "latency_p95": percentile([r["latency"] for r in ok], 95), "errors": len(results) - len(ok),
+    ttft, latency = [r["ttft"] for r in ok], [r["latency"] for r in ok]
+    return {"tokens_per_s": generated / wall, "ttft_p50": percentile(ttft, 50), "ttft_p95": percentile(ttft, 95),
+            "latency_p50": percentile(latency, 50), "latency_p95": percentile(latency, 95),
+            "errors": len(results) - len(ok),
             "tokens": generated, "wall_s": wall}
 
 
