@@ -58,7 +58,7 @@ class ServeConfig:
     api_key: str = ""  # require 'Authorization: Bearer KEY' on all but /health and / (or set NANOGPT_API_KEY)
     cors_origin: str = ""  # send CORS headers allowing this origin ('*' for any); empty: none
     shutdown_timeout: float = 30.0  # on SIGTERM, seconds running requests get to finish before being cancelled
-    kv_cache: bool = True  # False re-reads the whole context for every token (for comparison; one at a time)
+    kv_cache: bool = True  # must stay True: the batch engine is built on the KV cache (False is refused)
     window_shift: int = 0  # past block_size, drop this many oldest tokens at once: 0 = half the block; 1 = exact, slow
 
     def to_dict(self):
