@@ -293,7 +293,7 @@ class SlotCache:
 
     The sequences being decoded fill rows 0..n-1 and nothing else, so a decode step reads the buffers' first n rows
     without gathering them; when one leaves, the last row moves into its place. Two views of it go to the model:
-    `prefill(row)` for one sequence read from position 0, `decode(n)` for one new token in each of rows 0..n-1.
+    `prefill(rows, pads)` for sequences read from position 0, `decode(n)` for one new token in each of rows 0..n-1.
     """
 
     def __init__(self, n_layer, max_batch, max_len):
@@ -324,32 +324,44 @@ class SlotCache:
                 v[dst, :, :n] = v[src, :, :n]
         self.lengths[dst] = n
 
-    def prefill(self, row):
-        return _PrefillView(self, row)
+    def prefill(self, rows, pads, device):
+        return _PrefillView(self, rows, pads, device)
 
     def decode(self, n):
         return _DecodeView(self, n)
 
 
 class _PrefillView:
-    """One sequence (a batch of one) read from position 0 into its row: plain causal attention."""
+    """Several sequences read from position 0 into their rows at once. Shorter ones are padded on the left, so every
+    row's last token is the batch's last position: row i's pads[i] padding tokens are seen by no real token (each
+    padding position sees itself only, which keeps its attention finite), and its real tokens sit at 0, 1, ..."""
 
-    def __init__(self, cache, row):
-        self.cache, self.row = cache, row
+    def __init__(self, cache, rows, pads, device):
+        self.cache, self.rows, self.pads = cache, rows, pads
+        self.pad = torch.tensor(pads, dtype=torch.long, device=device)
 
     def positions(self, t, device):
         if t > self.cache.max_len:
             raise ValueError(f"cannot forward a sequence of length {t}, block size is only {self.cache.max_len}")
-        return torch.arange(t, dtype=torch.long, device=device)[None]
+        self.mask = None  # no padding: plain causal attention
+        if any(self.pads):
+            ids = torch.arange(t, device=device)
+            causal = ids[None, :] <= ids[:, None]  # (query, key)
+            real_key = ids[None, :] >= self.pad[:, None]  # (row, key)
+            self.mask = (causal[None] & (real_key[:, None, :] | torch.eye(t, dtype=torch.bool, device=device)))
+            self.mask = self.mask[:, None]  # (row, 1, query, key)
+        return (torch.arange(t, device=device)[None, :] - self.pad[:, None]).clamp(min=0)
 
     def extend(self, layer_idx, k, v):
         k_buf, v_buf = self.cache.buffers(layer_idx, k)
-        k_buf[self.row, :, :k.size(2)] = k[0]
-        v_buf[self.row, :, :k.size(2)] = v[0]
-        return k, v, None
+        for i, (row, pad) in enumerate(zip(self.rows, self.pads)):
+            k_buf[row, :, :k.size(2) - pad] = k[i, :, pad:]
+            v_buf[row, :, :k.size(2) - pad] = v[i, :, pad:]
+        return k, v, self.mask
 
     def advance(self, t):
-        self.cache.lengths[self.row] = t
+        for row, pad in zip(self.rows, self.pads):
+            self.cache.lengths[row] = t - pad
 
 
 class _DecodeView:
@@ -406,8 +418,8 @@ class Completion:
 class BatchEngine:
     """Continuous batching: completions join a running batch at the next step and leave it when they finish.
 
-    Each step first prefills the completions that arrived (or whose window moved past the block size) one at a
-    time, giving each its first token, then advances every other running completion by one token in a single
+    Each step first prefills the completions that arrived (or whose window moved past the block size) together in
+    one forward, giving each its first token, then advances every other running completion by one token in a single
     batched forward. Each completion samples with its own settings and seed, so its tokens are the ones it
     would get alone (greedy output is identical; see tests/test_batching.py). Not thread-safe: one thread drives it.
     """
@@ -465,17 +477,16 @@ class BatchEngine:
         """Advance every running completion by one token; returns its events, (completion, text, finish_reason)
         with finish_reason 'stop', 'length' or None. Finished completions have left the batch already."""
         decoding = len(self.rows)
-        events = []
-        for c in self.arrived:
-            if c.max_tokens == 0:
-                events.append((c, c.stream.close(), "length"))
-                continue
-            c.row = len(self.rows)
-            self.rows.append(c)
-            logits, _ = self.model(torch.tensor([c.tokens[c.start:]], device=self.device),
-                                   kv_cache=self.cache.prefill(c.row))
-            events.append(self._take(c, logits[0, -1]))
+        events = [(c, c.stream.close(), "length") for c in self.arrived if c.max_tokens == 0]
+        arrived = [c for c in self.arrived if c.max_tokens > 0]
         self.arrived = []
+        # prefill together those of similar length, so that padding wastes at most about half of each forward
+        arrived.sort(key=lambda c: len(c.tokens) - c.start)
+        while arrived:
+            shortest = len(arrived[0].tokens) - arrived[0].start
+            group = [c for c in arrived if len(c.tokens) - c.start <= 2 * shortest + 8]
+            arrived = arrived[len(group):]
+            events += self._prefill(group)
         if decoding:
             last = torch.tensor([[c.tokens[-1]] for c in self.rows[:decoding]], device=self.device)
             logits, _ = self.model(last, kv_cache=self.cache.decode(decoding))
@@ -490,6 +501,18 @@ class BatchEngine:
                 self.remove(c)
                 self.arrived.append(c)
         return events
+
+    def _prefill(self, arrived):
+        """Read the arrived completions' contexts into new rows in one forward (left-padded to the longest)."""
+        contexts = [c.tokens[c.start:] for c in arrived]
+        width = max(len(x) for x in contexts)
+        pads = [width - len(x) for x in contexts]
+        for c in arrived:
+            c.row = len(self.rows)
+            self.rows.append(c)
+        idx = torch.tensor([[0] * pad + x for pad, x in zip(pads, contexts)], device=self.device)
+        logits, _ = self.model(idx, kv_cache=self.cache.prefill([c.row for c in arrived], pads, self.device))
+        return [self._take(c, logits[i, -1]) for i, c in enumerate(arrived)]
 
     def _take(self, c, logits):
         """Sample c's next token from its logits (vocab,) and turn it into an event."""

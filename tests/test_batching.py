@@ -2,7 +2,7 @@
 
 import torch
 
-from nanogpt.generate import BatchEngine, Completion, complete, pick_token
+from nanogpt.generate import BatchEngine, Completion, complete, next_token, pick_token
 from nanogpt.tokenizers import CharTokenizer
 from tests.test_generate import CHARS, tiny_model
 
@@ -96,7 +96,9 @@ def test_rows_at_different_positions_match_the_plain_forward():
     cs = [Completion(s, max_tokens=5, temperature=0) for s in seqs]
     for c in cs:
         engine.add(c)
-    engine.step()  # prefill all three
+    engine.step()  # prefill all three in one forward, the shorter ones left-padded
+    first_tokens = [c.tokens[-1] for c in cs]
+    assert first_tokens == [next_token(model(torch.tensor([s]))[0][:, -1], temperature=0).item() for s in seqs]
     captured = {}
     original = model.forward
 
@@ -107,12 +109,12 @@ def test_rows_at_different_positions_match_the_plain_forward():
 
     model.forward = spy
     try:
-        engine.step()  # one batched decode: rows at positions 7, 2 and 4
+        engine.step()  # one batched decode: rows at positions 6, 1 and 3
     finally:
         del model.forward
-    for i, c in enumerate(cs):
+    for c in cs:
         plain, _ = model(torch.tensor([c.tokens[:-1]]))
-        torch.testing.assert_close(captured["logits"][i, -1], plain[0, -1], atol=1e-4, rtol=0)
+        torch.testing.assert_close(captured["logits"][c.row, -1], plain[0, -1], atol=1e-4, rtol=0)
 
 
 def test_pick_token_follows_the_distribution_and_never_picks_a_filtered_token():
