@@ -11,8 +11,9 @@ load: `clients` clients each send one streamed request for `tokens` tokens (temp
       once. Printed per run and as medians: aggregate generated tokens/s (usage's completion_tokens over the wall
       time from first request to last answer), time to first token p50/p95, request latency p50/p95, errors.
       Batched and --max_batch=1 runs alternate; the ratio is the medians'.
-soak: 500 requests, 32 at a time, against a batched server with a short queue, each for 1..32 tokens; a tenth are
-      cancelled mid-stream. Checks that every completed request is whole (usage and finish_reason agree with what
+soak: 500 requests, 32 at a time, against a batched server (16 in the batch, 16 in the queue), each for 1..32
+      tokens; a tenth are cancelled mid-stream, one in 25 asks for more tokens than allowed (400), and a client told
+      429 waits Retry-After. Checks that every completed request is whole (usage and finish_reason agree with what
       was streamed), every refused one got 429 or 400, and the server's memory (RSS) at the end is within 10% of
       what it was after the first 50.
 
@@ -104,6 +105,7 @@ async def completion(session, url, body, cancel_after=None):
             result["status"] = response.status
             if response.status != 200:
                 result["error"] = (await response.json())["error"]["message"]
+                result["retry_after"] = response.headers.get("Retry-After")
                 return result
             chunks = 0
             async for line in response.content:
@@ -218,6 +220,8 @@ async def soak_requests(server, rss):
         results.append(result)
         if len(results) == 50:
             rss["after 50"] = server.rss_mb()
+        if result["status"] == 429:  # a polite client waits as told before its next request
+            await asyncio.sleep(float(result.get("retry_after") or 1))
 
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=SOAK_CONCURRENCY)) as session:
         await asyncio.gather(*(one(i, session) for i in range(SOAK_REQUESTS)))
@@ -234,8 +238,8 @@ def whole(r):
 
 def bench_soak(out_dir, args):
     print(f"soak: {SOAK_REQUESTS} requests, {SOAK_CONCURRENCY} at a time, every {SOAK_CANCEL_EVERY}th cancelled "
-          "mid-stream, every 25th asking too many tokens; server --max_batch=16 --max_queue=8", flush=True)
-    server = Server(out_dir, args.threads, "--max_batch=16", "--max_queue=8", "--max_n=1")
+          "mid-stream, every 25th asking too many tokens; server --max_batch=16 --max_queue=16", flush=True)
+    server = Server(out_dir, args.threads, "--max_batch=16", "--max_queue=16", "--max_n=1")
     rss = {}
     try:
         start = time.perf_counter()

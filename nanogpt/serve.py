@@ -120,8 +120,8 @@ class Job:
 class Scheduler:
     """Feeds requests to a BatchEngine from one worker thread.
 
-    A request waits in a bounded FIFO queue until the batch has room for all its completions, then joins it at
-    the next step. Only the worker thread touches the engine; the event loop only queues and cancels jobs.
+    A request waits in a FIFO queue until the batch has room for all its completions, then joins it at the next
+    step; at most max_queue requests may wait beyond the places the batch has free. Only the worker thread touches the engine; the event loop only queues and cancels jobs.
     """
 
     def __init__(self, engine, max_queue, autocast=nullcontext):
@@ -132,6 +132,7 @@ class Scheduler:
         self.waiting = deque()  # jobs not yet started
         self.running = []  # jobs in the batch
         self.to_cancel = []  # jobs whose clients left: their completions leave the batch before the next step
+        self.free = engine.free  # places in the batch after the last admission: jobs waiting for those do not queue
         self.refusing = False  # shutting down: no new jobs
         self.closed = False  # the worker ends, failing what is left
         self.thread = threading.Thread(target=self._work, name="generate", daemon=True)
@@ -141,7 +142,7 @@ class Scheduler:
         with self.cond:
             if self.refusing:
                 raise ShuttingDown("the server is shutting down")
-            if len(self.waiting) >= self.max_queue:
+            if len(self.waiting) >= self.max_queue + self.free:
                 raise QueueFull(f"the server is busy: {len(self.waiting)} requests are waiting already; retry "
                                 "later", headers={"Retry-After": "1"})
             self.waiting.append(job)
@@ -186,6 +187,7 @@ class Scheduler:
                     return
                 self._drop_cancelled()
                 self._admit()
+                self.free = self.engine.free
                 if not self.engine.running:
                     continue
             try:
@@ -227,9 +229,9 @@ class Scheduler:
                 job.unfinished -= 1
                 if job.unfinished == 0:
                     finished.append(job)
-        if finished:
-            with self.cond:
-                self.running = [job for job in self.running if job not in finished]
+        with self.cond:
+            self.running = [job for job in self.running if job not in finished]
+            self.free = self.engine.free
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -394,7 +394,7 @@ def test_serve_command_listens_answers_and_drains_on_sigterm(run_dir):
         with urllib.request.urlopen(url + "/health", timeout=30) as response:
             assert json.loads(response.read())["status"] == "ok"
         server = type("Server", (), {"url": url})
-        with open_stream(server, {"prompt": "ab", "max_tokens": 400}) as response:
+        with open_stream(server, {"prompt": "ab", "max_tokens": 100}) as response:
             assert response.readline().startswith(b"data: ")
             proc.send_signal(signal.SIGTERM)  # mid-request: the request still finishes whole
             rest = response.read().decode()
