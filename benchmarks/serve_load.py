@@ -11,7 +11,7 @@ load: `clients` clients each send one streamed request for `tokens` tokens (temp
       once. Printed per run and as medians: aggregate generated tokens/s (usage's completion_tokens over the wall
       time from first request to last answer), time to first token p50/p95, request latency p50/p95, errors.
       Batched and --max_batch=1 runs alternate; the ratio is the medians'.
-soak: 500 requests, 32 at a time, against a batched server (16 in the batch, 16 in the queue), each for 1..32
+soak: 500 requests, 32 at a time, against a batched server (16 in the batch, 64 in the queue), each for 1..32
       tokens; a tenth are cancelled mid-stream, one in 25 asks for more tokens than allowed (400), and a client told
       429 waits Retry-After. Checks that every completed request is whole (usage and finish_reason agree with what
       was streamed), every refused one got 429 or 400, and the server's memory (RSS) at the end is within 10% of
@@ -238,8 +238,8 @@ def whole(r):
 
 def bench_soak(out_dir, args):
     print(f"soak: {SOAK_REQUESTS} requests, {SOAK_CONCURRENCY} at a time, every {SOAK_CANCEL_EVERY}th cancelled "
-          "mid-stream, every 25th asking too many tokens; server --max_batch=16 --max_queue=16", flush=True)
-    server = Server(out_dir, args.threads, "--max_batch=16", "--max_queue=16", "--max_n=1")
+          "mid-stream, every 25th asking too many tokens; server --max_batch=16 --max_queue=64", flush=True)
+    server = Server(out_dir, args.threads, "--max_batch=16", "--max_queue=64", "--max_n=1")
     rss = {}
     try:
         start = time.perf_counter()
