@@ -6,6 +6,8 @@ The model never owns inference state. A KVCache is handed to `GPT.forward`, whic
 with the mask of which each query may see), and which calls `advance` once every layer has seen the new tokens.
 """
 
+from dataclasses import dataclass, field
+
 import torch
 from torch.nn import functional as F
 
@@ -166,21 +168,38 @@ def generate_ids(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=
         idx = torch.cat((idx, nxt[:, None]), dim=1)
 
 
+def pick_token(logits, temperature, top_k, top_p, vocab_size, generator):
+    """One token id from one row of logits (vocab,), as next_token picks it, but drawn with a single uniform number
+    (the first token whose cumulative probability passes it) where torch.multinomial draws one per vocabulary
+    entry: a tenth of a 124M model's batched step on a CPU. The same seed therefore gives other samples than
+    `sample`'s; greedy picks are the same."""
+    logits = mask_vocab(logits.float(), vocab_size)
+    if temperature == 0:
+        return int(logits.argmax())
+    logits = top_p_filter(top_k_filter(logits / temperature, top_k), top_p)
+    cdf = torch.cumsum(F.softmax(logits, dim=-1), dim=-1)
+    u = torch.rand(1, generator=generator, device=logits.device) * cdf[-1]
+    # right=True: a token of probability 0 adds nothing to the cdf, so no u lands on it
+    return min(int(torch.searchsorted(cdf, u, right=True)), logits.size(-1) - 1)
+
+
 class TextStream:
     """One sample's generated tokens as text that is safe to show as it grows.
 
     Holds back text that could still turn out to be part of a stop string, and a trailing U+FFFD that may be a
     UTF-8 character whose remaining bytes are still to come. Once the text contains a stop string, the sample
-    is finished and its text ends just before the first stop string.
+    is finished and its text ends just before the first stop string. Each token costs time in proportion to the
+    stop strings' length, not the text's: only the text a stop string could still reach is kept.
     """
 
     def __init__(self, tokenizer, stop=()):
         self.tokenizer = tokenizer
         self.stop = [s for s in stop if s]
         self.longest_stop = max((len(s) for s in self.stop), default=0)
-        self.decoded = ""  # text of the tokens before `pending`
+        self.decoded = ""  # text of the tokens before `pending`, from character `offset` of the sample on
+        self.offset = 0  # characters dropped from the front of `decoded`: no stop string can reach back to them
         self.pending = []  # tokens that decode to an unfinished UTF-8 character so far
-        self.text = ""  # the text shown so far
+        self.shown = 0  # characters shown so far
         self.finished = False
 
     def add(self, token):
@@ -197,25 +216,29 @@ class TextStream:
             self.pending = []
             full = self.decoded
         # a stop string cannot lie wholly inside the text already shown, else it would have ended the sample
-        start = max(0, len(self.text) - self.longest_stop + 1)
+        start = max(0, self.shown - self.offset - self.longest_stop + 1)
         cut = min((i for i in (full.find(s, start) for s in self.stop) if i >= 0), default=-1)
         if cut >= 0:
             self.finished = True
-            return self._show(full[:cut])
+            return self._show(full, cut)
         hold = max((overlap(full, s) for s in self.stop), default=0)
-        return self._show(full[: len(full) - hold])
+        return self._show(full, len(full) - hold)
 
     def close(self):
         """The text still held back, once no more tokens will come."""
         if self.finished:
             return ""
         self.finished = True
-        return self._show(self.decoded + self.tokenizer.decode(self.pending))
+        full = self.decoded + self.tokenizer.decode(self.pending)
+        return self._show(full, len(full))
 
-    def _show(self, upto):
-        new = upto[len(self.text):]
-        if new:
-            self.text = upto
+    def _show(self, full, upto):
+        """Show full[:upto] (full starts at character `offset`); return what was not shown before."""
+        new = full[self.shown - self.offset: upto]
+        self.shown += len(new)
+        drop = min(len(self.decoded), max(0, self.shown - self.offset - self.longest_stop))
+        self.decoded = self.decoded[drop:]
+        self.offset += drop
         return new
 
 
@@ -259,3 +282,248 @@ def complete(model, tokenizer, prompt_ids, max_new_tokens, num_samples=1, temper
                 yield i, stream.close(), "length"
     finally:
         steps.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# continuous batching: many completions, each with its own settings, joining and leaving one running batch
+
+
+class SlotCache:
+    """Keys and values for up to max_batch sequences at once, each in its own row at its own length.
+
+    The sequences being decoded fill rows 0..n-1 and nothing else, so a decode step reads the buffers' first n rows
+    without gathering them; when one leaves, the last row moves into its place. Two views of it go to the model:
+    `prefill(rows, pads)` for sequences read from position 0, `decode(n)` for one new token in each of rows 0..n-1.
+    """
+
+    def __init__(self, n_layer, max_batch, max_len):
+        self.max_batch = max_batch
+        self.max_len = max_len
+        self.k = [None] * n_layer  # each (max_batch, n_head, max_len, head_size) once allocated
+        self.v = [None] * n_layer
+        self.lengths = [0] * max_batch  # positions cached in each row
+
+    @classmethod
+    def for_model(cls, model, max_batch):
+        return cls(model.config.n_layer, max_batch, model.config.block_size)
+
+    def buffers(self, layer_idx, k):
+        if self.k[layer_idx] is None:
+            shape = (self.max_batch, k.size(1), self.max_len, k.size(3))
+            # zeros, not empty: masked-out keys get weight 0, and 0 times a NaN left in free memory would be NaN
+            self.k[layer_idx] = torch.zeros(shape, dtype=k.dtype, device=k.device)
+            self.v[layer_idx] = torch.zeros(shape, dtype=k.dtype, device=k.device)
+        return self.k[layer_idx], self.v[layer_idx]
+
+    def move(self, src, dst):
+        """Copy row src's cached keys and values into row dst."""
+        n = self.lengths[src]
+        for k, v in zip(self.k, self.v):
+            if k is not None:
+                k[dst, :, :n] = k[src, :, :n]
+                v[dst, :, :n] = v[src, :, :n]
+        self.lengths[dst] = n
+
+    def prefill(self, rows, pads, device):
+        return _PrefillView(self, rows, pads, device)
+
+    def decode(self, n):
+        return _DecodeView(self, n)
+
+
+class _PrefillView:
+    """Several sequences read from position 0 into their rows at once. Shorter ones are padded on the left, so every
+    row's last token is the batch's last position: row i's pads[i] padding tokens are seen by no real token (each
+    padding position sees itself only, which keeps its attention finite), and its real tokens sit at 0, 1, ..."""
+
+    def __init__(self, cache, rows, pads, device):
+        self.cache, self.rows, self.pads = cache, rows, pads
+        self.pad = torch.tensor(pads, dtype=torch.long, device=device)
+
+    def positions(self, t, device):
+        if t > self.cache.max_len:
+            raise ValueError(f"cannot forward a sequence of length {t}, block size is only {self.cache.max_len}")
+        self.mask = None  # no padding: plain causal attention
+        if any(self.pads):
+            ids = torch.arange(t, device=device)
+            causal = ids[None, :] <= ids[:, None]  # (query, key)
+            real_key = ids[None, :] >= self.pad[:, None]  # (row, key)
+            self.mask = (causal[None] & (real_key[:, None, :] | torch.eye(t, dtype=torch.bool, device=device)))
+            self.mask = self.mask[:, None]  # (row, 1, query, key)
+        return (torch.arange(t, device=device)[None, :] - self.pad[:, None]).clamp(min=0)
+
+    def extend(self, layer_idx, k, v):
+        k_buf, v_buf = self.cache.buffers(layer_idx, k)
+        for i, (row, pad) in enumerate(zip(self.rows, self.pads)):
+            k_buf[row, :, :k.size(2) - pad] = k[i, :, pad:]
+            v_buf[row, :, :k.size(2) - pad] = v[i, :, pad:]
+        return k, v, self.mask
+
+    def advance(self, t):
+        for row, pad in zip(self.rows, self.pads):
+            self.cache.lengths[row] = t - pad
+
+
+class _DecodeView:
+    """One new token for each of rows 0..n-1, each at its own position, attending to its own cached keys only."""
+
+    def __init__(self, cache, n):
+        self.cache, self.n = cache, n
+        self.rows = None
+
+    def positions(self, t, device):
+        assert t == 1, "decoding takes one token per row"
+        lengths = self.cache.lengths[:self.n]
+        if max(lengths) >= self.cache.max_len:
+            raise ValueError(f"cannot decode past the block size {self.cache.max_len}")
+        self.pos = torch.tensor(lengths, dtype=torch.long, device=device)
+        self.rows = torch.arange(self.n, device=device)
+        self.width = max(lengths) + 1
+        # row i sees its own keys 0..lengths[i] (the new one included), not the longer rows' keys beyond
+        self.mask = (torch.arange(self.width, device=device)[None, :] <= self.pos[:, None])[:, None, None, :]
+        return self.pos[:, None]
+
+    def extend(self, layer_idx, k, v):
+        k_buf, v_buf = self.cache.buffers(layer_idx, k)
+        k_buf[self.rows, :, self.pos] = k[:, :, 0]
+        v_buf[self.rows, :, self.pos] = v[:, :, 0]
+        return k_buf[:self.n, :, :self.width], v_buf[:self.n, :, :self.width], self.mask
+
+    def advance(self, t):
+        for i in range(self.n):
+            self.cache.lengths[i] += t
+
+
+@dataclass
+class Completion:
+    """One completion to generate, with its own sampling settings; the engine keeps its progress here too."""
+
+    prompt: list  # token ids
+    max_tokens: int
+    temperature: float = 1.0
+    top_k: int = None  # None or 0: all tokens
+    top_p: float = None  # None or 1: all tokens
+    seed: int = None  # None: a fresh random seed
+    stop: tuple = ()  # stop strings
+    tag: object = None  # whatever the caller needs to route events (e.g. request and choice index)
+    tokens: list = field(default_factory=list)  # prompt and generated ids: the context the model reads from
+    generated: int = 0
+    finish_reason: str = None  # 'stop' or 'length' once it has finished
+    start: int = 0  # where the model's window begins in tokens
+    row: int = None  # its row of the SlotCache while it is decoding
+    stream: TextStream = None  # its text so far, stop strings held back
+    generator: torch.Generator = None  # its own random numbers, so other completions never change its samples
+
+
+class BatchEngine:
+    """Continuous batching: completions join a running batch at the next step and leave it when they finish.
+
+    Each step first prefills the completions that arrived (or whose window moved past the block size) together in
+    one forward, giving each its first token, then advances every other running completion by one token in a single
+    batched forward. Each completion samples with its own settings and seed, so its tokens are the ones it
+    would get alone (greedy output is identical; see tests/test_batching.py). Not thread-safe: one thread drives it.
+    """
+
+    def __init__(self, model, tokenizer, max_batch, window_shift=0, stop_token=None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.block_size = model.config.block_size
+        self.window_shift = resolve_window_shift(window_shift, self.block_size)
+        self.stop_token = stop_token  # a token that ends a completion, e.g. GPT-2's <|endoftext|>
+        self.device = next(model.parameters()).device
+        self.cache = SlotCache.for_model(model, max_batch)
+        self.rows = []  # the decoding completions: rows[i] lives in cache row i
+        self.arrived = []  # admitted, to be prefilled at the next step
+
+    @property
+    def free(self):
+        return self.cache.max_batch - len(self.rows) - len(self.arrived)
+
+    @property
+    def running(self):
+        return len(self.rows) + len(self.arrived)
+
+    def add(self, c):
+        """Admit a completion; it is prefilled at the next step. The caller checks `free` first."""
+        assert self.free > 0, "no free slot"
+        c.tokens = list(c.prompt)
+        c.start = max(0, len(c.tokens) - self.block_size)
+        c.stream = TextStream(self.tokenizer, c.stop)
+        c.generator = torch.Generator(device=self.device)
+        if c.seed is None:
+            c.generator.seed()
+        else:
+            c.generator.manual_seed(c.seed)
+        self.arrived.append(c)
+
+    def remove(self, c):
+        """Drop a completion (finished or abandoned), freeing its slot."""
+        if c in self.arrived:
+            self.arrived.remove(c)
+            return
+        last = self.rows.pop()
+        if last is not c:
+            self.cache.move(last.row, c.row)
+            last.row = c.row
+            self.rows[c.row] = last
+        c.row = None
+
+    def clear(self):
+        """Drop every completion (after a failed step, whose state cannot be trusted)."""
+        self.rows, self.arrived = [], []
+
+    @torch.no_grad()
+    def step(self):
+        """Advance every running completion by one token; returns its events, (completion, text, finish_reason)
+        with finish_reason 'stop', 'length' or None. Finished completions have left the batch already."""
+        decoding = len(self.rows)
+        events = [(c, c.stream.close(), "length") for c in self.arrived if c.max_tokens == 0]
+        arrived = [c for c in self.arrived if c.max_tokens > 0]
+        self.arrived = []
+        # prefill together those of similar length, so that padding wastes at most about half of each forward
+        arrived.sort(key=lambda c: len(c.tokens) - c.start)
+        while arrived:
+            shortest = len(arrived[0].tokens) - arrived[0].start
+            group = [c for c in arrived if len(c.tokens) - c.start <= 2 * shortest + 8]
+            arrived = arrived[len(group):]
+            events += self._prefill(group)
+        if decoding:
+            last = torch.tensor([[c.tokens[-1]] for c in self.rows[:decoding]], device=self.device)
+            logits, _ = self.model(last, kv_cache=self.cache.decode(decoding))
+            events += [self._take(c, logits[i, -1]) for i, c in enumerate(self.rows[:decoding])]
+        for c, _, reason in events:
+            c.finish_reason = reason
+            if reason is not None and c.row is not None:
+                self.remove(c)
+            elif reason is None and window_start(len(c.tokens), c.start, self.block_size, self.window_shift) != c.start:
+                # past the block size: every position moves, so the completion is prefilled again from its new start
+                c.start = window_start(len(c.tokens), c.start, self.block_size, self.window_shift)
+                self.remove(c)
+                self.arrived.append(c)
+        return events
+
+    def _prefill(self, arrived):
+        """Read the arrived completions' contexts into new rows in one forward (left-padded to the longest)."""
+        contexts = [c.tokens[c.start:] for c in arrived]
+        width = max(len(x) for x in contexts)
+        pads = [width - len(x) for x in contexts]
+        for c in arrived:
+            c.row = len(self.rows)
+            self.rows.append(c)
+        idx = torch.tensor([[0] * pad + x for pad, x in zip(pads, contexts)], device=self.device)
+        logits, _ = self.model(idx, kv_cache=self.cache.prefill([c.row for c in arrived], pads, self.device))
+        return [self._take(c, logits[i, -1]) for i, c in enumerate(arrived)]
+
+    def _take(self, c, logits):
+        """Sample c's next token from its logits (vocab,) and turn it into an event."""
+        token = pick_token(logits, c.temperature, c.top_k, c.top_p, self.tokenizer.vocab_size, c.generator)
+        c.tokens.append(token)
+        c.generated += 1
+        if token == self.stop_token:
+            return c, c.stream.close(), "stop"
+        text = c.stream.add(token)
+        if c.stream.finished:
+            return c, text, "stop"
+        if c.generated >= c.max_tokens:
+            return c, text + c.stream.close(), "length"
+        return c, text, None
