@@ -125,8 +125,8 @@ def window_start(length, start, block_size, shift=1):
 
 
 def resolve_window_shift(window_shift, block_size):
-    """0 means half the block: one re-prefill per block_size/2 tokens keeps the cache's speed (5x nanoGPT's
-    sample.py for the quick-start model) while every token still sees at least half a block of context."""
+    """0 means half the block: one re-prefill per block_size/2 tokens keeps the cache's speed (see
+    benchmarks/sample_speed.py, side by side with nanoGPT's sample.py) while every token still sees at least half a block of context."""
     if window_shift == 0:
         return max(1, block_size // 2)
     if not 1 <= window_shift <= block_size:
