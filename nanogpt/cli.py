@@ -21,6 +21,9 @@ commands:
   bench             time the training step alone (python bench.py)
   export            write a run (or GPT-2 weights) as a Hugging Face folder: --out_dir=RUN --to=DIR
   serve             serve a run over HTTP: OpenAI-style /v1/completions and a playground page at /
+  eval              evaluate a run (or GPT-2): --out_dir=RUN --tasks=loss,bpb,hellaswag
+  plot              plot the loss curves of runs: --out_dir=RUN [RUN ...] [--to=loss.png] [--x=iter|time|tokens]
+  report            write a run's report.md: settings, size, losses, evaluations, loss plot
 
 `nanogpt <command> --help` lists a command's settings, their defaults and what each one means."""
 
@@ -137,6 +140,29 @@ def serve_command(args, prog=None):
                             f"usage: {prog or 'nanogpt serve'} --out_dir=RUN [--port=8000] [--key=value ...]")
 
 
+def eval_command(args):
+    from nanogpt.evaluate import EvalConfig, evaluate_model
+
+    return settings_command(args, EvalConfig, evaluate_model,
+                            "usage: nanogpt eval [--out_dir=RUN | --init_from=gpt2] --tasks=loss,bpb,hellaswag")
+
+
+def plot_command(args):
+    from nanogpt.plot import PlotConfig, plot_from_config
+
+    # `--out_dir=RUN1 RUN2 ...`: the words after --out_dir are more runs (plot takes no config files)
+    runs = [a for a in args if not a.startswith("-")]
+    options = [a for a in args if a.startswith("-")]
+    return settings_command(options, PlotConfig, lambda cfg: plot_from_config(cfg, runs),
+                            "usage: nanogpt plot --out_dir=RUN [RUN ...] [--to=loss.png] [--x=iter|time|tokens]")
+
+
+def report_command(args):
+    from nanogpt.report import ReportConfig, write_report
+
+    return settings_command(args, ReportConfig, write_report, "usage: nanogpt report --out_dir=RUN")
+
+
 COMMANDS = {
     "prepare": prepare_command,
     "train": train_command,
@@ -144,6 +170,9 @@ COMMANDS = {
     "bench": bench_command,
     "export": export_command,
     "serve": serve_command,
+    "eval": eval_command,
+    "plot": plot_command,
+    "report": report_command,
 }
 
 
