@@ -251,11 +251,12 @@ def overlap(text, stop):
 
 
 def complete(model, tokenizer, prompt_ids, max_new_tokens, num_samples=1, temperature=1.0, top_k=None, top_p=None,
-             stop=(), seed=None, kv_cache=True, window_shift=0):
+             stop=(), seed=None, kv_cache=True, window_shift=0, on_step=None):
     """Generate num_samples continuations of one prompt as a batch, yielding (index, text, finish_reason).
 
     Text comes in pieces as it is generated. Each sample's last event has finish_reason 'stop' (it produced a
-    stop string, which is cut off) or 'length' (max_new_tokens reached); before that it is None.
+    stop string, which is cut off) or 'length' (max_new_tokens reached); before that it is None. on_step, if
+    given, is called after each generated token of the batch (a progress bar counts them).
     """
     device = next(model.parameters()).device
     generator = None
@@ -267,6 +268,8 @@ def complete(model, tokenizer, prompt_ids, max_new_tokens, num_samples=1, temper
                          kv_cache, window_shift)
     try:
         for tokens in steps:
+            if on_step is not None:
+                on_step()
             for i, (stream, token) in enumerate(zip(streams, tokens)):
                 if stream.finished:
                     continue  # its row keeps computing with the batch, but nobody reads it

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from nanogpt import runtime
 from nanogpt.config import DEVICES, DTYPES
@@ -127,11 +128,14 @@ def sample(cfg: SampleConfig, write=write_stdout):
         raise UserError(f"window_shift must be at most the block size, {model.config.block_size}")
     texts = [""] * cfg.num_samples
     printer = OrderedPrinter(cfg.num_samples, prompt, write)
+    # on a terminal the streaming text shows how far sampling is; written to a file, a bar on stderr does
+    progress = tqdm(total=cfg.max_new_tokens, desc="sampling", unit="tok", leave=False,
+                    disable=sys.stdout.isatty() or not sys.stderr.isatty())
     events = complete(model, tokenizer, ids, cfg.max_new_tokens, num_samples=cfg.num_samples,
                       temperature=cfg.temperature, top_k=cfg.top_k or None, top_p=cfg.top_p,
                       stop=[cfg.stop] if cfg.stop else [], seed=cfg.seed, kv_cache=cfg.kv_cache,
-                      window_shift=cfg.window_shift)
-    with runtime.autocast(device_type, dtype):
+                      window_shift=cfg.window_shift, on_step=progress.update)
+    with progress, runtime.autocast(device_type, dtype):
         for index, text, finish_reason in events:
             texts[index] += text
             printer.add(index, text, finish_reason is not None)
