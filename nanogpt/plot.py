@@ -23,7 +23,7 @@ class PlotConfig:
         return asdict(self)
 
 
-def series(records, kind, key, x):
+def series(records, key, x):
     """(xs, ys) of one value over the chosen x axis, skipping lines that lack either."""
     field = X_AXES[x][0]
     points = [(r[field], r[key]) for r in records if isinstance(r.get(key), (int, float))
@@ -41,8 +41,8 @@ def figure_data(out_dirs, x="iter"):
     for out_dir in out_dirs:
         iters, evals = split_kinds(read_metrics(out_dir))
         name = Path(out_dir).name or str(out_dir)
-        lines.append({"run": name, "label": f"{name} train", "style": "train", "points": series(iters, "iter", "loss", x)})
-        lines.append({"run": name, "label": f"{name} val", "style": "val", "points": series(evals, "eval", "val_loss", x)})
+        for style, records, key in (("train", iters, "loss"), ("val", evals, "val_loss")):
+            lines.append({"run": name, "label": f"{name} {style}", "style": style, "points": series(records, key, x)})
     lines = [line for line in lines if line["points"][0]]
     if not lines:
         raise UserError(f"no losses logged yet in {', '.join(map(str, out_dirs))}")
