@@ -40,6 +40,8 @@ class TrainConfig:
     wandb_log: bool = False  # send losses, learning rate and MFU to Weights & Biases at each evaluation
     wandb_project: str = "owt"  # the Weights & Biases project the run is logged under
     wandb_run_name: str = "gpt2"  # the run's name in Weights & Biases
+    tensorboard_log: bool = False  # also write metrics.jsonl's values to out_dir/tensorboard (pip install tensorboard)
+    eval_tasks: str = ""  # at every evaluation also run these `nanogpt eval` tasks (e.g. 'bpb,hellaswag'), logged
     # data
     dataset: str = "openwebtext"  # a folder under data_dir holding train.bin, val.bin and meta.json
     data_dir: str = "data"  # the folder that holds the dataset folders

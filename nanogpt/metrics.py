@@ -53,26 +53,39 @@ def split_kinds(records):
 class MetricsWriter:
     """Appends lines to out_dir/metrics.jsonl (and, with tensorboard, scalars to out_dir/tensorboard).
 
-    Opening it for a run that starts at iteration start_iter first drops every line of an earlier attempt at
+    Nothing is touched until the first line: a run stopped before it logs anything leaves out_dir as it was. The
+    first line of a run that starts at iteration start_iter first drops every line of an earlier attempt at
     iteration start_iter or later (rewriting the file atomically), so a resumed run continues the file without
     repeating an iteration; a fresh run (start_iter 0) starts an empty file.
     """
 
     def __init__(self, out_dir, start_iter=0, tensorboard=False):
         self.path = Path(out_dir) / METRICS_FILE
+        self.start_iter = start_iter
+        self.use_tensorboard = tensorboard
+        self.start = time.time()
+        self.file = self.tensorboard = None
+        self.time_offset = 0.0
+        if tensorboard:
+            tensorboard_writer_class()  # a missing package fails at the start of the run, not at its first line
+
+    def open(self):
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UserError(f"cannot create out_dir {self.path.parent}: {e.strerror}") from None
-        kept = keep_before(self.path, start_iter)
-        self.time_offset = kept[-1]["time"] if kept and isinstance(kept[-1].get("time"), (int, float)) else 0.0
-        self.start = time.time()
+        kept = keep_before(self.path, self.start_iter)
+        if kept and isinstance(kept[-1].get("time"), (int, float)):
+            self.time_offset = kept[-1]["time"]  # the clock goes on from the earlier attempts'
         self.file = open(self.path, "a", encoding="utf-8")
-        self.tensorboard = open_tensorboard(self.path.parent) if tensorboard else None
+        if self.use_tensorboard:
+            self.tensorboard = tensorboard_writer_class()(log_dir=str(self.path.parent / TENSORBOARD_DIR))
 
     def write(self, kind, iter_num, **values):
         """Append one line: kind ('iter' or 'eval'), the iteration, the seconds since the run started and values
         (non-finite numbers are written as null, which JSON can hold)."""
+        if self.file is None:
+            self.open()
         record = {"kind": kind, "iter": iter_num, "time": round(self.time_offset + time.time() - self.start, 3)}
         record.update({k: clean(v) for k, v in values.items()})
         self.file.write(json.dumps(record) + "\n")
@@ -84,7 +97,8 @@ class MetricsWriter:
             self.tensorboard.flush()
 
     def close(self):
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
         if self.tensorboard is not None:
             self.tensorboard.close()
 
@@ -107,12 +121,12 @@ def keep_before(path, start_iter):
     return kept
 
 
-def open_tensorboard(out_dir):
+def tensorboard_writer_class():
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         raise UserError("tensorboard_log=True needs the tensorboard package: pip install tensorboard") from None
-    return SummaryWriter(log_dir=str(Path(out_dir) / TENSORBOARD_DIR))
+    return SummaryWriter
 
 
 def format_duration(seconds):

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nanogpt import checkpoint, runtime
+from nanogpt import checkpoint, evaluate as tasks, runtime
 from nanogpt.bpe import VOCAB_SIZE as GPT2_VOCAB_SIZE
 from nanogpt.config import TrainConfig, validate
 from nanogpt.data import EVAL_TRAIN_STREAM, EVAL_VAL_STREAM, TRAIN_STREAM, Dataset, batch_offsets, move_batch
@@ -42,7 +42,9 @@ from nanogpt.distributed import (
     uses_fsdp,
 )
 from nanogpt.errors import UserError
+from nanogpt.metrics import MetricsWriter
 from nanogpt.model import GPT, GPTConfig
+from nanogpt.tokenizers import tokenizer_from_meta
 
 
 def get_lr(it, cfg):
@@ -143,6 +145,7 @@ class Session:
     iter_num: int = 0
     best_val_loss: float = float("inf")
     saved_iter: int = None  # the iteration out_dir's checkpoint holds, if this run knows it
+    metrics: MetricsWriter = None  # rank 0's writer of out_dir/metrics.jsonl (None on other ranks, and eval_only)
 
     @property
     def device_type(self):
@@ -176,6 +179,9 @@ def train(cfg: TrainConfig, log=print, given=None):
                 if stop.interrupted:  # torch.save turns an interrupt in mid-write into a RuntimeError of its own
                     raise KeyboardInterrupt from None
                 raise
+            finally:
+                if session.metrics is not None:
+                    session.metrics.close()
     finally:
         shutdown(dinfo)
         finish_wandb()
@@ -205,9 +211,9 @@ def run_loop(s, stop):
                 raise StopTraining
             with stop.abandonable():
                 loss, batch = forward_backward(s, batch)
-            skipped = update(s, loss)
+            skipped, grad_norm = update(s, loss)
             if s.iter_num % cfg.log_interval == 0 and not skipped:
-                meter.log_step(s.iter_num, loss, lr, result)
+                meter.log_step(s.iter_num, loss, lr, grad_norm, result)
             else:
                 meter.tick()
             s.iter_num += 1
@@ -235,9 +241,11 @@ class StepMeter:
         self.steps += 1
         return dt
 
-    def log_step(self, iter_num, loss, lr, result):
+    def log_step(self, iter_num, loss, lr, grad_norm, result):
         s = self.s
         dt = self.tick()
+        # the remaining steps at this session's pace so far, evaluations included
+        eta = (self.t0 - self.started) / self.steps * (s.cfg.max_iters - iter_num - 1)
         if self.steps > 5:  # let the training loop settle first
             # this process's share of the work against one device's peak
             mfu = s.raw_model.estimate_mfu(s.cfg.batch_size * s.micro_steps, dt)
@@ -246,8 +254,13 @@ class StepMeter:
         result.train_losses[iter_num] = loss
         s.log(
             f"iter {iter_num}: loss {loss:.4f}, time {dt * 1000:.2f}ms, mfu {self.running_mfu * 100:.2f}%, "
-            f"tok/s {self.tokens_per_iter / dt:.0f}, lr {lr:.3e}"
+            f"tok/s {self.tokens_per_iter / dt:.0f}, lr {lr:.3e}, "
+            f"grad norm {'-' if grad_norm is None else f'{grad_norm:.2f}'}, eta {format_duration(eta)}"
         )
+        if s.metrics is not None:
+            s.metrics.write("iter", iter_num, loss=loss, lr=lr, tok_s=self.tokens_per_iter / dt, ms=dt * 1000,
+                            mfu=self.running_mfu * 100 if self.running_mfu >= 0 else None, grad_norm=grad_norm,
+                            tokens=tokens_seen(s.cfg, iter_num + 1))
 
 
 def stop_and_save(s, stop, trained):
@@ -319,6 +332,9 @@ def set_up(cfg, device, dinfo, log, given=None):
                 runtime.autocast(runtime.device_type(device), dtype), log)
     if ckpt:
         restore_training_state(s, ckpt)
+    tasks.parse_tasks(cfg.eval_tasks)  # an unknown task name fails now, not at the first evaluation
+    if dinfo.is_master and not cfg.eval_only:
+        s.metrics = MetricsWriter(out_dir, s.iter_num, cfg.tensorboard_log)
     return s
 
 
@@ -430,22 +446,26 @@ def forward_backward(s, batch):
 
 def update(s, loss_value):
     """Clip the accumulated gradients and take the optimizer step, unless the loss or gradient norm is not finite.
-    Returns whether the step was skipped."""
+    Returns (whether the step was skipped, the gradient norm before clipping, or None where not measured)."""
     skipped = not math.isfinite(loss_value)
+    grad_norm = None
     if skipped:
         nonfinite(s, "the loss", loss_value)
-    elif s.cfg.grad_clip != 0.0:
+    elif s.cfg.grad_clip != 0.0 or s.iter_num % s.cfg.log_interval == 0:
         s.scaler.unscale_(s.optimizer)
-        grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(s.model.parameters(), s.cfg.grad_clip)).item()
+        # clipping computes the norm before clipping anyway (and syncs to read it); without clipping it is
+        # measured for logged steps only, by "clipping" at an infinite norm
+        grad_norm = torch.nn.utils.clip_grad_norm_(s.model.parameters(), s.cfg.grad_clip or math.inf)
+        grad_norm = full_tensor(grad_norm).item()
         # under float16 the scaler itself skips steps with inf gradients and lowers its scale
-        if not s.scaler.is_enabled() and not math.isfinite(grad_norm):
+        if s.cfg.grad_clip != 0.0 and not s.scaler.is_enabled() and not math.isfinite(grad_norm):
             skipped = True
             nonfinite(s, "the gradient norm", grad_norm)
     if not skipped:
         s.scaler.step(s.optimizer)
         s.scaler.update()
         s.optimizer.zero_grad(set_to_none=True)
-    return skipped
+    return skipped, grad_norm
 
 
 def nonfinite(s, what, value):
@@ -483,6 +503,11 @@ def evaluate(s, stop, trained, last):
     with stop.abandonable():
         losses = estimate_loss(s, stop)
     s.log(f"step {s.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+    with stop.abandonable():
+        task_figures = evaluate_tasks(s) if s.cfg.eval_tasks else {}
+    if s.metrics is not None:
+        s.metrics.write("eval", s.iter_num, train_loss=losses["train"], val_loss=losses["val"],
+                        tokens=tokens_seen(s.cfg, s.iter_num), **task_figures)
     if not s.cfg.eval_only and not math.isfinite(losses["val"]):
         raise UserError(
             f"the val loss became {losses['val']} at iteration {s.iter_num}; stopped, the last checkpoint in "
@@ -496,6 +521,20 @@ def evaluate(s, stop, trained, last):
     if trained and (improved or s.cfg.always_save_checkpoint or last):
         save(s, is_best=improved)
     return losses
+
+
+def evaluate_tasks(s):
+    """Run cfg.eval_tasks on the model (every rank: under FSDP forwards are collective) and log the figures."""
+    ctx = tasks.EvalContext(s.raw_model, tokenizer_from_meta(s.dataset.meta), s.device, s.autocast,
+                            dataset=s.dataset, batch_size=s.cfg.batch_size, progress=False)
+    figures = tasks.flatten(tasks.run_tasks(ctx, tasks.parse_tasks(s.cfg.eval_tasks)))
+    s.log(f"step {s.iter_num}: " + ", ".join(f"{name} {value:.4f}" for name, value in figures.items()))
+    return figures
+
+
+def tokens_seen(cfg, iter_num):
+    """Training tokens consumed before iteration iter_num (at this run's batch settings)."""
+    return iter_num * cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
 
 
 @torch.no_grad()

@@ -28,6 +28,9 @@ CLASSES = [
     ("nanogpt.export", "ExportConfig"),
     ("nanogpt.bench", "BenchConfig"),
     ("nanogpt.datasets", "PrepareConfig"),
+    ("nanogpt.evaluate", "EvalConfig"),
+    ("nanogpt.plot", "PlotConfig"),
+    ("nanogpt.report", "ReportConfig"),
 ]
 
 # class -> field -> when to change it (the meaning is the comment beside the field in the source)
@@ -46,6 +49,10 @@ NOTES = {
         "wandb_log": "True to follow a long run in a browser; needs `pip install wandb`.",
         "wandb_project": "Per experiment family.",
         "wandb_run_name": "Per run.",
+        "tensorboard_log": "True to follow runs in TensorBoard (`tensorboard --logdir RUN/tensorboard`); metrics.jsonl "
+                           "is written either way.",
+        "eval_tasks": "'bpb' to compare runs with different tokenizers as they train; 'hellaswag' scores 10,042 items "
+                      "at every evaluation (slow on a CPU).",
         "dataset": "Always, unless you train on OpenWebText: the name of a prepared folder, e.g. shakespeare_char.",
         "data_dir": "When your prepared data lives elsewhere.",
         "gradient_accumulation_steps": "To reach a target tokens-per-step on fewer GPUs or less memory; must be "
@@ -160,6 +167,27 @@ NOTES = {
         "data_dir": "When your datasets live elsewhere; give train the same --data_dir.",
         "overwrite": "True to replace a dataset made from other text or with another tokenizer (runs trained on it "
                      "then no longer match their data); preparing the same dataset again needs no flag.",
+    },
+    "EvalConfig": {
+        "init_from": "'gpt2' to measure OpenAI's weights (needs `pip install -e '.[hf]'` and --dataset for loss/bpb).",
+        "out_dir": "Always: the run to evaluate.",
+        "checkpoint": "'last' for the final iteration of a run trained with always_save_checkpoint=False.",
+        "tasks": "'hellaswag' for the zero-shot benchmark; 'bpb' to compare tokenizers.",
+        "dataset": "To measure a model on another dataset prepared with the same tokenizer.",
+        "data_dir": "When your prepared data lives elsewhere.",
+        "data": "Without network: the path of a copy of hellaswag_val.jsonl.",
+        "limit": "A quick look on a CPU (e.g. 500 HellaSwag items); 0 for figures to publish.",
+        "batch_size": "Larger on a GPU; smaller when out of memory. Results do not depend on it.",
+        "device": "'cpu' to leave the GPU free.",
+        "dtype": "'float32' for figures that match across devices.",
+    },
+    "PlotConfig": {
+        "out_dir": "Always: one run, or several to compare (`--out_dir=RUN1 RUN2`).",
+        "to": "Another name or format (.svg, .pdf).",
+        "x": "'tokens' to compare runs of different batch sizes, 'time' to compare speed.",
+    },
+    "ReportConfig": {
+        "out_dir": "Always: the run to report on.",
     },
 }
 
