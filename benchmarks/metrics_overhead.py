@@ -13,6 +13,7 @@ line costs.
 
 import argparse
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -30,11 +31,15 @@ def median_ms(code_dir, data_dir, out_dir, max_iters, extra, threads):
            f"--data_dir={data_dir}", f"--out_dir={out_dir}", *extra]
     # one thread: on a shared machine two threads spin-waiting on each other make steps many times slower
     env = {"PYTHONPATH": str(code_dir), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": str(threads)}
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(cmd, cwd=code_dir, capture_output=True, text=True, env=env)
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_s = (cpu_after.ru_utime + cpu_after.ru_stime) - (cpu_before.ru_utime + cpu_before.ru_stime)
     if proc.returncode != 0:
         sys.exit(f"{' '.join(cmd)} in {code_dir} failed:\n{proc.stderr[-2000:]}")
     times = [float(t) for t in re.findall(r"^iter \d+: loss [\d.]+, time ([\d.]+)ms", proc.stdout, re.M)]
-    return statistics.median(times[5:])  # the first steps warm up
+    # the first steps warm up; CPU seconds of the whole run are steadier than wall time on a busy machine
+    return statistics.median(times[5:]), cpu_s
 
 
 def metrics_line_us(folder, lines=2000):
@@ -62,17 +67,22 @@ def main():
     data_dir = REPO / "data"
     work = Path(tempfile.mkdtemp(prefix="nanogpt-metrics-overhead-"))
     results = {"before": [], "after": []}
+    cpu = {"before": [], "after": []}
     try:
         for r in range(args.runs):
             for side, code in (("before", Path(args.before).resolve()), ("after", REPO)):
-                ms = median_ms(code, data_dir, work / f"{side}-{r}", args.max_iters, args.extra.split(),
-                               args.threads)
+                ms, cpu_s = median_ms(code, data_dir, work / f"{side}-{r}", args.max_iters, args.extra.split(),
+                                      args.threads)
                 results[side].append(ms)
-                print(f"run {r + 1} {side:<6}: median {ms:.2f} ms/iter", flush=True)
+                cpu[side].append(cpu_s)
+                print(f"run {r + 1} {side:<6}: median {ms:.2f} ms/iter, {cpu_s:.2f} CPU s for the run", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     before, after = statistics.median(results["before"]), statistics.median(results["after"])
     print(f"\nmedian of medians: before {before:.2f} ms/iter, after {after:.2f} ms/iter, ratio {after / before:.3f}")
+    cpu_before, cpu_after = statistics.median(cpu["before"]), statistics.median(cpu["after"])
+    print(f"median CPU time per run: before {cpu_before:.2f} s, after {cpu_after:.2f} s, "
+          f"ratio {cpu_after / cpu_before:.3f}")
     with tempfile.TemporaryDirectory() as folder:
         print(f"one metrics.jsonl line: {metrics_line_us(folder):.1f} us")
 

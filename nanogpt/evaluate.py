@@ -328,7 +328,8 @@ def evaluate_model(cfg: EvalConfig, log=print):
     model_name = "resume" if cfg.init_from == "resume" else cfg.init_from
     write_eval_json(cfg.out_dir, results, {"model": model_name, "checkpoint": cfg.checkpoint,
                                            "iter_num": run.get("iter_num"),
-                                           "dataset": ctx.dataset.folder.name if ctx.dataset else None})
+                                           "dataset": ctx.dataset.folder.name if ctx.dataset else None,
+                                           "limit": cfg.limit})
     return results
 
 

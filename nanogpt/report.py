@@ -67,7 +67,7 @@ def render(name, ckpt, model, records, evals, plot_note):
     iters, eval_lines = split_kinds(records)
     last_eval = eval_lines[-1] if eval_lines else {}
     last_iter = iters[-1] if iters else {}
-    tokens = last_iter.get("tokens") or ckpt["iter_num"] * tokens_per_iter(config)
+    tokens = max((r.get("tokens") or 0 for r in records), default=0) or ckpt["iter_num"] * tokens_per_iter(config)
     wall = max((r.get("time") or 0 for r in records), default=None)
     arch = model.config
     summary = [
@@ -112,7 +112,7 @@ def eval_table(evals):
     lines = ["| task | figure | value | at iteration |", "| --- | --- | --- | --- |"]
     for task, figures in evals.items():
         for figure, value in figures.items():
-            if figure in ("model", "checkpoint", "iter_num", "dataset"):
+            if figure in ("model", "checkpoint", "iter_num", "dataset") or (figure == "limit" and not value):
                 continue
             shown = f"{value:.4f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else value
             lines.append(f"| {task} | {figure} | {shown} | {figures.get('iter_num', '–')} |")

@@ -66,10 +66,23 @@ def runs(tmp_path_factory):
     return root, reference, ddp_losses
 
 
+def grad_norms(out_dir):
+    """iteration -> logged gradient norm, from a run's metrics.jsonl (which must hold each iteration once)."""
+    from nanogpt.metrics import read_metrics, split_kinds
+
+    iters, _ = split_kinds(read_metrics(out_dir))
+    assert len({r["iter"] for r in iters}) == len(iters), "an iteration logged twice (by two ranks?)"
+    return {r["iter"]: r["grad_norm"] for r in iters}
+
+
 def test_ddp_two_ranks_match_one_rank(runs):
     root, reference, ddp_losses = runs
     assert sorted(ddp_losses) == list(range(20))
     assert_close(ddp_losses, reference)
+    # rank 0 alone writes metrics.jsonl, and the gradient norm is that of the global batch
+    norms = grad_norms(root / "ddp")
+    assert sorted(norms) == list(range(20))
+    assert norms == pytest.approx({k: v for k, v in grad_norms(root / "one").items() if k < 20}, rel=1e-2)
 
 
 def test_fsdp_matches_one_rank_and_checkpoints_move_between_ddp_fsdp_and_one_process(runs):
@@ -80,6 +93,10 @@ def test_fsdp_matches_one_rank_and_checkpoints_move_between_ddp_fsdp_and_one_pro
                            parallelism="fsdp")
     assert sorted(fsdp_losses) == list(range(20, 30))
     assert_close(fsdp_losses, reference)
+    # the resumed run continued DDP's metrics.jsonl; FSDP's norm gathers every shard's share
+    norms = grad_norms(root / "fsdp")
+    assert sorted(norms) == list(range(30))
+    assert norms == pytest.approx({k: v for k, v in grad_norms(root / "one").items() if k < 30}, rel=1e-2)
     assert load_checkpoint(root / "fsdp")["iter_num"] == 30
 
     # FSDP's checkpoint, gathered on rank 0, resumed by a single process
