@@ -140,27 +140,27 @@ def serve_command(args, prog=None):
                             f"usage: {prog or 'nanogpt serve'} --out_dir=RUN [--port=8000] [--key=value ...]")
 
 
-def eval_command(args):
+def eval_command(args, prog=None):
     from nanogpt.evaluate import EvalConfig, evaluate_model
 
-    return settings_command(args, EvalConfig, evaluate_model,
-                            "usage: nanogpt eval [--out_dir=RUN | --init_from=gpt2] --tasks=loss,bpb,hellaswag")
+    usage = f"usage: {prog or 'nanogpt eval'} [--out_dir=RUN | --init_from=gpt2] --tasks=loss,bpb,hellaswag"
+    return settings_command(args, EvalConfig, evaluate_model, usage)
 
 
-def plot_command(args):
+def plot_command(args, prog=None):
     from nanogpt.plot import PlotConfig, plot_from_config
 
     # `--out_dir=RUN1 RUN2 ...`: the words after --out_dir are more runs (plot takes no config files)
     runs = [a for a in args if not a.startswith("-")]
     options = [a for a in args if a.startswith("-")]
-    return settings_command(options, PlotConfig, lambda cfg: plot_from_config(cfg, runs),
-                            "usage: nanogpt plot --out_dir=RUN [RUN ...] [--to=loss.png] [--x=iter|time|tokens]")
+    usage = f"usage: {prog or 'nanogpt plot'} --out_dir=RUN [RUN ...] [--to=loss.png] [--x=iter|time|tokens]"
+    return settings_command(options, PlotConfig, lambda cfg: plot_from_config(cfg, runs), usage)
 
 
-def report_command(args):
+def report_command(args, prog=None):
     from nanogpt.report import ReportConfig, write_report
 
-    return settings_command(args, ReportConfig, write_report, "usage: nanogpt report --out_dir=RUN")
+    return settings_command(args, ReportConfig, write_report, f"usage: {prog or 'nanogpt report'} --out_dir=RUN")
 
 
 COMMANDS = {

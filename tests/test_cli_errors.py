@@ -133,12 +133,16 @@ def config_classes():
     from nanogpt.bench import BenchConfig
     from nanogpt.config import TrainConfig
     from nanogpt.datasets import PrepareConfig
+    from nanogpt.evaluate import EvalConfig
     from nanogpt.export import ExportConfig
+    from nanogpt.plot import PlotConfig
+    from nanogpt.report import ReportConfig
     from nanogpt.sample import SampleConfig
     from nanogpt.serve import ServeConfig
 
     return {"train": TrainConfig, "sample": SampleConfig, "serve": ServeConfig, "export": ExportConfig,
-            "bench": BenchConfig, "prepare": PrepareConfig}
+            "bench": BenchConfig, "prepare": PrepareConfig, "eval": EvalConfig, "plot": PlotConfig,
+            "report": ReportConfig}
 
 
 def test_every_command_has_a_settings_class():
