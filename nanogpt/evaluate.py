@@ -143,17 +143,27 @@ def token_losses(ctx, x, y):
 
 
 def token_byte_lengths(tokenizer, vocab_size):
-    """The number of UTF-8 bytes of each token id's text. GPT-2's <|endoftext|> separates documents and is no
+    """The number of UTF-8 bytes of each token id's text. The end-of-text token separates documents and is no
     text, so it counts 0 bytes (its loss still counts, as in the val loss)."""
     if tokenizer.name == "char":
         lengths = [len(c.encode("utf-8")) for c in tokenizer.chars]
+    elif hasattr(tokenizer, "enc"):  # tiktoken's byte-level BPE (GPT-2's, or one trained here): exact bytes
+        lengths = [token_bytes(tokenizer.enc, i) for i in range(tokenizer.enc.n_vocab)]
+        if tokenizer.eot_token is not None:
+            lengths[tokenizer.eot_token] = 0
     else:
-        enc = tokenizer.enc
-        lengths = [len(enc.decode_single_token_bytes(i)) for i in range(enc.n_vocab)]
-        lengths[tokenizer.eot_token] = 0
+        raise UserError(f"bits per byte needs each token's bytes, which the '{tokenizer.name}' tokenizer does not "
+                        "give: use --tasks=loss")
     out = np.zeros(max(vocab_size, len(lengths)), dtype=np.int64)
     out[:len(lengths)] = lengths
     return out
+
+
+def token_bytes(enc, token):
+    try:
+        return len(enc.decode_single_token_bytes(token))
+    except KeyError:  # an id the vocabulary leaves unused
+        return 0
 
 
 # ------------------------------------------------------------------------------------------- multiple choice
