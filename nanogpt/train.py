@@ -42,7 +42,7 @@ from nanogpt.distributed import (
     uses_fsdp,
 )
 from nanogpt.errors import UserError
-from nanogpt.metrics import MetricsWriter
+from nanogpt.metrics import MetricsWriter, format_duration
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.tokenizers import tokenizer_from_meta
 
@@ -289,12 +289,6 @@ def log_summary(s, result, meter):
         parts.append(f"last checkpoint {s.out_dir / checkpoint.LATEST} (iteration {s.saved_iter})")
         parts.append(f"sample with: python sample.py --out_dir={s.out_dir}")
     s.log("; ".join(parts))
-
-
-def format_duration(seconds):
-    minutes, seconds = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
 
 
 # ------------------------------------------------------------------------------------------------------- set-up
