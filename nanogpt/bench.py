@@ -124,11 +124,16 @@ def bench(cfg, log=print):
 
     dt = statistics.median(times)
     tokens = cfg.batch_size * cfg.block_size
-    mfu = model.estimate_mfu(cfg.batch_size, dt)
+    peak = runtime.peak_flops(device)
+    mfu = model.estimate_mfu(cfg.batch_size, dt, peak[1]) if peak else None
     figures = {"ms_per_iter": dt * 1000, "tokens_per_s": tokens / dt, "mfu": mfu, "loss": loss.item(),
                "parameters": model.get_num_params()}
     log(f"{figures['parameters'] / 1e6:.2f}M parameters, {device}, {dtype}, batch {cfg.batch_size}x{cfg.block_size}"
         f" of {data_name}")
     log(f"median over {cfg.steps} steps: {dt * 1000:.2f} ms/iter, {tokens / dt:,.0f} tokens/s, "
-        f"mfu {mfu * 100:.2f}% (of an A100's bf16 peak), loss {loss.item():.4f}")
+        f"mfu {format_mfu(mfu, peak)}, loss {loss.item():.4f}")
     return figures
+
+
+def format_mfu(mfu, peak):
+    return f"{mfu * 100:.2f}% of {peak[0]}'s peak" if peak else "n/a (no known peak for this device)"

@@ -54,7 +54,22 @@ class TrainConfig:
     n_embd: int = 768  # width of the residual stream (the embedding size)
     dropout: float = 0.0  # share of activations zeroed during training: 0 for pretraining, 0.1+ for finetuning
     bias: bool = False  # biases inside LayerNorm and Linear layers
-    # AdamW
+    # the modern recipe's architecture switches (defaults: GPT-2; see docs/concepts/modern-recipe.md)
+    position: str = "learned"  # 'learned' position embeddings (GPT-2) or 'rope' (rotary, applied to q and k)
+    rope_base: float = 10000.0  # rotary's base: the longest wavelength is 2π·rope_base positions
+    norm: str = "layernorm"  # 'layernorm' (GPT-2) or 'rmsnorm'
+    qk_norm: bool = False  # RMS-normalise queries and keys per head before attention
+    activation: str = "gelu"  # MLP activation: 'gelu' (GPT-2), 'relu2' (ReLU squared) or 'swiglu'
+    tie_embeddings: bool = True  # share the token embedding with the LM head (GPT-2); False unties them
+    zero_init_proj: bool = False  # initialise the blocks' output projections at zero
+    logit_softcap: float = 0.0  # > 0: logits become cap·tanh(logits/cap); 0 is off (GPT-2)
+    n_kv_head: int = 0  # key/value heads (grouped-query attention); 0 means n_head, as GPT-2
+    # optimizer
+    optimizer: str = "adamw"  # 'adamw' (nanoGPT) or 'muon': Muon for the blocks' matrices, AdamW for the rest
+    muon_lr: float = 0.02  # optimizer='muon': Muon's peak learning rate (follows the same schedule)
+    muon_momentum: float = 0.95  # optimizer='muon': Muon's (Nesterov) momentum
+    muon_weight_decay: float = 0.0  # optimizer='muon': decoupled weight decay of the Muon matrices
+    # AdamW (with optimizer='muon': for embeddings, LM head, norms and biases)
     learning_rate: float = 6e-4  # peak learning rate
     max_iters: int = 600000  # total optimizer steps
     weight_decay: float = 1e-1  # AdamW's decoupled weight decay, applied to 2-D weights only (not biases, norms)
@@ -64,6 +79,8 @@ class TrainConfig:
     skip_nonfinite: bool = False  # on a nan/inf loss or gradient, skip that step and go on instead of stopping
     # learning-rate schedule: linear warmup, then cosine decay to min_lr
     decay_lr: bool = True  # follow the warmup + cosine schedule; False keeps learning_rate constant
+    lr_schedule: str = "cosine"  # 'cosine' (nanoGPT) or 'wsd': hold the peak, then decay linearly to min_lr
+    wsd_decay_frac: float = 0.2  # lr_schedule='wsd': the share of the iterations after warmup spent decaying
     warmup_iters: int = 2000  # steps of linear warmup from ~0 to learning_rate
     lr_decay_iters: int = 600000  # the step where the cosine decay reaches min_lr; ~max_iters (Chinchilla)
     min_lr: float = 6e-5  # the learning rate after lr_decay_iters; ~learning_rate/10 (Chinchilla)
@@ -305,6 +322,7 @@ def validate(cfg):
     if cfg.parallelism not in PARALLELISMS:
         raise UserError(f"unknown parallelism '{cfg.parallelism}': use {' or '.join(PARALLELISMS)}")
     check_model_shape(cfg)
+    validate_recipe(cfg)
     check_at_least(cfg, 1, "gradient_accumulation_steps", "eval_iters", "eval_interval", "log_interval")
     check_at_least(cfg, 0, "learning_rate", "min_lr", "weight_decay", "grad_clip", "dropout", "max_iters")
     if cfg.dropout >= 1:
@@ -336,3 +354,30 @@ def check_at_least(cfg, minimum, *names):
         if value < minimum:
             rule = "must not be negative" if minimum == 0 else f"must be at least {minimum}"
             raise UserError(f"{name} {rule}, got {value}")
+
+
+RECIPE_CHOICES = {
+    "position": ("learned", "rope"),
+    "norm": ("layernorm", "rmsnorm"),
+    "activation": ("gelu", "relu2", "swiglu"),
+    "optimizer": ("adamw", "muon"),
+    "lr_schedule": ("cosine", "wsd"),
+}
+
+
+def validate_recipe(cfg):
+    """Check the modern recipe's settings (architecture switches, optimizer, schedule). Raises UserError."""
+    for name, allowed in RECIPE_CHOICES.items():
+        if getattr(cfg, name) not in allowed:
+            raise UserError(f"unknown {name} '{getattr(cfg, name)}': use {' or '.join(allowed)}")
+    if cfg.n_kv_head < 0 or (cfg.n_kv_head and cfg.n_head % cfg.n_kv_head != 0):
+        raise UserError(f"n_kv_head ({cfg.n_kv_head}) must divide n_head ({cfg.n_head}), or be 0 for n_head")
+    if cfg.position == "rope" and (cfg.n_embd // cfg.n_head) % 2 != 0:
+        raise UserError(f"position='rope' needs an even head size (n_embd/n_head), got {cfg.n_embd // cfg.n_head}")
+    for name in ("rope_base", "muon_momentum", "wsd_decay_frac", "logit_softcap", "muon_lr", "muon_weight_decay"):
+        if getattr(cfg, name) < 0:
+            raise UserError(f"{name} must not be negative, got {getattr(cfg, name)}")
+    if cfg.rope_base <= 1:
+        raise UserError(f"rope_base must be above 1, got {cfg.rope_base}")
+    if cfg.muon_momentum >= 1 or cfg.wsd_decay_frac > 1:
+        raise UserError("muon_momentum must be below 1 and wsd_decay_frac at most 1")

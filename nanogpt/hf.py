@@ -234,6 +234,7 @@ def export(model, to, tokenizer_meta, log=print):
         from safetensors.torch import save_file
     except ImportError:
         raise UserError("export needs safetensors: pip install 'nanogpt[hf]'") from None
+    check_gpt2_architecture(model.config)
     to = Path(to)
     if not str(to):
         raise UserError("say where to export with --to=DIR")
@@ -264,6 +265,20 @@ def export(model, to, tokenizer_meta, log=print):
     if not tokenizer_meta:
         log("no tokenizer is known for this model: wrote config and weights only")
     return to
+
+
+# the model settings Hugging Face's GPT-2 format can hold only at GPT-2's value (the modern recipe's switches)
+GPT2_ARCHITECTURE = {"position": "learned", "norm": "layernorm", "qk_norm": False, "activation": "gelu",
+                     "tie_embeddings": True, "logit_softcap": 0.0, "n_kv_head": 0}
+
+
+def check_gpt2_architecture(config):
+    """Refuse to export a model that GPT2LMHeadModel would load but compute differently."""
+    for name, gpt2 in GPT2_ARCHITECTURE.items():
+        value = getattr(config, name, gpt2)
+        if value != gpt2 and not (name == "n_kv_head" and value == config.n_head):
+            raise UserError(f"cannot export to Hugging Face GPT-2: this model has {name}={value!r} (GPT-2 has "
+                            f"{gpt2!r}), which GPT-2's format cannot hold; only GPT-2-architecture runs export")
 
 
 def hf_config(config, tokenizer_meta):

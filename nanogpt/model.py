@@ -1,5 +1,10 @@
 """The GPT-2 model, read top to bottom: config, layers, the GPT module, then its helpers.
 
+With its default settings this is GPT-2 exactly. A few switches in GPTConfig give the modern recipe instead
+(rotary positions, RMSNorm, QK-norm, ReLU² or SwiGLU, an untied head, logit soft-capping, grouped-query attention;
+see docs/concepts/modern-recipe.md). Each switch picks a layer once, in `__init__`; the forward passes read the
+same for every choice.
+
 Nothing here knows about training loops, data, devices or ranks. Inference state (the KV cache) is an object
 passed in from outside (see generate.py); the model only knows how to read and extend it, through three calls:
 
@@ -31,10 +36,37 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True  # biases in Linear and LayerNorm layers, like GPT-2; False is a little better and faster
     gelu_approximate: str = "none"  # nn.GELU's exact 'none', or 'tanh' as GPT-2 was trained (set by hf.py imports)
+    # the modern recipe's switches; the defaults are GPT-2's
+    position: str = "learned"  # 'learned': GPT-2's position embeddings; 'rope': rotary (Su et al. 2021) on q and k
+    rope_base: float = 10000.0  # rotary's longest wavelength is 2π·rope_base positions
+    norm: str = "layernorm"  # 'layernorm' (GPT-2) or 'rmsnorm' (Zhang & Sennrich 2019: no mean, no bias)
+    qk_norm: bool = False  # RMS-normalise each head's queries and keys before attention (Dehghani et al. 2023)
+    activation: str = "gelu"  # MLP activation: 'gelu' (GPT-2), 'relu2' (ReLU squared, So et al. 2021), 'swiglu'
+    tie_embeddings: bool = True  # the LM head shares the token embedding's weights (GPT-2); False gives it its own
+    zero_init_proj: bool = False  # start each block's output projections at zero, so every block begins as identity
+    logit_softcap: float = 0.0  # > 0: logits become cap·tanh(logits/cap) (Gemma 2); 0 leaves them as they are
+    n_kv_head: int = 0  # key/value heads for grouped-query attention (Ainslie et al. 2023); 0 means n_head
 
     def __post_init__(self):
         if self.n_embd % self.n_head != 0:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        choices = {"position": POSITIONS, "norm": NORMS, "activation": ACTIVATIONS}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.n_kv_head and self.n_head % self.n_kv_head != 0:
+            raise ValueError(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head})")
+        if self.position == "rope" and (self.n_embd // self.n_head) % 2 != 0:
+            raise ValueError(f"rotary positions need an even head size, got {self.n_embd // self.n_head}")
+
+    @property
+    def kv_heads(self):
+        return self.n_kv_head or self.n_head
+
+
+POSITIONS = ("learned", "rope")
+NORMS = ("layernorm", "rmsnorm")
+ACTIVATIONS = ("gelu", "relu2", "swiglu")
 
 
 class LayerNorm(nn.Module):
@@ -49,38 +81,108 @@ class LayerNorm(nn.Module):
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
 
 
+class RMSNorm(nn.Module):
+    """Scale x to unit root-mean-square, then by a learned gain: LayerNorm without the mean and the bias, a little
+    cheaper and as good (Zhang & Sennrich 2019)."""
+
+    def __init__(self, ndim, bias=False):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+
+    def forward(self, x):
+        return F.rms_norm(x, self.weight.shape, self.weight)
+
+
+class QKNorm(nn.Module):
+    """Each head's query and key scaled to unit RMS (no gain): their dot products, the attention logits, stay
+    bounded however large the weights grow (Dehghani et al. 2023; modded-nanogpt)."""
+
+    def forward(self, x):
+        return F.rms_norm(x, (x.size(-1),))
+
+
+def norm_layer(config):
+    """The normalisation class config.norm names."""
+    return LayerNorm if config.norm == "layernorm" else RMSNorm
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding (RoPE, Su et al. 2021): each pair of channels of a query or key, read as a complex
+    number, is turned by an angle proportional to its absolute position, so q·k depends only on how far apart the
+    two tokens are.
+
+    Called with absolute positions, (T,) or one row per sequence (B, T), it returns the unit complex numbers that
+    `rotate` multiplies by; computed once per forward and shared by every layer."""
+
+    def __init__(self, head_size, base):
+        super().__init__()
+        # channel pair i turns at base^(-2i/head_size) radians per position: from 1 down to about 1/base
+        inv_freq = base ** (-torch.arange(0, head_size, 2, dtype=torch.float32) / head_size)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, pos):
+        angles = pos.to(self.inv_freq.dtype)[..., None] * self.inv_freq  # (..., T, head_size/2)
+        # a heads dimension: (T, 1, hs/2) or (B, T, 1, hs/2)
+        return torch.polar(torch.ones_like(angles), angles).unsqueeze(-2)
+
+
+def rotate(x, rotation):
+    """Turn each channel pair of x (B, T, heads, head_size) by Rotary's angles: one complex multiplication (in
+    float32, as complex bfloat16 does not exist)."""
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+    return torch.view_as_real(pairs * rotation).flatten(-2).to(x.dtype)
+
+
+def no_rotation(x, rotation):
+    """Learned position embeddings are added to the input instead: queries and keys stay as they are."""
+    return x
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config, layer_idx):
         super().__init__()
         self.layer_idx = layer_idx
         self.n_head = config.n_head
+        self.n_kv_head = config.kv_heads
         self.n_embd = config.n_embd
+        self.head_size = config.n_embd // config.n_head
         self.dropout = config.dropout
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v in one matmul
+        kv_size = self.n_kv_head * self.head_size
+        self.c_attn = nn.Linear(config.n_embd, config.n_embd + 2 * kv_size, bias=config.bias)  # q, k, v in one matmul
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
+        self.qk_size = config.n_embd + kv_size
+        self.qk_norm = QKNorm() if config.qk_norm else nn.Identity()
+        self.rotate = rotate if config.position == "rope" else no_rotation
+        # grouped-query attention: each key/value head serves n_head / n_kv_head query heads
+        self.gqa = {"enable_gqa": True} if self.n_kv_head != self.n_head else {}
         # scaled_dot_product_attention picks flash/memory-efficient kernels where the device has them;
         # the plain path exists to check it against, and for readers who want to see the math.
         self.flash = True
 
-    def forward(self, x, kv_cache=None):
+    def forward(self, x, rotation=None, kv_cache=None):
         B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        # (B, T, C) -> (B, n_head, T, head_size)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        qk, v = self.c_attn(x).split((self.qk_size, self.qk_size - self.n_embd), dim=2)
+        # queries and keys side by side, one head per row: (B, T, n_head + n_kv_head, head_size), normalised and
+        # rotated together (each is a no-op for GPT-2)
+        qk = self.rotate(self.qk_norm(qk.view(B, T, -1, self.head_size)), rotation)
+        q, k = qk.split((self.n_head, self.n_kv_head), dim=2)
+        # (B, T, heads, head_size) -> (B, heads, T, head_size)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
+        v = v.view(B, T, self.n_kv_head, self.head_size).transpose(1, 2)
         mask = None  # training and a cache-less forward: plain causal attention
         if kv_cache is not None:
             k, v, mask = kv_cache.extend(self.layer_idx, k, v)
         dropout_p = self.dropout if self.training else 0.0
         if self.flash:
             if mask is None:
-                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=T > 1)
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=T > 1, **self.gqa)
             else:
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, **self.gqa)
         else:
+            groups = self.n_head // self.n_kv_head
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
             full_mask = mask if mask is not None else causal_mask_full(T, k.size(2), x.device)
             att = att.masked_fill(~full_mask, float("-inf"))
@@ -95,12 +197,34 @@ def causal_mask_full(q_len, k_len, device):
     return torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(diagonal=k_len - q_len)
 
 
+class ReLU2(nn.Module):
+    """relu(x)²: as good as GELU or better for transformers, and cheaper (So et al. 2021, "Primer")."""
+
+    def forward(self, x):
+        return F.relu(x).square()
+
+
+class SwiGLU(nn.Module):
+    """silu(a)·b for the two halves a, b of the input: a gated unit (Shazeer 2020, used by LLaMA)."""
+
+    def forward(self, x):
+        a, b = x.chunk(2, dim=-1)
+        return F.silu(a) * b
+
+
 class MLP(nn.Module):
     def __init__(self, config):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU(approximate=config.gelu_approximate)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        hidden = 4 * config.n_embd
+        fc_out = hidden
+        if config.activation == "swiglu":
+            # two input matrices instead of one: 2/3 of the width keeps the parameter count (rounded up to 32)
+            hidden = 32 * math.ceil(hidden * 2 / 3 / 32)
+            fc_out = 2 * hidden
+        self.c_fc = nn.Linear(config.n_embd, fc_out, bias=config.bias)
+        activations = {"gelu": lambda: nn.GELU(approximate=config.gelu_approximate), "relu2": ReLU2, "swiglu": SwiGLU}
+        self.gelu = activations[config.activation]()  # named for GPT-2's, whichever it is
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
@@ -108,19 +232,30 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """One transformer block: pre-LayerNorm attention then pre-LayerNorm MLP, each added to the residual stream."""
+    """One transformer block: pre-norm attention then pre-norm MLP, each added to the residual stream."""
 
     def __init__(self, config, layer_idx):
         super().__init__()
-        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = norm_layer(config)(config.n_embd, bias=config.bias)
         self.attn = CausalSelfAttention(config, layer_idx)
-        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = norm_layer(config)(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, kv_cache=None):
-        x = x + self.attn(self.ln_1(x), kv_cache)
+    def forward(self, x, rotation=None, kv_cache=None):
+        x = x + self.attn(self.ln_1(x), rotation, kv_cache)
         x = x + self.mlp(self.ln_2(x))
         return x
+
+
+class SoftCap(nn.Module):
+    """cap·tanh(logits/cap): logits stay within ±cap, near-unchanged while small (Gemma 2, modded-nanogpt)."""
+
+    def __init__(self, cap):
+        super().__init__()
+        self.cap = cap
+
+    def forward(self, logits):
+        return self.cap * torch.tanh(logits / self.cap)
 
 
 class GPT(nn.Module):
@@ -128,24 +263,34 @@ class GPT(nn.Module):
         super().__init__()
         assert config.vocab_size is not None and config.block_size is not None
         self.config = config
+        # GPT-2 adds a learned vector per position to the input; rotary positions turn q and k inside attention
+        positions = {"wpe": nn.Embedding(config.block_size, config.n_embd)} if config.position == "learned" else {}
         self.transformer = nn.ModuleDict(
             dict(
                 wte=nn.Embedding(config.vocab_size, config.n_embd),
-                wpe=nn.Embedding(config.block_size, config.n_embd),
+                **positions,
                 drop=nn.Dropout(config.dropout),
                 h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
-                ln_f=LayerNorm(config.n_embd, bias=config.bias),
+                ln_f=norm_layer(config)(config.n_embd, bias=config.bias),
             )
         )
+        self.rotary = Rotary(config.n_embd // config.n_head, config.rope_base) if not positions else None
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        # Weight tying (Press & Wolf 2016, used by GPT-2): the output projection is the token embedding.
-        self.transformer.wte.weight = self.lm_head.weight
+        if config.tie_embeddings:
+            # Weight tying (Press & Wolf 2016, used by GPT-2): the output projection is the token embedding.
+            self.transformer.wte.weight = self.lm_head.weight
+        # soft-capping keeps logits within ±cap, smoothly: no single logit can run away early in training
+        self.softcap = SoftCap(config.logit_softcap) if config.logit_softcap > 0 else nn.Identity()
 
         self.apply(self._init_weights)
         # GPT-2 paper: residual projections scaled by 1/sqrt(N) where N = 2 residual additions per layer.
+        # Zero instead makes every block the identity at the start; the gradient still reaches them (modded-nanogpt).
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
-                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+                if config.zero_init_proj:
+                    torch.nn.init.zeros_(p)
+                else:
+                    torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
     def _init_weights(self, module):
         # N(0, 0.02) is GPT-2's initialisation (from the released TensorFlow code)
@@ -169,11 +314,12 @@ class GPT(nn.Module):
         return model
 
     def get_num_params(self, non_embedding=True):
-        """Parameter count; by default without position embeddings. Token embeddings count, because
-        weight tying makes them the output layer's weights too."""
+        """Parameter count; by default without the embeddings (lookups, not matmuls). Tied token embeddings
+        count, because they are the output layer's weights too."""
         n_params = sum(p.numel() for p in self.parameters())
         if non_embedding:
-            n_params -= self.transformer.wpe.weight.numel()
+            n_params -= self.transformer.wpe.weight.numel() if "wpe" in self.transformer else 0
+            n_params -= 0 if self.config.tie_embeddings else self.transformer.wte.weight.numel()
         return n_params
 
     def set_flash(self, enabled):
@@ -193,18 +339,24 @@ class GPT(nn.Module):
             pos = torch.arange(0, t, dtype=torch.long, device=device)  # (t,): every row starts at position 0
         else:
             pos = kv_cache.positions(t, device)  # (b or 1, t)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        x = self.transformer.wte(idx)
+        rotation = None
+        if self.rotary is None:
+            x = x + self.transformer.wpe(pos)
+        else:
+            rotation = self.rotary(pos)
+        x = self.transformer.drop(x)
         for block in self.transformer.h:
-            x = block(x, kv_cache)
+            x = block(x, rotation, kv_cache)
         if kv_cache is not None:
             kv_cache.advance(t)
         x = self.transformer.ln_f(x)
 
         if targets is not None:
-            logits = self.lm_head(x)
+            logits = self.softcap(self.lm_head(x))
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         else:
-            logits = self.lm_head(x[:, [-1], :])  # a list index keeps the time dimension
+            logits = self.softcap(self.lm_head(x[:, [-1], :]))  # a list index keeps the time dimension
             loss = None
         return logits, loss
 
@@ -213,7 +365,8 @@ class GPT(nn.Module):
         if block_size > self.config.block_size:
             raise ValueError(f"can only crop the block size down: {block_size} > {self.config.block_size}")
         self.config.block_size = block_size
-        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
+        if "wpe" in self.transformer:
+            self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         """AdamW with weight decay on matrices and embeddings (tensors of 2 or more dimensions) only:
@@ -233,8 +386,8 @@ class GPT(nn.Module):
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **extra)
 
     def estimate_mfu(self, fwdbwd_per_iter, dt, peak_flops=312e12):
-        """Model flops utilization: achieved flop/s over a peak (default: A100 bf16, 312 TFLOPS).
-        Flops per token from the PaLM paper, appendix B: 6N + 12·L·H·Q·T."""
+        """Model flops utilization: achieved flop/s over a peak (default: A100 bf16, 312 TFLOPS; runtime.peak_flops
+        knows other devices). Flops per token from the PaLM paper, appendix B: 6N + 12·L·H·Q·T."""
         cfg = self.config
         N = self.get_num_params()
         L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, cfg.block_size

@@ -60,3 +60,21 @@ def prepare_device(device_type):
         # TF32 matmuls: float32 range with ~10-bit mantissa, several times faster on Ampere and later
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+
+
+# Dense bf16 tensor-core peaks from NVIDIA's data sheets (V100 and T4: float16, they have no bf16), matched against
+# torch.cuda.get_device_name in order: the first name it contains wins, so variants come before their family.
+PEAK_FLOPS = (
+    ("H200", 989e12), ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("GH200", 989e12),
+    ("A100", 312e12), ("L40S", 362e12), ("L4", 121e12), ("A10G", 70e12), ("A10", 125e12),
+    ("RTX 4090", 165e12), ("RTX 3090", 71e12), ("V100", 125e12), ("T4", 65e12),
+)
+
+
+def peak_flops(device):
+    """(device name, peak flop/s) of a GPU this table knows, for model flops utilization; None on a CPU, MPS or
+    an unknown GPU, where no honest peak is known and MFU is not reported."""
+    if not device.startswith("cuda"):
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next(((name, flops) for key, flops in PEAK_FLOPS if key in name), None)

@@ -44,20 +44,8 @@ from nanogpt.distributed import (
 from nanogpt.errors import UserError
 from nanogpt.metrics import MetricsWriter, format_duration
 from nanogpt.model import GPT, GPTConfig
+from nanogpt.optim import build_optimizer, get_lr, set_lr  # noqa: F401 (get_lr: nanogpt.train's API, as in nanoGPT)
 from nanogpt.tokenizers import tokenizer_from_meta
-
-
-def get_lr(it, cfg):
-    """Linear warmup for warmup_iters, then cosine decay to min_lr at lr_decay_iters, then min_lr."""
-    if not cfg.decay_lr:
-        return cfg.learning_rate
-    if it < cfg.warmup_iters:
-        return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
-    if it > cfg.lr_decay_iters:
-        return cfg.min_lr
-    decay_ratio = (it - cfg.warmup_iters) / max(1, cfg.lr_decay_iters - cfg.warmup_iters)
-    coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))
-    return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
 
 
 def padded_vocab_size(vocab_size):
@@ -196,9 +184,7 @@ def run_loop(s, stop):
     batch = None
     try:
         while True:
-            lr = get_lr(s.iter_num, cfg)
-            for group in s.optimizer.param_groups:
-                group["lr"] = lr
+            lr = set_lr(s.optimizer, s.iter_num, cfg)
             last_iteration = s.iter_num >= cfg.max_iters
             if s.iter_num % cfg.eval_interval == 0 or last_iteration or cfg.eval_only:
                 result.last_losses = evaluate(s, stop, trained=meter.steps > 0 and not cfg.eval_only,
@@ -231,7 +217,8 @@ class StepMeter:
     def __init__(self, s):
         self.s = s
         self.steps = 0  # optimizer steps this process has taken
-        self.running_mfu = -1.0
+        self.running_mfu = None  # not measured until the loop settles, nor on a device without a known peak
+        self.peak = runtime.peak_flops(s.device)
         self.tokens_per_iter = s.cfg.gradient_accumulation_steps * s.cfg.batch_size * s.cfg.block_size
         self.started = self.t0 = time.time()
 
@@ -246,14 +233,14 @@ class StepMeter:
         dt = self.tick()
         # the remaining steps at this session's pace so far, evaluations included
         eta = (self.t0 - self.started) / self.steps * (s.cfg.max_iters - iter_num - 1)
-        if self.steps > 5:  # let the training loop settle first
-            # this process's share of the work against one device's peak
-            mfu = s.raw_model.estimate_mfu(s.cfg.batch_size * s.micro_steps, dt)
-            self.running_mfu = mfu if self.running_mfu == -1.0 else 0.9 * self.running_mfu + 0.1 * mfu
+        if self.steps > 5 and self.peak:  # let the training loop settle first
+            # this process's share of the work against its device's peak
+            mfu = s.raw_model.estimate_mfu(s.cfg.batch_size * s.micro_steps, dt, self.peak[1])
+            self.running_mfu = mfu if self.running_mfu is None else 0.9 * self.running_mfu + 0.1 * mfu
         result.ms_per_iter.append(dt * 1000)
         result.train_losses[iter_num] = loss
         s.log(
-            f"iter {iter_num}: loss {loss:.4f}, time {dt * 1000:.2f}ms, mfu {self.running_mfu * 100:.2f}%, "
+            f"iter {iter_num}: loss {loss:.4f}, time {dt * 1000:.2f}ms, mfu {format_mfu(self.running_mfu)}, "
             f"tok/s {self.tokens_per_iter / dt:.0f}, lr {lr:.3e}, "
             f"grad norm {'-' if grad_norm is None else f'{grad_norm:.2f}'}, eta {format_duration(eta)}"
         )
@@ -261,6 +248,10 @@ class StepMeter:
             s.metrics.write("iter", iter_num, loss=loss, lr=lr, tok_s=self.tokens_per_iter / dt, ms=dt * 1000,
                             mfu=self.running_mfu * 100 if self.running_mfu >= 0 else None, grad_norm=grad_norm,
                             tokens=tokens_seen(s.cfg, iter_num + 1))
+
+
+def format_mfu(mfu):
+    return "n/a" if mfu is None else f"{mfu * 100:.2f}%"
 
 
 def stop_and_save(s, stop, trained):
@@ -310,6 +301,9 @@ def set_up(cfg, device, dinfo, log, given=None):
         ckpt = checkpoint.load_checkpoint(out_dir)
         cfg = resumed_settings(cfg, ckpt, given, log)
     log(f"tokens per iteration will be: {cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size:,}")
+    peak = runtime.peak_flops(device)
+    log(f"mfu is measured against {peak[0]}'s peak, {peak[1] / 1e12:.0f} TFLOPS" if peak else
+        f"mfu: n/a on {device} (no known peak flop/s)")
     dataset = open_dataset(cfg)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     raw_model = build_model(cfg, dataset, ckpt, log)
@@ -320,8 +314,7 @@ def set_up(cfg, device, dinfo, log, given=None):
     # the weights are loaded before parallelize: under FSDP each rank then keeps its shard of them
     model = parallelize(raw_model, cfg, dinfo, device, compile_model)
     scaler = torch.amp.GradScaler(runtime.device_type(device), enabled=(dtype == "float16"))
-    optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
-                                               runtime.device_type(device))
+    optimizer = build_optimizer(raw_model, cfg, runtime.device_type(device), sharded=uses_fsdp(cfg, dinfo))
     s = Session(cfg, dinfo, device, dataset, out_dir, raw_model, model, optimizer, scaler,
                 runtime.autocast(runtime.device_type(device), dtype), log)
     if ckpt:
@@ -352,11 +345,12 @@ def resumed_settings(cfg, ckpt, given, log):
     kept = {k: getattr(model_config, k) for k in ARCHITECTURE}
     if saved.get("dataset"):
         kept["dataset"] = saved["dataset"]
+    kept["optimizer"] = saved.get("optimizer", "adamw")  # its saved state fits no other optimizer
     defaults = TrainConfig()
     for key, value in kept.items():
         asked = key in given if given is not None else getattr(cfg, key) != getattr(defaults, key)
         if asked and getattr(cfg, key) != value:
-            what = "dataset" if key == "dataset" else "architecture"
+            what = key if key in ("dataset", "optimizer") else "architecture"
             raise UserError(
                 f"the run in {cfg.out_dir} was trained with {key}={value!r}, and a resumed run keeps its {what}; "
                 f"this command asks for {key}={getattr(cfg, key)!r}: remove {key} from the command line and config "
@@ -618,7 +612,8 @@ def build_model(cfg, dataset, ckpt, log):
     if cfg.init_from == "scratch":
         vocab_size = padded_vocab_size(dataset.vocab_size)
         log(f"initializing a new model from scratch (vocab_size {vocab_size} from {dataset.folder})")
-        model_args = {k: getattr(cfg, k) for k in checkpoint.MODEL_ARGS if k != "vocab_size"}
+        # nanoGPT's shape settings and the modern recipe's switches
+        model_args = {k: getattr(cfg, k) for k in ("dropout", *ARCHITECTURE) if k != "vocab_size"}
         return GPT(GPTConfig(vocab_size=vocab_size, **model_args))
     if cfg.init_from == "resume":
         check_same_tokenizer(ckpt, dataset, cfg.out_dir)
@@ -693,5 +688,5 @@ def wandb_log(cfg, iter_num, losses, lr, mfu):
     if wandb.run is None:
         wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=cfg.to_dict())
     wandb.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr,
-               "mfu": mfu * 100})
+               **({"mfu": mfu * 100} if mfu is not None else {})})
 

@@ -120,3 +120,15 @@ def test_unknown_parallelism_is_a_user_error(tmp_path):
 
     with pytest.raises(UserError, match="unknown parallelism 'tp': use ddp or fsdp"):
         train(load_config(["--parallelism=tp"]), log=lambda *_: None)
+
+
+def test_ddp_with_muon_and_the_modern_architecture_matches_one_rank(runs):
+    """Muon runs on the all-reduced gradients, so every rank takes the same step a single process takes."""
+    root, _, _ = runs
+    modern = dict(optimizer="muon", position="rope", qk_norm=True, activation="relu2", tie_embeddings=False,
+                  zero_init_proj=True, logit_softcap=15.0, max_iters=10)
+    reference = train(config(root / "data", root / "muon-one", **modern), log=lambda *_: None).train_losses
+    losses = torchrun(config(root / "data", root / "muon-ddp", **modern), cwd=root)
+    assert sorted(losses) == list(range(10))
+    assert_close(losses, reference)
+    assert set(load_checkpoint(root / "muon-ddp")["model"]) == set(load_checkpoint(root / "muon-one")["model"])

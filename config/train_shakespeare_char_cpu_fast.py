@@ -1,0 +1,41 @@
+# The quick start, the modern way: nanoGPT's CPU quick-start model (4 layers of 128, block 64) with the modern
+# recipe's switches and Muon, in about the wall time nanoGPT's README CPU command takes on a 2-core CPU.
+# Measured against it by benchmarks/recipe.py; shapes and settings chosen by the measurements in
+# docs/concepts/modern-recipe.md.
+
+out_dir = 'out-shakespeare-char-fast'
+eval_interval = 50  # frequent evaluations show the curve; 10 batches of 24 read as many val tokens as 20 of 12
+eval_iters = 10
+log_interval = 10
+always_save_checkpoint = False
+
+dataset = 'shakespeare_char'
+gradient_accumulation_steps = 1
+batch_size = 24  # twice nanoGPT's: Muon's fixed cost per step is shared by more tokens, and it learns faster per second
+block_size = 64
+
+n_layer = 4
+n_head = 4
+n_embd = 128
+dropout = 0.0
+bias = False
+
+position = 'rope'
+norm = 'layernorm'  # bias-free; F.rms_norm is ~3x slower than F.layer_norm on CPUs
+qk_norm = True
+activation = 'relu2'
+tie_embeddings = False
+zero_init_proj = True
+logit_softcap = 15.0
+
+optimizer = 'muon'
+muon_lr = 0.02
+learning_rate = 3e-3  # AdamW, for the embeddings, head and gains
+min_lr = 3e-4
+beta2 = 0.99
+max_iters = 650
+lr_decay_iters = 650
+warmup_iters = 50
+
+device = 'cpu'
+compile = False

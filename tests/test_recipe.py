@@ -1,0 +1,219 @@
+"""The modern recipe: every architecture switch trains and generates the same with and without the KV cache, rotary
+positions are relative, Muon+AdamW resumes exactly, and a modern run samples, serves and refuses GPT-2 export."""
+
+import dataclasses
+import itertools
+
+import pytest
+import torch
+
+from nanogpt import optim, runtime
+from nanogpt.checkpoint import load_checkpoint
+from nanogpt.config import load_config
+from nanogpt.errors import UserError
+from nanogpt.generate import KVCache
+from nanogpt.model import GPT, GPTConfig, Rotary, rotate
+from nanogpt.train import train
+from tests.conftest import tiny_config
+
+SWITCHES = dict(
+    position=("learned", "rope"),
+    norm=("layernorm", "rmsnorm"),
+    qk_norm=(False, True),
+    activation=("gelu", "relu2", "swiglu"),
+    tie_embeddings=(True, False),
+    zero_init_proj=(False, True),
+    logit_softcap=(0.0, 5.0),
+    n_kv_head=(0, 1),
+)
+COMBINATIONS = [dict(zip(SWITCHES, values)) for values in itertools.product(*SWITCHES.values())]
+MODERN = dict(position="rope", norm="rmsnorm", qk_norm=True, activation="relu2", tie_embeddings=False,
+              zero_init_proj=True, logit_softcap=15.0)
+
+
+def quiet(*_):
+    pass
+
+
+def test_defaults_are_gpt2():
+    """The switches' defaults build exactly the GPT-2 module tree (nanoGPT checkpoints and HF imports load)."""
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=8, block_size=4, vocab_size=10))
+    assert "transformer.wpe.weight" in model.state_dict() and model.rotary is None
+    assert model.lm_head.weight is model.transformer.wte.weight
+    assert sorted(n for n, _ in model.named_parameters()) == sorted([
+        "transformer.wte.weight", "transformer.wpe.weight", "transformer.ln_f.weight", "transformer.ln_f.bias",
+        *[f"transformer.h.0.{n}" for n in ("ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias",
+                                          "attn.c_proj.weight", "attn.c_proj.bias", "ln_2.weight", "ln_2.bias",
+                                          "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight",
+                                          "mlp.c_proj.bias")]])
+
+
+@pytest.mark.parametrize("combo", COMBINATIONS, ids=lambda c: "-".join(f"{v}" for v in c.values()))
+def test_every_combination_trains_and_caches(combo):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=8, block_size=12, vocab_size=11, bias=False, **combo))
+    opt = optim.build_optimizer(model, dataclasses.replace(tiny_config(".", "."), optimizer="muon"), "cpu")
+    x = torch.randint(0, 11, (2, 12))
+    _, loss = model(x[:, :-1], x[:, 1:])
+    loss.backward()
+    opt.step()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    _, after = model(x[:, :-1], x[:, 1:])
+    assert after.item() != loss.item(), "one step changes the model"
+
+    # the KV cache: a prefill of 5 tokens, then one token at a time, against the full forward of each prefix
+    model.eval()
+    cache = KVCache.for_model(model)
+    with torch.no_grad():
+        logits, _ = model(x[:, :5], kv_cache=cache)
+        torch.testing.assert_close(logits, model(x[:, :5])[0], atol=1e-5, rtol=1e-5)
+        for t in range(5, 12):
+            logits, _ = model(x[:, t:t + 1], kv_cache=cache)
+            torch.testing.assert_close(logits, model(x[:, :t + 1])[0], atol=1e-5, rtol=1e-5)
+
+
+def test_rotary_is_relative():
+    """Attention under rotary positions sees only how far apart tokens are: shifting every position changes
+    nothing, a single row's positions can be given per sequence, and the positions do matter."""
+    torch.manual_seed(0)
+    config = GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=64, vocab_size=11, **dict(MODERN, zero_init_proj=False))
+    model = GPT(config)
+    attn, rotary = model.transformer.h[0].attn, model.rotary
+    x = torch.randn(2, 6, 16)
+    pos = torch.arange(6)
+    at_zero = attn(x, rotary(pos))
+    torch.testing.assert_close(attn(x, rotary(pos + 37)), at_zero, atol=1e-5, rtol=1e-5)
+    per_row = torch.stack([pos + 3, pos + 50])  # (B, T): each sequence at its own offset
+    torch.testing.assert_close(attn(x, rotary(per_row)), at_zero, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(attn(x, rotary(pos * 2)), at_zero, atol=1e-3), "spacing the tokens out matters"
+
+    q, k = torch.randn(1, 1, 1, 16), torch.randn(1, 1, 1, 16)  # (B, T, heads, head_size)
+    angles = Rotary(16, 10000.0)
+
+    def score(m, n):  # q at position m against k at position n
+        return (rotate(q, angles(torch.tensor([m]))) * rotate(k, angles(torch.tensor([n])))).sum()
+
+    torch.testing.assert_close(score(7, 3), score(107, 103), atol=1e-4, rtol=1e-4)
+
+
+def recipe_config(data_dir, out_dir, **overrides):
+    # dropout on, so per-step reseeding is covered too
+    settings = dict(MODERN, optimizer="muon", muon_lr=0.02, max_iters=40, lr_decay_iters=40, warmup_iters=5,
+                    dropout=0.1, eval_interval=15, always_save_checkpoint=False, gradient_accumulation_steps=2,
+                    lr_schedule="wsd")
+    settings.update(overrides)
+    return tiny_config(data_dir, out_dir, **settings)
+
+
+def test_muon_resume_is_exact(char_dataset, tmp_path):
+    data_dir, _ = char_dataset
+    straight = train(recipe_config(data_dir, tmp_path / "straight"), log=quiet)
+    cfg = recipe_config(data_dir, tmp_path / "halves", max_iters=20)
+    first = train(cfg, log=quiet)
+    second = train(dataclasses.replace(cfg, init_from="resume", max_iters=40), log=quiet)
+    assert sorted(straight.train_losses) == list(range(40))
+    assert {**first.train_losses, **second.train_losses} == straight.train_losses  # bit for bit
+    a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "halves")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert straight.train_losses[39] < straight.train_losses[0] - 0.5, "Muon+AdamW trains"
+
+
+def test_muon_state_is_saved_for_both_optimizers(char_dataset, tmp_path):
+    data_dir, _ = char_dataset
+    train(recipe_config(data_dir, tmp_path / "run", max_iters=3), log=quiet)
+    from nanogpt.checkpoint import load_optimizer_state
+
+    state = load_optimizer_state(tmp_path / "run", load_checkpoint(tmp_path / "run"))["optimizer"]
+    assert set(state) == {"adamw", "muon"}
+    assert all("momentum_buffer" in s for s in state["muon"]["state"].values()) and state["muon"]["state"]
+    assert all("exp_avg" in s for s in state["adamw"]["state"].values()) and state["adamw"]["state"]
+    # a resumed run keeps its optimizer (and architecture) unless the command asks for another, which is refused
+    plain = tiny_config(data_dir, tmp_path / "run", init_from="resume", max_iters=5, lr_schedule="wsd")
+    assert train(plain, log=quiet).iter_num == 5
+    with pytest.raises(UserError, match="trained with optimizer='muon', and a resumed run keeps its optimizer"):
+        train(dataclasses.replace(plain, max_iters=6), log=quiet, given={"optimizer"})
+
+
+def test_float32_muon_matches_torch_muon():
+    """Our CPU step is torch.optim.Muon's algorithm: it agrees with torch's own step up to its bfloat16 rounding."""
+    torch.manual_seed(0)
+    weights = [torch.nn.Parameter(torch.randn(24, 8)), torch.nn.Parameter(torch.randn(8, 8))]
+    ours = [torch.nn.Parameter(w.detach().clone()) for w in weights]
+    theirs = torch.optim.Muon(weights, lr=0.05, weight_decay=0.1)
+    mine = optim.Muon(ours, lr=0.05, weight_decay=0.1)
+    for _ in range(3):
+        grads = [torch.randn_like(w) for w in weights]
+        for params, opt in ((weights, theirs), (ours, mine)):
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+            opt.step()
+    for a, b in zip(weights, ours):
+        torch.testing.assert_close(a, b, atol=2e-2, rtol=0)
+
+
+def test_modern_run_samples_serves_and_refuses_gpt2_export(char_dataset, tmp_path):
+    from nanogpt.export import ExportConfig, export_run
+    from nanogpt.sample import SampleConfig, sample
+    from nanogpt.serve import ServeConfig, load_generator
+
+    data_dir, tokenizer = char_dataset
+    out_dir = tmp_path / "run"
+    train(recipe_config(data_dir, out_dir, max_iters=10, n_kv_head=1), log=quiet)
+    assert load_checkpoint(out_dir)["model_extra"]["position"] == "rope"
+
+    samples = sample(SampleConfig(out_dir=str(out_dir), device="cpu", num_samples=2, max_new_tokens=20,
+                                  start="All:\n"), write=quiet)
+    assert [len(s) for s in samples] == [len("All:\n") + 20] * 2 and set("".join(samples)) <= set(tokenizer.chars)
+
+    generator = load_generator(ServeConfig(out_dir=str(out_dir), device="cpu"))
+    assert generator.model.config.position == "rope" and generator.model.config.n_kv_head == 1
+
+    with pytest.raises(UserError) as refused:
+        export_run(ExportConfig(out_dir=str(out_dir), to=str(tmp_path / "hf")))
+    message = str(refused.value)
+    assert "\n" not in message and "position='rope'" in message and "GPT-2" in message
+    assert not (tmp_path / "hf").exists()
+
+
+def test_fsdp_with_muon_refuses_in_one_line():
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=8, block_size=4, vocab_size=10))
+    cfg = dataclasses.replace(tiny_config(".", "."), optimizer="muon")
+    with pytest.raises(UserError, match="optimizer='muon' does not work with parallelism='fsdp'"):
+        optim.build_optimizer(model, cfg, "cpu", sharded=True)
+
+
+@pytest.mark.parametrize("arg, message", [
+    ("--position=alibi", "unknown position 'alibi': use learned or rope"),
+    ("--optimizer=sgd", "unknown optimizer 'sgd': use adamw or muon"),
+    ("--lr_schedule=linear", "unknown lr_schedule 'linear'"),
+    ("--n_kv_head=5", "n_kv_head \\(5\\) must divide n_head"),
+    ("--muon_momentum=1.5", "muon_momentum must be below 1"),
+])
+def test_bad_recipe_settings_are_user_errors(arg, message):
+    with pytest.raises(UserError, match=message):
+        train(load_config(["--device=cpu", arg]), log=quiet)
+
+
+def test_schedules():
+    cfg = tiny_config(".", ".", learning_rate=1.0, min_lr=0.1, warmup_iters=10, lr_decay_iters=110, muon_lr=0.02)
+    assert optim.get_lr(110, cfg) == pytest.approx(0.1) and optim.get_lr(110, cfg, cfg.muon_lr) == pytest.approx(2e-3)
+    assert optim.get_lr(60, cfg) == pytest.approx(0.55)  # cosine: halfway down at the middle
+    wsd = dataclasses.replace(cfg, lr_schedule="wsd", wsd_decay_frac=0.2)
+    assert optim.get_lr(89, wsd) == 1.0 and optim.get_lr(100, wsd) == pytest.approx(0.55)
+    assert optim.get_lr(5, wsd) == optim.get_lr(5, cfg) < 1.0  # the same warmup
+
+
+def test_mfu_peak_is_the_devices_own(monkeypatch):
+    assert runtime.peak_flops("cpu") is None
+    for name, flops in (("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12),
+                        ("NVIDIA A100-SXM4-80GB", 312e12), ("NVIDIA GeForce GTX 1080", None)):
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None, n=name: n)
+        assert (runtime.peak_flops("cuda:0") or (None, None))[1] == flops
+
+
+def test_cpu_log_says_mfu_is_not_measured(char_dataset, tmp_path):
+    data_dir, _ = char_dataset
+    logs = []
+    train(tiny_config(data_dir, tmp_path / "run", max_iters=8), log=logs.append)
+    iters = [line for line in logs if line.startswith("iter ")]
+    assert iters and all(", mfu n/a," in line for line in iters) and not any("-100" in line for line in logs)
