@@ -246,7 +246,7 @@ class StepMeter:
         )
         if s.metrics is not None:
             s.metrics.write("iter", iter_num, loss=loss, lr=lr, tok_s=self.tokens_per_iter / dt, ms=dt * 1000,
-                            mfu=self.running_mfu * 100 if self.running_mfu >= 0 else None, grad_norm=grad_norm,
+                            mfu=None if self.running_mfu is None else self.running_mfu * 100, grad_norm=grad_norm,
                             tokens=tokens_seen(s.cfg, iter_num + 1))
 
 

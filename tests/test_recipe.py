@@ -154,7 +154,8 @@ def test_float32_muon_matches_torch_muon():
 def test_modern_run_samples_serves_and_refuses_gpt2_export(char_dataset, tmp_path):
     from nanogpt.export import ExportConfig, export_run
     from nanogpt.sample import SampleConfig, sample
-    from nanogpt.serve import ServeConfig, load_generator
+    pytest.importorskip("aiohttp")
+    from tests.test_serve import post, serving
 
     data_dir, tokenizer = char_dataset
     out_dir = tmp_path / "run"
@@ -165,8 +166,9 @@ def test_modern_run_samples_serves_and_refuses_gpt2_export(char_dataset, tmp_pat
                                   start="All:\n"), write=quiet)
     assert [len(s) for s in samples] == [len("All:\n") + 20] * 2 and set("".join(samples)) <= set(tokenizer.chars)
 
-    generator = load_generator(ServeConfig(out_dir=str(out_dir), device="cpu"))
-    assert generator.model.config.position == "rope" and generator.model.config.n_kv_head == 1
+    with serving(out_dir) as server:  # serve's own loading path and batching engine, over HTTP
+        status, body, _ = post(server, {"prompt": "All:\n", "max_tokens": 12, "n": 2})
+    assert status == 200 and [len(c["text"]) for c in body["choices"]] == [12, 12]
 
     with pytest.raises(UserError) as refused:
         export_run(ExportConfig(out_dir=str(out_dir), to=str(tmp_path / "hf")))
