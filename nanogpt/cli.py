@@ -188,6 +188,7 @@ def exit_process(status):
     """End the process now that the command is done. Python's own shutdown spends ~0.4 s tearing down torch's
     modules (a fifth of a `sample.py` run); every file a command writes is closed, and renamed into place,
     before it returns, so only the standard streams need flushing."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a late Ctrl-C must not turn the finished command into a traceback
     for stream in (sys.stdout, sys.stderr):
         try:
             if stream is not None:
