@@ -5,6 +5,7 @@ traceback.
 """
 
 import os
+import signal
 import sys
 from dataclasses import fields, replace
 
