@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from nanogpt import checkpoint, runtime
-from nanogpt.config import DEVICES, DTYPES
+from nanogpt.config import check_device
 from nanogpt.data import Dataset
 from nanogpt.errors import UserError
 from nanogpt.files import write_bytes_atomically
@@ -309,10 +309,7 @@ def flatten(results):
 
 
 def validate_eval_config(cfg):
-    if not DEVICES.match(cfg.device):
-        raise UserError(f"unknown device '{cfg.device}': use auto, cpu, cuda, cuda:N or mps")
-    if cfg.dtype not in DTYPES:
-        raise UserError(f"unknown dtype '{cfg.dtype}': use one of {', '.join(DTYPES)}")
+    check_device(cfg)
     if cfg.batch_size < 1 or cfg.limit < 0:
         raise UserError("batch_size must be at least 1 and limit at least 0")
     check_checkpoint_choice(cfg.checkpoint)

@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 from nanogpt import runtime
-from nanogpt.config import DEVICES, DTYPES
+from nanogpt.config import check_device
 from nanogpt.errors import UserError
 from nanogpt.generate import complete
 from nanogpt.runs import check_checkpoint_choice, load_model
@@ -43,10 +43,7 @@ class SampleConfig:
 
 
 def validate_sample_config(cfg):
-    if not DEVICES.match(cfg.device):
-        raise UserError(f"unknown device '{cfg.device}': use auto, cpu, cuda, cuda:N or mps")
-    if cfg.dtype not in DTYPES:
-        raise UserError(f"unknown dtype '{cfg.dtype}': use one of {', '.join(DTYPES)}")
+    check_device(cfg)
     if cfg.temperature < 0:
         raise UserError(f"temperature must not be negative, got {cfg.temperature}")
     if cfg.num_samples < 1 or cfg.max_new_tokens < 0:

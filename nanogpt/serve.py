@@ -521,13 +521,10 @@ def make_app(api):
 
 
 def check_serve_config(cfg):
-    from nanogpt.config import DEVICES, DTYPES
+    from nanogpt.config import check_device
     from nanogpt.runs import check_checkpoint_choice
 
-    if not DEVICES.match(cfg.device):
-        raise UserError(f"unknown device '{cfg.device}': use auto, cpu, cuda, cuda:N or mps")
-    if cfg.dtype not in DTYPES:
-        raise UserError(f"unknown dtype '{cfg.dtype}': use one of {', '.join(DTYPES)}")
+    check_device(cfg)
     for name in ("max_tokens_limit", "max_n", "max_batch", "max_queue", "max_body_kb"):
         if getattr(cfg, name) < 1:
             raise UserError(f"{name} must be at least 1, got {getattr(cfg, name)}")
