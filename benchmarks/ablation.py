@@ -36,18 +36,17 @@ SWITCHES = {
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--max_iters", type=int, default=2000)
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--max_iters", type=int, default=2000, help="steps per run (the schedule is fitted to them)")
+    parser.add_argument("--repeats", type=int, default=1, help="repetitions; medians are over these")
     parser.add_argument("--only", default="", help="comma-separated switches to run, in this order (the baseline "
                         "always runs first)")
-    parser.add_argument("--reference", default=str(REPO.parent / "shared" / "reference" / "nanoGPT"))
     args = parser.parse_args()
     names = ["baseline"] + [n for n in (args.only.split(",") if args.only else [*SWITCHES, "preset"])
                             if n != "baseline"]
 
     work = Path(tempfile.mkdtemp(prefix="nanogpt-ablation-"))
     try:
-        _, data = prepare(work, Path(args.reference))
+        _, data = prepare(work)
         rows = {name: [] for name in names}
         for r in range(args.repeats):
             budget = None

@@ -37,6 +37,8 @@ def resolve_dtype(name, device_type):
     if name == "auto":
         if device_type == "cuda":
             return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        # bfloat16 autocast reached the same loss but made a CPU training step 18x slower on an AVX2 CPU without
+        # native bfloat16 (benchmarks/cpu_dtype.py). CPUs with AMX may differ: measure there before choosing it
         return "float32"
     if name == "float16" and device_type == "cpu":
         raise UserError("float16 is not supported on the CPU: use --dtype=float32 or --dtype=bfloat16")

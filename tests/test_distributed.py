@@ -132,3 +132,17 @@ def test_ddp_with_muon_and_the_modern_architecture_matches_one_rank(runs):
     assert sorted(losses) == list(range(10))
     assert_close(losses, reference)
     assert set(load_checkpoint(root / "muon-ddp")["model"]) == set(load_checkpoint(root / "muon-one")["model"])
+
+
+def test_fsdp_with_the_other_switches_matches_one_rank(runs):
+    """FSDP shards what the GPT-2 layout does not have too: RMSNorm gains, SwiGLU's wider matrix, grouped-query
+    key/value heads and an untied head."""
+    root, _, _ = runs
+    modern = dict(position="rope", rope_base=500.0, norm="rmsnorm", qk_norm=True, activation="swiglu", n_kv_head=1,
+                  tie_embeddings=False, logit_softcap=10.0, max_iters=10)
+    reference = train(config(root / "data", root / "switches-one", **modern), log=lambda *_: None).train_losses
+    losses = torchrun(config(root / "data", root / "switches-fsdp", **modern), cwd=root, parallelism="fsdp")
+    assert sorted(losses) == list(range(10))
+    assert_close(losses, reference)
+    one, fsdp = load_checkpoint(root / "switches-one"), load_checkpoint(root / "switches-fsdp")
+    assert sorted(fsdp["model"]) == sorted(one["model"])

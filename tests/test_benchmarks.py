@@ -1,0 +1,59 @@
+"""The benchmark scripts read training logs and profiles; these check that reading against the real thing, so a
+change to the log lines cannot silently turn a benchmark's figures into nans."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import profile_step  # noqa: E402
+import recipe  # noqa: E402
+
+
+def test_recipe_reads_the_curve_and_step_times_from_our_train_log(char_dataset, tmp_path):
+    data_dir, _ = char_dataset
+    cmd = [sys.executable, "train.py", "--dataset=tiny", f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'out'}",
+           "--device=cpu", "--compile=False", "--n_layer=1", "--n_head=2", "--n_embd=16", "--block_size=16",
+           "--batch_size=4", "--max_iters=6", "--lr_decay_iters=6", "--eval_interval=3", "--eval_iters=1",
+           "--log_interval=1"]
+    run = recipe.timed_run(cmd, REPO)
+    assert [step for _, _, step in run["curve"]] == [0, 3, 6]
+    times = [t for t, _, _ in run["curve"]]
+    assert times == sorted(times) and 0 < times[-1] <= run["wall_s"]
+    assert len(run["ms"]) == 6 and all(ms > 0 for ms in run["ms"])
+    assert 0 < run["curve"][-1][1] < 10
+
+
+def test_time_to_target_and_loss_within_a_budget():
+    curve = [(1.0, 2.5, 0), (2.0, 1.9, 250), (3.0, 1.85, 500), (4.0, 1.7, 750)]
+    assert recipe.time_to(curve, 1.88) == 3.0
+    assert recipe.time_to(curve, 1.0) != recipe.time_to(curve, 1.0)  # never reached: nan
+    assert recipe.loss_within(curve, 3.5) == 1.85
+    assert recipe.loss_within(curve, 0.5) != recipe.loss_within(curve, 0.5)
+
+
+def test_recipe_reports_the_ratio_to_upstreams_whole_run_when_upstream_never_reaches_the_target(capsys):
+    def run(wall, curve):
+        return {"wall_s": wall, "ms": [50.0], "curve": curve}
+
+    results = {"upstream": [run(100.0, [(10.0, 2.5, 0), (100.0, 1.9, 2000)])],
+               "fast": [run(90.0, [(10.0, 2.5, 0), (30.0, 1.87, 250), (90.0, 1.6, 700)])]}
+    recipe.report(results, ["upstream", "fast"], "wall")
+    out = capsys.readouterr().out
+    assert "fast/upstream time to 1.88: 0.300 (upstream never reached 1.88: its whole run)" in out
+    assert "fast val loss within upstream's wall time: 1.600" in out
+
+
+def test_profile_per_step_is_the_difference_between_the_long_and_short_runs():
+    short = {"wall_us": 1_000_000, "ops": {"aten::mm": [200_000, 100], "aten::randint": [5_000, 10]}}
+    long = {"wall_us": 3_000_000, "ops": {"aten::mm": [1_000_000, 500], "aten::randint": [5_000, 10],
+                                          "aten::_fused_adamw_": [100_000, 100]}}
+    wall_ms, ops = profile_step.per_step(short, long, steps=100)
+    assert wall_ms == pytest.approx(20.0)
+    assert ops["aten::mm"] == pytest.approx((8.0, 4.0))
+    assert ops["aten::randint"] == (0.0, 0.0)
+    assert ops["aten::_fused_adamw_"] == pytest.approx((1.0, 1.0))
