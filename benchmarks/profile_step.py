@@ -108,11 +108,11 @@ def report(steps, rows, n):
                                               for name in names))
     costliest = sorted({op for name in names for op in steps[name][1]},
                        key=lambda op: -max(steps[name][1].get(op, (0, 0))[0] for name in names))[:rows]
-    print(f"\n{'operator (self time ms / calls per step)':<44}" + "".join(f"{name:>20}" for name in names))
+    print(f"\n{'operator (self time ms / calls per step)':<60}" + "".join(f"{name:>20}" for name in names))
     for op in costliest:
         cells = "".join(f"{ms:>12.2f} / {calls:>5.0f}" for ms, calls in (steps[name][1].get(op, (0, 0))
                                                                          for name in names))
-        print(f"{op[:43]:<44}{cells}")
+        print(f"{op[:59]:<60}{cells}")
 
 
 if __name__ == "__main__":

@@ -1,17 +1,27 @@
 """The benchmark scripts read training logs and profiles; these check that reading against the real thing, so a
 change to the log lines cannot silently turn a benchmark's figures into nans."""
 
-import subprocess
+import importlib
 import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
 
-import profile_step  # noqa: E402
-import recipe  # noqa: E402
+
+def import_benchmarks(*names):
+    """The benchmark scripts as modules, without leaving benchmarks/ on sys.path: its tokenizers.py would shadow
+    Hugging Face's tokenizers for every test that runs after."""
+    saved = list(sys.path)
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        return [importlib.import_module(name) for name in names]
+    finally:
+        sys.path[:] = saved
+
+
+recipe, profile_step = import_benchmarks("recipe", "profile_step")
 
 
 def test_recipe_reads_the_curve_and_step_times_from_our_train_log(char_dataset, tmp_path):
