@@ -36,6 +36,7 @@ def torchrun(cfg, cwd, **overrides):
     args = [f"--{k}={v!r}" for k, v in settings.items()]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR")}
     env["OMP_NUM_THREADS"] = "1"
+    env["TMPDIR"] = str(cwd)  # torchrun's log folders (torchelastic_*) go with the test's files, not into /tmp
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(ROOT / "train.py"),
          *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=180)
