@@ -124,7 +124,7 @@ def bench(cfg, log=print):
 
     dt = statistics.median(times)
     tokens = cfg.batch_size * cfg.block_size
-    peak = runtime.peak_flops(device)
+    peak = runtime.peak_flops(device, dtype)
     mfu = model.estimate_mfu(cfg.batch_size, dt, peak[1]) if peak else None
     figures = {"ms_per_iter": dt * 1000, "tokens_per_s": tokens / dt, "mfu": mfu, "loss": loss.item(),
                "parameters": model.get_num_params()}
@@ -136,4 +136,4 @@ def bench(cfg, log=print):
 
 
 def format_mfu(mfu, peak):
-    return f"{mfu * 100:.2f}% of {peak[0]}'s peak" if peak else "n/a (no known peak for this device)"
+    return f"{mfu * 100:.2f}% of the peak of {peak[0]}" if peak else "n/a (no known peak for this device)"

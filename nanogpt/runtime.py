@@ -64,19 +64,28 @@ def prepare_device(device_type):
         torch.backends.cudnn.allow_tf32 = True
 
 
-# Dense bf16 tensor-core peaks from NVIDIA's data sheets (V100 and T4: float16, they have no bf16), matched against
-# torch.cuda.get_device_name in order: the first name it contains wins, so variants come before their family.
+# Dense peaks from NVIDIA's data sheets, matched against torch.cuda.get_device_name in order (the first name it
+# contains wins, so variants come before their family): (name, 16-bit peak, float32 peak). The 16-bit peak is
+# bf16's on tensor cores (V100 and T4 have no bf16: their float16). The float32 peak is TF32's on tensor cores,
+# which prepare_device turns on, except on V100 and T4, which have no TF32: their plain float32 peak.
 PEAK_FLOPS = (
-    ("H200", 989e12), ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("GH200", 989e12),
-    ("A100", 312e12), ("L40S", 362e12), ("L4", 121e12), ("A10G", 70e12), ("A10", 125e12),
-    ("RTX 4090", 165e12), ("RTX 3090", 71e12), ("V100", 125e12), ("T4", 65e12),
+    ("H200", 989e12, 495e12), ("H100 PCIe", 756e12, 378e12), ("H100 NVL", 835e12, 418e12),
+    ("H100", 989e12, 495e12), ("GH200", 989e12, 495e12), ("A100", 312e12, 156e12), ("L40S", 362e12, 183e12),
+    ("L4", 121e12, 60e12), ("A10G", 70e12, 35e12), ("A10", 125e12, 62.5e12), ("RTX 4090", 165e12, 82.6e12),
+    ("RTX 3090", 71e12, 35.6e12), ("V100", 125e12, 15.7e12), ("T4", 65e12, 8.1e12),
 )
 
 
-def peak_flops(device):
-    """(device name, peak flop/s) of a GPU this table knows, for model flops utilization; None on a CPU, MPS or
-    an unknown GPU, where no honest peak is known and MFU is not reported."""
+def peak_flops(device, dtype):
+    """(what the peak is of, peak flop/s) for the number format a run computes in on a GPU this table knows, for
+    model flops utilization; None on a CPU, MPS or an unknown GPU, where no honest peak is known and MFU is not
+    reported."""
     if not device.startswith("cuda"):
         return None
     name = torch.cuda.get_device_name(device)
-    return next(((name, flops) for key, flops in PEAK_FLOPS if key in name), None)
+    for key, half, single in PEAK_FLOPS:
+        if key in name:
+            if dtype != "float32":
+                return f"{name} ({dtype})", half
+            return f"{name} ({'float32' if key in ('V100', 'T4') else 'TF32'})", single
+    return None

@@ -130,6 +130,7 @@ class Session:
     scaler: torch.amp.GradScaler
     autocast: object  # the context manager the forward passes run in
     log: object
+    peak: tuple  # (what it is of, flop/s) that MFU is measured against; None where no peak is known
     iter_num: int = 0
     best_val_loss: float = float("inf")
     saved_iter: int = None  # the iteration out_dir's checkpoint holds, if this run knows it
@@ -218,7 +219,7 @@ class StepMeter:
         self.s = s
         self.steps = 0  # optimizer steps this process has taken
         self.running_mfu = None  # not measured until the loop settles, nor on a device without a known peak
-        self.peak = runtime.peak_flops(s.device)
+        self.peak = s.peak
         self.tokens_per_iter = s.cfg.gradient_accumulation_steps * s.cfg.batch_size * s.cfg.block_size
         self.started = self.t0 = time.time()
 
@@ -301,8 +302,8 @@ def set_up(cfg, device, dinfo, log, given=None):
         ckpt = checkpoint.load_checkpoint(out_dir)
         cfg = resumed_settings(cfg, ckpt, given, log)
     log(f"tokens per iteration will be: {cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size:,}")
-    peak = runtime.peak_flops(device)
-    log(f"mfu is measured against {peak[0]}'s peak, {peak[1] / 1e12:.0f} TFLOPS" if peak else
+    peak = runtime.peak_flops(device, dtype)
+    log(f"mfu is measured against the peak of {peak[0]}, {peak[1] / 1e12:.0f} TFLOPS" if peak else
         f"mfu: n/a on {device} (no known peak flop/s)")
     dataset = open_dataset(cfg)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
@@ -316,7 +317,7 @@ def set_up(cfg, device, dinfo, log, given=None):
     scaler = torch.amp.GradScaler(runtime.device_type(device), enabled=(dtype == "float16"))
     optimizer = build_optimizer(raw_model, cfg, runtime.device_type(device), sharded=uses_fsdp(cfg, dinfo))
     s = Session(cfg, dinfo, device, dataset, out_dir, raw_model, model, optimizer, scaler,
-                runtime.autocast(runtime.device_type(device), dtype), log)
+                runtime.autocast(runtime.device_type(device), dtype), log, peak)
     if ckpt:
         restore_training_state(s, ckpt)
     tasks.parse_tasks(cfg.eval_tasks)  # an unknown task name fails now, not at the first evaluation

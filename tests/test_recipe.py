@@ -205,12 +205,20 @@ def test_schedules():
     assert optim.get_lr(5, wsd) == optim.get_lr(5, cfg) < 1.0  # the same warmup
 
 
-def test_mfu_peak_is_the_devices_own(monkeypatch):
-    assert runtime.peak_flops("cpu") is None
-    for name, flops in (("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12),
-                        ("NVIDIA A100-SXM4-80GB", 312e12), ("NVIDIA GeForce GTX 1080", None)):
+def test_mfu_peak_is_the_devices_own_for_the_number_format(monkeypatch):
+    assert runtime.peak_flops("cpu", "float32") is None
+    for name, dtype, peak in (
+        ("NVIDIA H100 80GB HBM3", "bfloat16", ("NVIDIA H100 80GB HBM3 (bfloat16)", 989e12)),
+        ("NVIDIA H100 80GB HBM3", "float32", ("NVIDIA H100 80GB HBM3 (TF32)", 495e12)),
+        ("NVIDIA H100 PCIe", "bfloat16", ("NVIDIA H100 PCIe (bfloat16)", 756e12)),
+        ("NVIDIA A100-SXM4-80GB", "bfloat16", ("NVIDIA A100-SXM4-80GB (bfloat16)", 312e12)),
+        ("NVIDIA A100-SXM4-80GB", "float32", ("NVIDIA A100-SXM4-80GB (TF32)", 156e12)),
+        ("Tesla V100-SXM2-16GB", "float16", ("Tesla V100-SXM2-16GB (float16)", 125e12)),
+        ("Tesla V100-SXM2-16GB", "float32", ("Tesla V100-SXM2-16GB (float32)", 15.7e12)),
+        ("NVIDIA GeForce GTX 1080", "float16", None),
+    ):
         monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None, n=name: n)
-        assert (runtime.peak_flops("cuda:0") or (None, None))[1] == flops
+        assert runtime.peak_flops("cuda:0", dtype) == peak
 
 
 def test_cpu_log_says_mfu_is_not_measured(char_dataset, tmp_path):
