@@ -369,21 +369,9 @@ class GPT(nn.Module):
             self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
-        """AdamW with weight decay on matrices and embeddings (tensors of 2 or more dimensions) only:
-        decaying biases and LayerNorm gains only hurts."""
+        """AdamW over every trainable parameter, weight decay on matrices and embeddings only (see adamw)."""
         params = [p for p in self.parameters() if p.requires_grad]
-        decay = [p for p in params if p.dim() >= 2]
-        no_decay = [p for p in params if p.dim() < 2]
-        groups = [
-            {"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
-        # the fused kernel updates all parameters in one pass instead of several ops per tensor (CUDA, and CPU
-        # since PyTorch 2.4: ~2 ms of a 35 ms step for the quick-start model)
-        fused_devices = ("cuda", "cpu") if torch.torch_version.TorchVersion(torch.__version__) >= "2.4" else ("cuda",)
-        use_fused = "fused" in inspect.signature(torch.optim.AdamW).parameters and device_type in fused_devices
-        extra = {"fused": True} if use_fused else {}
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **extra)
+        return adamw(params, weight_decay, learning_rate, betas, device_type)
 
     def estimate_mfu(self, fwdbwd_per_iter, dt, peak_flops=312e12):
         """Model flops utilization: achieved flop/s over a peak (default: A100 bf16, 312 TFLOPS; runtime.peak_flops
@@ -410,3 +398,18 @@ class GPT(nn.Module):
             idx_next = torch.multinomial(probs, num_samples=1)
             idx = torch.cat((idx, idx_next), dim=1)
         return idx
+
+
+def adamw(params, weight_decay, learning_rate, betas, device_type):
+    """AdamW with weight decay on matrices and embeddings (tensors of 2 or more dimensions) only: decaying biases
+    and LayerNorm gains only hurts. Also the AdamW half of optim.py's Muon+AdamW."""
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    # the fused kernel updates all parameters in one pass instead of several ops per tensor (CUDA, and CPU
+    # since PyTorch 2.4: ~2 ms of a 35 ms step for the quick-start model)
+    fused_devices = ("cuda", "cpu") if torch.torch_version.TorchVersion(torch.__version__) >= "2.4" else ("cuda",)
+    use_fused = "fused" in inspect.signature(torch.optim.AdamW).parameters and device_type in fused_devices
+    extra = {"fused": True} if use_fused else {}
+    return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **extra)

@@ -10,12 +10,12 @@ decay) holds the peak and decays linearly to min_lr over the last wsd_decay_frac
 2024); it lets a short run spend longer at the peak.
 """
 
-import inspect
 import math
 
 import torch
 
 from nanogpt.errors import UserError
+from nanogpt.model import adamw
 
 OPTIMIZERS = ("adamw", "muon")
 LR_SCHEDULES = ("cosine", "wsd")
@@ -62,23 +62,11 @@ def build_optimizer(model, cfg, device_type, sharded=False):
     if sharded:
         # Muon orthogonalises each whole matrix; an FSDP rank holds only a slice of it
         raise UserError("optimizer='muon' does not work with parallelism='fsdp' yet: use --parallelism=ddp")
-    hidden = {p for p in model.transformer.h.parameters() if p.dim() == 2}
-    rest = [p for p in model.parameters() if p.requires_grad and p not in hidden]
-    muon = Muon([p for p in model.transformer.h.parameters() if p in hidden], lr=cfg.muon_lr,
-                momentum=cfg.muon_momentum, weight_decay=cfg.muon_weight_decay)
+    hidden = [p for p in model.transformer.h.parameters() if p.dim() == 2]
+    in_muon = {id(p) for p in hidden}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in in_muon]
+    muon = Muon(hidden, lr=cfg.muon_lr, momentum=cfg.muon_momentum, weight_decay=cfg.muon_weight_decay)
     return MuonWithAdamW(muon, adamw(rest, cfg.weight_decay, cfg.learning_rate, betas, device_type))
-
-
-def adamw(params, weight_decay, learning_rate, betas, device_type):
-    """AdamW with weight decay on tensors of 2 or more dimensions only, as GPT.configure_optimizers does."""
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    # the fused kernel: CUDA, and CPU since PyTorch 2.4
-    fused_devices = ("cuda", "cpu") if torch.torch_version.TorchVersion(torch.__version__) >= "2.4" else ("cuda",)
-    fused = "fused" in inspect.signature(torch.optim.AdamW).parameters and device_type in fused_devices
-    return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({"fused": True} if fused else {}))
 
 
 class Muon(torch.optim.Muon):
