@@ -96,12 +96,20 @@ def top_p_filter(logits, p):
     return logits.masked_fill(drop, float("-inf"))
 
 
-def next_token(logits, temperature=1.0, top_k=None, top_p=None, vocab_size=None, generator=None):
-    """Pick one token id per row of logits (B, vocab) -> (B,). Temperature 0 is greedy: the argmax."""
+def sampling_logits(logits, temperature, top_k, top_p, vocab_size):
+    """The logits a token is picked from: padding ids ruled out, then, unless greedy (temperature 0), divided by
+    the temperature and cut to the top-k and top-p tokens."""
     logits = mask_vocab(logits.float(), vocab_size)
     if temperature == 0:
+        return logits
+    return top_p_filter(top_k_filter(logits / temperature, top_k), top_p)
+
+
+def next_token(logits, temperature=1.0, top_k=None, top_p=None, vocab_size=None, generator=None):
+    """Pick one token id per row of logits (B, vocab) -> (B,). Temperature 0 is greedy: the argmax."""
+    logits = sampling_logits(logits, temperature, top_k, top_p, vocab_size)
+    if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = top_p_filter(top_k_filter(logits / temperature, top_k), top_p)
     probs = F.softmax(logits, dim=-1)
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
 
@@ -173,10 +181,9 @@ def pick_token(logits, temperature, top_k, top_p, vocab_size, generator):
     (the first token whose cumulative probability passes it) where torch.multinomial draws one per vocabulary
     entry: a tenth of a 124M model's batched step on a CPU. The same seed therefore gives other samples than
     `sample`'s; greedy picks are the same."""
-    logits = mask_vocab(logits.float(), vocab_size)
+    logits = sampling_logits(logits, temperature, top_k, top_p, vocab_size)
     if temperature == 0:
         return int(logits.argmax())
-    logits = top_p_filter(top_k_filter(logits / temperature, top_k), top_p)
     cdf = torch.cumsum(F.softmax(logits, dim=-1), dim=-1)
     u = torch.rand(1, generator=generator, device=logits.device) * cdf[-1]
     # right=True: a token of probability 0 adds nothing to the cdf, so no u lands on it
@@ -493,14 +500,16 @@ class BatchEngine:
         if decoding:
             last = torch.tensor([[c.tokens[-1]] for c in self.rows[:decoding]], device=self.device)
             logits, _ = self.model(last, kv_cache=self.cache.decode(decoding))
-            events += [self._take(c, logits[i, -1]) for i, c in enumerate(self.rows[:decoding])]
+            logits = self._last_logits(logits)
+            events += [self._take(c, logits[i]) for i, c in enumerate(self.rows[:decoding])]
         for c, _, reason in events:
             c.finish_reason = reason
             if reason is not None and c.row is not None:
                 self.remove(c)
-            elif reason is None and window_start(len(c.tokens), c.start, self.block_size, self.window_shift) != c.start:
+            elif reason is None and (start := window_start(len(c.tokens), c.start, self.block_size,
+                                                           self.window_shift)) != c.start:
                 # past the block size: every position moves, so the completion is prefilled again from its new start
-                c.start = window_start(len(c.tokens), c.start, self.block_size, self.window_shift)
+                c.start = start
                 self.remove(c)
                 self.arrived.append(c)
         return events
@@ -515,11 +524,16 @@ class BatchEngine:
             self.rows.append(c)
         idx = torch.tensor([[0] * pad + x for pad, x in zip(pads, contexts)], device=self.device)
         logits, _ = self.model(idx, kv_cache=self.cache.prefill([c.row for c in arrived], pads, self.device))
-        return [self._take(c, logits[i, -1]) for i, c in enumerate(arrived)]
+        logits = self._last_logits(logits)
+        return [self._take(c, logits[i]) for i, c in enumerate(arrived)]
+
+    def _last_logits(self, logits):
+        """Each row's logits for its next token (B, vocab), padding ids ruled out once for the whole batch."""
+        return mask_vocab(logits[:, -1].float(), self.tokenizer.vocab_size)
 
     def _take(self, c, logits):
-        """Sample c's next token from its logits (vocab,) and turn it into an event."""
-        token = pick_token(logits, c.temperature, c.top_k, c.top_p, self.tokenizer.vocab_size, c.generator)
+        """Sample c's next token from its logits (vocab,), padding already ruled out, and turn it into an event."""
+        token = pick_token(logits, c.temperature, c.top_k, c.top_p, None, c.generator)
         c.tokens.append(token)
         c.generated += 1
         if token == self.stop_token:
