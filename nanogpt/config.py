@@ -374,9 +374,8 @@ def validate_recipe(cfg):
         raise UserError(f"n_kv_head ({cfg.n_kv_head}) must divide n_head ({cfg.n_head}), or be 0 for n_head")
     if cfg.position == "rope" and (cfg.n_embd // cfg.n_head) % 2 != 0:
         raise UserError(f"position='rope' needs an even head size (n_embd/n_head), got {cfg.n_embd // cfg.n_head}")
-    for name in ("rope_base", "muon_momentum", "wsd_decay_frac", "logit_softcap", "muon_lr", "muon_weight_decay"):
-        if getattr(cfg, name) < 0:
-            raise UserError(f"{name} must not be negative, got {getattr(cfg, name)}")
+    check_at_least(cfg, 0, "rope_base", "muon_momentum", "wsd_decay_frac", "logit_softcap", "muon_lr",
+                   "muon_weight_decay")
     if cfg.rope_base <= 1:
         raise UserError(f"rope_base must be above 1, got {cfg.rope_base}")
     if cfg.muon_momentum >= 1 or cfg.wsd_decay_frac > 1:

@@ -200,8 +200,9 @@ def score_choices(ctx, items):
     mean token loss (so a longer right answer is not penalised for its length)."""
     if not items:
         raise UserError("no items to score")
-    pairs = [(ctx.tokenizer.encode(item.context), ctx.tokenizer.encode(choice))
-             for item in items for choice in item.choices]
+    contexts = [ctx.tokenizer.encode(item.context) for item in items]  # once per item, not once per choice
+    pairs = [(context, ctx.tokenizer.encode(choice)) for item, context in zip(items, contexts)
+             for choice in item.choices]
     scored = iter(continuation_losses(ctx, pairs))
     right = right_norm = 0
     for item in items:
@@ -332,8 +333,7 @@ def evaluate_model(cfg: EvalConfig, log=print):
                       data=cfg.data, limit=cfg.limit, batch_size=cfg.batch_size)
     results = run_tasks(ctx, names)
     log(format_table(results))
-    model_name = "resume" if cfg.init_from == "resume" else cfg.init_from
-    write_eval_json(cfg.out_dir, results, {"model": model_name, "checkpoint": cfg.checkpoint,
+    write_eval_json(cfg.out_dir, results, {"model": cfg.init_from, "checkpoint": cfg.checkpoint,
                                            "iter_num": run.get("iter_num"),
                                            "dataset": ctx.dataset.folder.name if ctx.dataset else None,
                                            "limit": cfg.limit})
