@@ -12,7 +12,6 @@ line costs.
 """
 
 import argparse
-import re
 import resource
 import shutil
 import statistics
@@ -22,7 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from recipe import REPO, step_times  # noqa: E402
 
 
 def median_ms(code_dir, data_dir, out_dir, max_iters, extra, threads):
@@ -37,7 +37,7 @@ def median_ms(code_dir, data_dir, out_dir, max_iters, extra, threads):
     cpu_s = (cpu_after.ru_utime + cpu_after.ru_stime) - (cpu_before.ru_utime + cpu_before.ru_stime)
     if proc.returncode != 0:
         sys.exit(f"{' '.join(cmd)} in {code_dir} failed:\n{proc.stderr[-2000:]}")
-    times = [float(t) for t in re.findall(r"^iter \d+: loss [\d.]+, time ([\d.]+)ms", proc.stdout, re.M)]
+    times = step_times(proc.stdout)
     # the first steps warm up; CPU seconds of the whole run are steadier than wall time on a busy machine
     return statistics.median(times[5:]), cpu_s
 

@@ -11,7 +11,6 @@ comparisons run upstream side by side: benchmarks/recipe.py (training) and bench
 """
 
 import argparse
-import re
 import shutil
 import statistics
 import subprocess
@@ -20,13 +19,11 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-CANONICAL = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from recipe import CANONICAL, README_ARGS, REPO, step_times, val_losses  # noqa: E402
+
 # quoted from the developers' guide (upstream nanoGPT, this command, the 2-core machine type): orientation only
 REFERENCE = {"ms_per_iter": 45.0, "val_loss": 1.874, "train_s": 100.0, "sample_s": 11.0}
-README_ARGS = ["--device=cpu", "--compile=False", "--eval_iters=20", "--log_interval=1", "--block_size=64",
-               "--batch_size=12", "--n_layer=4", "--n_head=4", "--n_embd=128", "--lr_decay_iters=2000",
-               "--dropout=0.0"]
 
 
 def run(cmd, cwd):
@@ -54,23 +51,21 @@ def main():
         run([sys.executable, "-m", "nanogpt.cli", "prepare", "shakespeare_char", f"--data_dir={work / 'data'}"],
             REPO)
 
-        medians, val_losses, train_times, sample_times = [], [], [], []
+        medians, final_vals, train_times, sample_times = [], [], [], []
         for r in range(args.repeats):
             out_dir = work / f"out-{r}"
             log, train_s = run([sys.executable, "train.py", "config/train_shakespeare_char.py", *README_ARGS,
                                 f"--max_iters={args.max_iters}", f"--data_dir={work / 'data'}",
                                 f"--out_dir={out_dir}"], REPO)
-            times = [float(t) for t in re.findall(r"^iter \d+: loss [\d.]+, time ([\d.]+)ms", log, re.M)]
-            vals = re.findall(r"^step \d+: train loss [\d.]+, val loss ([\d.]+)", log, re.M)
-            medians.append(statistics.median(times))
-            val_losses.append(float(vals[-1]))
+            medians.append(statistics.median(step_times(log)))
+            final_vals.append(val_losses(log)[-1])
             train_times.append(train_s)
             _, sample_s = run([sys.executable, "sample.py", f"--out_dir={out_dir}", "--device=cpu"], REPO)
             sample_times.append(sample_s)
-            print(f"run {r + 1}: median {medians[-1]:.2f} ms/iter, val loss {val_losses[-1]:.4f}, "
+            print(f"run {r + 1}: median {medians[-1]:.2f} ms/iter, val loss {final_vals[-1]:.4f}, "
                   f"train {train_s:.1f} s, sample {sample_s:.1f} s", flush=True)
 
-        ours = {"ms_per_iter": statistics.median(medians), "val_loss": statistics.median(val_losses),
+        ours = {"ms_per_iter": statistics.median(medians), "val_loss": statistics.median(final_vals),
                 "train_s": statistics.median(train_times), "sample_s": statistics.median(sample_times)}
         print(f"\ndata: {source}; {args.max_iters} iterations; medians over {args.repeats} run(s)")
         print(f"{'figure':<28}{'nanogpt':>12}{'guide quote':>14}")

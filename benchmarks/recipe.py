@@ -101,6 +101,16 @@ def timed_run(cmd, cwd, clock="wall"):
     return {"wall_s": cpu if clock == "cpu" else time.perf_counter() - t0, "curve": curve, "ms": ms}
 
 
+def step_times(log):
+    """ms of every logged training iteration in the text of a training log."""
+    return [float(m.group(1)) for m in map(ITER_LINE.match, log.splitlines()) if m]
+
+
+def val_losses(log):
+    """Every val loss a training log reports, in order."""
+    return [float(m.group(2)) for m in map(EVAL_LINE.match, log.splitlines()) if m]
+
+
 def time_to(curve, target):
     return next((t for t, v, _ in curve if v <= target), float("nan"))
 
@@ -171,11 +181,6 @@ def main():
         else:
             for job in jobs:
                 run(job)
-        for r in range(args.repeats):
-            budget = results["upstream"][r]["wall_s"] if "upstream" in names else float("inf")
-            for name in names:
-                f = figures(results[name][r], budget)
-                print(f"repeat {r + 1} {name:<9}" + "  ".join(f"{k} {v:.3f}" for k, v in f.items()), flush=True)
         report(results, names, args.clock)
         plot(results, args.png, "CPU time, one thread (s)" if args.clock == "cpu" else "wall time (s)")
     finally:
@@ -183,12 +188,14 @@ def main():
 
 
 def report(results, names, clock):
-    budgets = [run["wall_s"] for run in results["upstream"]] if "upstream" in names else None
-    table = {}
-    for name in names:
-        per_run = [figures(run, budgets[i] if budgets else float("inf")) for i, run in enumerate(results[name])]
-        table[name] = {k: statistics.median(f[k] for f in per_run) for k in per_run[0]}
-    print(f"\nmedians over {len(results[names[0]])} repetition(s), seconds of {clock} time; (a) upstream's total time "
+    repeats = len(results[names[0]])
+    budgets = [run["wall_s"] for run in results["upstream"]] if "upstream" in names else [float("inf")] * repeats
+    per_run = {name: [figures(run, budget) for run, budget in zip(results[name], budgets)] for name in names}
+    for r in range(repeats):
+        for name in names:
+            print(f"repeat {r + 1} {name:<9}" + "  ".join(f"{k} {v:.3f}" for k, v in per_run[name][r].items()))
+    table = {name: {k: statistics.median(f[k] for f in runs) for k in runs[0]} for name, runs in per_run.items()}
+    print(f"\nmedians over {repeats} repetition(s), seconds of {clock} time; (a) upstream's total time "
           "is the budget")
     keys = list(next(iter(table.values())))
     print(f"{'run':<10}" + "".join(f"{k:>17}" for k in keys))

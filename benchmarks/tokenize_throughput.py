@@ -23,14 +23,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone
 
 from nanogpt.bpe import gpt2_encoding  # noqa: E402
 from nanogpt.datasets import cpu_count, prepare_text  # noqa: E402
+from recipe import CANONICAL  # noqa: E402 (this file's folder is on sys.path)
 
-SHARED_SHAKESPEARE = Path("/work/shared/data/tinyshakespeare/input.txt")
 FILE_BYTES = 100_000  # about a long web page: OpenWebText's documents average ~5 KB, books far more
 
 
 def source_text():
-    if SHARED_SHAKESPEARE.is_file():
-        return SHARED_SHAKESPEARE.read_text(encoding="utf-8")
+    """The canonical tiny Shakespeare from ../shared where it is, else the plays embedded in the package."""
+    if CANONICAL.is_file():
+        return CANONICAL.read_text(encoding="utf-8")
     from nanogpt.shakespeare import embedded_shakespeare
 
     return embedded_shakespeare()

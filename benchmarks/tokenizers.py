@@ -36,6 +36,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.insert(0, str(HERE.parent))  # run from a clone without `pip install`
+sys.path.append(str(HERE))  # the other benchmarks, after the installed packages
 
 from nanogpt.bpe import gpt2_encoding  # noqa: E402
 from nanogpt.data import EVAL_VAL_STREAM, SPLITS, TRAIN_STREAM, Dataset, DatasetWriter, batch_offsets  # noqa: E402
@@ -43,8 +44,8 @@ from nanogpt.datasets import bpe_encoder, cpu_count, open_corpus, prepare_text, 
 from nanogpt.model import GPT, GPTConfig  # noqa: E402
 from nanogpt.tokenizers import tokenizer_from_meta  # noqa: E402
 from nanogpt.train import padded_vocab_size  # noqa: E402
+from tokenize_throughput import source_text as shakespeare_text, timed  # noqa: E402
 
-SHARED_SHAKESPEARE = Path("/work/shared/data/tinyshakespeare/input.txt")
 SHAPE = dict(n_layer=4, n_head=4, n_embd=128, block_size=128, bias=False, dropout=0.0)
 BATCH = 8
 EVAL_BATCHES = 16
@@ -54,13 +55,7 @@ quiet = dict(log=lambda *_: None)
 
 
 def source_text(path):
-    if path:
-        return Path(path).read_text(encoding="utf-8")
-    if SHARED_SHAKESPEARE.is_file():
-        return SHARED_SHAKESPEARE.read_text(encoding="utf-8")
-    from nanogpt.shakespeare import embedded_shakespeare
-
-    return embedded_shakespeare()
+    return Path(path).read_text(encoding="utf-8") if path else shakespeare_text()
 
 
 def prepare_all(text, vocab_sizes, root):
@@ -138,13 +133,6 @@ def build_corpus(text, megabytes, path, seed=0):
     corpus = "".join(pieces)
     path.write_text(corpus, encoding="utf-8")
     return corpus
-
-
-def timed(fn):
-    """Wall seconds and CPU seconds (all threads) of fn()."""
-    start, cpu = time.perf_counter(), time.process_time()
-    fn()
-    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def encode_pass(path, tokenizer, root, threads):

@@ -56,6 +56,7 @@ def test_recipe_reports_the_ratio_to_upstreams_whole_run_when_upstream_never_rea
     out = capsys.readouterr().out
     assert "fast/upstream time to 1.88: 0.300 (upstream never reached 1.88: its whole run)" in out
     assert "fast val loss within upstream's wall time: 1.600" in out
+    assert out.startswith("repeat 1 upstream ") and "repeat 1 fast " in out
 
 
 def test_profile_per_step_is_the_difference_between_the_long_and_short_runs():
