@@ -50,12 +50,26 @@ def init_distributed(backend, device):
 
 
 def all_reduce_mean(value, info, device):
-    """The mean of a float over all ranks (the value itself when alone)."""
+    """The mean over all ranks of a float or a one-element tensor, as a float (reading a tensor waits for the
+    device)."""
     if not info.enabled:
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=device)
+        return float(value)
+    t = torch.as_tensor(value, dtype=torch.float64, device=device).reshape(1)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t.item() / info.world_size
+
+
+def all_reduce_sum(tensor, info):
+    """Sum a tensor over all ranks, in place (nothing to do when alone)."""
+    if info.enabled:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+
+
+def without_ddp(model):
+    """The module inside a DDP wrapper (forwards without DDP's hooks: evaluation), or model itself."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 def shutdown(info):
@@ -90,7 +104,10 @@ def parallelize(model, cfg, info, device, compile_model=False):
     if info.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        model = DDP(model, device_ids=[info.local_rank] if device.startswith("cuda") else None)
+        # broadcast_buffers=False: the model's only buffers (rotary's frequencies) are constants, and
+        # broadcasting them would add a collective to every forward
+        model = DDP(model, device_ids=[info.local_rank] if device.startswith("cuda") else None,
+                    broadcast_buffers=False)
     return model
 
 

@@ -69,6 +69,37 @@ def build_optimizer(model, cfg, device_type, sharded=False):
     return MuonWithAdamW(muon, adamw(rest, cfg.weight_decay, cfg.learning_rate, betas, device_type))
 
 
+def step_unless(optimizer, found_inf):
+    """Take an optimizer step unless found_inf (a float tensor on the device: 1.0 skip, 0.0 step) says not to,
+    without the host reading it. Fused AdamW skips in its own kernel, the way GradScaler's found_inf does; other
+    optimizers (Muon, non-fused AdamW) step, then put back their parameters and state where found_inf is set,
+    which costs a copy of both while stepping."""
+    if isinstance(optimizer, MuonWithAdamW):
+        step_unless(optimizer.adamw, found_inf)
+        step_unless(optimizer.muon, found_inf)
+        return
+    if getattr(optimizer, "_step_supports_amp_scaling", False):
+        optimizer.found_inf = found_inf
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.found_inf
+        return
+    skip = found_inf.bool()
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    saved = [(t, t.detach().clone()) for p in params
+             for t in [p, *optimizer.state.get(p, {}).values()] if torch.is_tensor(t)]
+    fresh = [p for p in params if p not in optimizer.state]
+    optimizer.step()
+    with torch.no_grad():
+        for t, before in saved:
+            t.copy_(torch.where(skip, before, t))
+        for p in fresh:  # state the step created: put back as new (zero moments, zero steps)
+            for t in optimizer.state[p].values():
+                if torch.is_tensor(t):
+                    t.copy_(torch.where(skip, torch.zeros_like(t), t))
+
+
 class Muon(torch.optim.Muon):
     """PyTorch's Muon, but orthogonalising in float32 off CUDA: torch's runs its Newton-Schulz iterations in
     bfloat16, which a CPU without native bfloat16 matmuls computes ~30x slower (4 s a step for the quick-start

@@ -32,6 +32,7 @@ from nanogpt.data import EVAL_TRAIN_STREAM, EVAL_VAL_STREAM, TRAIN_STREAM, Datas
 from nanogpt.distributed import (
     Dist,
     all_reduce_mean,
+    all_reduce_sum,
     full_state,
     full_tensor,
     init_distributed,
@@ -40,11 +41,12 @@ from nanogpt.distributed import (
     set_gradient_sync,
     shutdown,
     uses_fsdp,
+    without_ddp,
 )
 from nanogpt.errors import UserError
 from nanogpt.metrics import MetricsWriter, format_duration
 from nanogpt.model import GPT, GPTConfig
-from nanogpt.optim import build_optimizer, get_lr, set_lr  # noqa: F401 (get_lr: nanogpt.train's API, as in nanoGPT)
+from nanogpt.optim import build_optimizer, get_lr, set_lr, step_unless  # noqa: F401 (get_lr: nanogpt.train's API, as in nanoGPT)
 from nanogpt.tokenizers import tokenizer_from_meta
 
 
@@ -126,6 +128,7 @@ class Session:
     out_dir: Path
     raw_model: GPT  # the module whose state_dict is the checkpoint
     model: torch.nn.Module  # what a step calls: raw_model compiled and/or wrapped for DDP/FSDP
+    eval_model: torch.nn.Module  # what evaluation calls: model without the DDP wrapper
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     autocast: object  # the context manager the forward passes run in
@@ -135,6 +138,7 @@ class Session:
     best_val_loss: float = float("inf")
     saved_iter: int = None  # the iteration out_dir's checkpoint holds, if this run knows it
     metrics: MetricsWriter = None  # rank 0's writer of out_dir/metrics.jsonl (None on other ranks, and eval_only)
+    guard: object = None  # the NonfiniteGuard of the steps since the last logging step
 
     @property
     def device_type(self):
@@ -178,7 +182,8 @@ def train(cfg: TrainConfig, log=print, given=None):
 
 def run_loop(s, stop):
     """nanoGPT's loop: evaluate every eval_interval (and save), one optimizer step, log it; until max_iters or a
-    stop request."""
+    stop request. Only logging steps (every log_interval) read values back from the device: the others queue their
+    work and go on, as upstream nanoGPT's loop does."""
     cfg = s.cfg
     result = TrainResult(iter_num=s.iter_num, best_val_loss=s.best_val_loss)
     meter = StepMeter(s)
@@ -194,13 +199,17 @@ def run_loop(s, stop):
                     wandb_log(cfg, s.iter_num, result.last_losses, lr, meter.running_mfu)
             if cfg.eval_only or last_iteration:
                 break
-            if stop_requested(stop, s.dinfo, s.device):
+            logging = s.iter_num % cfg.log_interval == 0
+            # under torchrun the ranks agree on a stop at logging steps only: a collective per step would cost more
+            if (logging or not s.dinfo.enabled) and stop_requested(stop, s.dinfo, s.device):
                 raise StopTraining
             with stop.abandonable():
                 loss, batch = forward_backward(s, batch)
-            skipped, grad_norm = update(s, loss)
-            if s.iter_num % cfg.log_interval == 0 and not skipped:
-                meter.log_step(s.iter_num, loss, lr, grad_norm, result)
+            grad_norm = update(s, loss)
+            if logging:
+                loss_value = all_reduce_mean(loss, s.dinfo, s.device)
+                skipped = s.guard.report(s)
+                meter.log_step(s.iter_num, None if skipped else loss_value, lr, grad_norm, result)
             else:
                 meter.tick()
             s.iter_num += 1
@@ -222,16 +231,24 @@ class StepMeter:
         self.peak = s.peak
         self.tokens_per_iter = s.cfg.gradient_accumulation_steps * s.cfg.batch_size * s.cfg.block_size
         self.started = self.t0 = time.time()
+        self.since_log = 0  # steps since the last logged one
 
     def tick(self):
-        t1 = time.time()
-        dt, self.t0 = t1 - self.t0, t1
         self.steps += 1
-        return dt
+        self.since_log += 1
 
     def log_step(self, iter_num, loss, lr, grad_norm, result):
+        """Log a step (loss None: the step was skipped, so only its time counts). Its time is the mean over the
+        steps since the last logged one: the device runs behind the host between logging steps, and this step's
+        read waited for all of them."""
         s = self.s
-        dt = self.tick()
+        self.tick()
+        t1 = time.time()
+        dt, self.t0 = (t1 - self.t0) / self.since_log, t1
+        self.since_log = 0
+        if loss is None:
+            return
+        grad_norm = grad_norm.item()
         # the remaining steps at this session's pace so far, evaluations included
         eta = (self.t0 - self.started) / self.steps * (s.cfg.max_iters - iter_num - 1)
         if self.steps > 5 and self.peak:  # let the training loop settle first
@@ -242,8 +259,7 @@ class StepMeter:
         result.train_losses[iter_num] = loss
         s.log(
             f"iter {iter_num}: loss {loss:.4f}, time {dt * 1000:.2f}ms, mfu {format_mfu(self.running_mfu)}, "
-            f"tok/s {self.tokens_per_iter / dt:.0f}, lr {lr:.3e}, "
-            f"grad norm {'-' if grad_norm is None else f'{grad_norm:.2f}'}, eta {format_duration(eta)}"
+            f"tok/s {self.tokens_per_iter / dt:.0f}, lr {lr:.3e}, grad norm {grad_norm:.2f}, eta {format_duration(eta)}"
         )
         if s.metrics is not None:
             s.metrics.write("iter", iter_num, loss=loss, lr=lr, tok_s=self.tokens_per_iter / dt, ms=dt * 1000,
@@ -258,6 +274,7 @@ def format_mfu(mfu):
 def stop_and_save(s, stop, trained):
     """A stop was requested: save the iteration reached if this run trained since its last checkpoint."""
     s.optimizer.zero_grad(set_to_none=True)  # an abandoned step's partial gradients
+    s.guard.report(s)
     if trained and s.saved_iter != s.iter_num:
         s.log(f"stop requested at iteration {s.iter_num} ({stop.requested}): saving a checkpoint and exiting")
         save(s, is_best=False)
@@ -316,8 +333,9 @@ def set_up(cfg, device, dinfo, log, given=None):
     model = parallelize(raw_model, cfg, dinfo, device, compile_model)
     scaler = torch.amp.GradScaler(runtime.device_type(device), enabled=(dtype == "float16"))
     optimizer = build_optimizer(raw_model, cfg, runtime.device_type(device), sharded=uses_fsdp(cfg, dinfo))
-    s = Session(cfg, dinfo, device, dataset, out_dir, raw_model, model, optimizer, scaler,
+    s = Session(cfg, dinfo, device, dataset, out_dir, raw_model, model, without_ddp(model), optimizer, scaler,
                 runtime.autocast(runtime.device_type(device), dtype), log, peak)
+    s.guard = NonfiniteGuard(device)
     if ckpt:
         restore_training_state(s, ckpt)
     tasks.parse_tasks(cfg.eval_tasks)  # an unknown task name fails now, not at the first evaluation
@@ -411,63 +429,94 @@ def train_batch(s, step, micro_step):
 
 
 def forward_backward(s, batch):
-    """Forward and backward over this rank's micro-batches of one step, gradients accumulated. Returns (the mean
-    loss over the global batch, the first batch of the next step). Nothing here changes the weights, so a stop
-    request may abandon it at any point."""
+    """Forward and backward over this rank's micro-batches of one step, gradients accumulated. Returns (this rank's
+    mean loss, a tensor on the device, and the first batch of the next step). Nothing here reads a value back from
+    the device or changes the weights, so a stop request may abandon it at any point."""
     cfg, accum = s.cfg, s.micro_steps
     batch = batch or train_batch(s, s.iter_num, 0)
     # dropout's random draws are a function of (seed, rank, step) too, so a resumed run repeats them exactly
     seed_dropout(step_seed(cfg.seed, s.dinfo.rank, s.iter_num), s.device_type)
     loss_sum = torch.zeros((), device=s.device)
     for micro_step in range(accum):
+        last = micro_step == accum - 1
         if s.dinfo.enabled:
-            set_gradient_sync(s.model, micro_step == accum - 1)
+            # only the last micro-step's backward reduces the gradients; the others accumulate locally
+            set_gradient_sync(s.model, last)
         with s.autocast:
             _, loss = s.model(*batch)
             loss = loss / accum
         loss_sum += loss.detach()
+        if last:
+            # a non-finite loss on any micro-step makes this rank's gradients non-finite (times 1.0 otherwise,
+            # which changes no bit), so the reduced gradient norm is non-finite on every rank and all ranks skip
+            # the step together, with no collective of their own
+            loss = loss * torch.where(torch.isfinite(loss_sum), 1.0, math.nan)
         # draw the next batch while the device works on this one
         batch = train_batch(s, s.iter_num + (micro_step + 1) // accum, (micro_step + 1) % accum)
         s.scaler.scale(loss).backward()
-    # the mean over the global batch: each rank's mean over its micro-steps, averaged over the ranks
-    return all_reduce_mean(loss_sum.item(), s.dinfo, s.device), batch
+    return loss_sum, batch
 
 
-def update(s, loss_value):
-    """Clip the accumulated gradients and take the optimizer step, unless the loss or gradient norm is not finite.
-    Returns (whether the step was skipped, the gradient norm before clipping, or None where not measured)."""
-    skipped = not math.isfinite(loss_value)
-    grad_norm = None
-    if skipped:
-        nonfinite(s, "the loss", loss_value)
-    elif s.cfg.grad_clip != 0.0 or s.iter_num % s.cfg.log_interval == 0:
-        s.scaler.unscale_(s.optimizer)
-        # clipping computes the norm before clipping anyway (and syncs to read it); without clipping it is
-        # measured for logged steps only, by "clipping" at an infinite norm
-        grad_norm = torch.nn.utils.clip_grad_norm_(s.model.parameters(), s.cfg.grad_clip or math.inf)
-        grad_norm = full_tensor(grad_norm).item()
-        # under float16 the scaler itself skips steps with inf gradients and lowers its scale
-        if s.cfg.grad_clip != 0.0 and not s.scaler.is_enabled() and not math.isfinite(grad_norm):
-            skipped = True
-            nonfinite(s, "the gradient norm", grad_norm)
-    if not skipped:
+def update(s, loss):
+    """Clip the accumulated gradients and take the optimizer step, skipped on the device where the gradient norm
+    (or, under float16, the loss) is not finite; s.guard reports it at the next logging step. Returns the gradient
+    norm before clipping, a tensor on the device."""
+    s.scaler.unscale_(s.optimizer)
+    if s.cfg.grad_clip != 0.0:
+        grad_norm = torch.nn.utils.clip_grad_norm_(s.model.parameters(), s.cfg.grad_clip)
+    else:  # measured all the same: the guard reads it
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in s.model.parameters() if p.grad is not None])
+    grad_norm = full_tensor(grad_norm)  # under FSDP, the all-reduce of each rank's share
+    if s.scaler.is_enabled():
+        # float16: the scaler skips steps with inf/nan gradients itself (found_inf) and lowers its scale; those
+        # are routine, so only a non-finite loss is reported
+        bad = ~torch.isfinite(loss)
         s.scaler.step(s.optimizer)
         s.scaler.update()
-        s.optimizer.zero_grad(set_to_none=True)
-    return skipped, grad_norm
-
-
-def nonfinite(s, what, value):
-    """A nan/inf loss or gradient norm: skip the step (skip_nonfinite) or stop with the checkpoint intact.
-    Every rank sees the same value, so all take the same branch."""
+    else:
+        bad = ~torch.isfinite(grad_norm)
+        step_unless(s.optimizer, bad.float())
+    s.guard.note(s.iter_num, bad, loss, grad_norm)
     s.optimizer.zero_grad(set_to_none=True)
-    if s.cfg.skip_nonfinite:
-        s.log(f"iter {s.iter_num}: {what} is {value}; skipping this step (skip_nonfinite=True), weights unchanged")
-        return
-    raise UserError(
-        f"{what} became {value} at iteration {s.iter_num}; stopped, the last checkpoint in {s.out_dir} is intact. "
-        "Lower --learning_rate, check the data, or pass --skip_nonfinite=True to skip such steps"
-    )
+    return grad_norm
+
+
+class NonfiniteGuard:
+    """Steps whose loss or gradient norm was nan/inf, recorded on the device as they happen (the steps themselves
+    were skipped there) and read by the host at logging steps, before evaluating and before saving: a bad step never
+    reaches the weights nor a checkpoint, and it is reported with the iteration it happened at. Every rank records
+    the same skips (the gradient norm is the reduced one), so all ranks report and stop at the same point."""
+
+    def __init__(self, device):
+        # [steps skipped since the last read, the first one's iteration, its loss, its gradient norm]
+        self.record = torch.zeros(4, dtype=torch.float64, device=device)
+        self.last_bad = torch.zeros((), dtype=torch.bool, device=device)
+
+    def note(self, iter_num, bad, loss, grad_norm):
+        # torch.full, not torch.tensor: a fill on the device, not a copy from the host that waits for it
+        row = torch.stack([torch.full((), iter_num, dtype=torch.float64, device=bad.device),
+                           loss.double(), grad_norm.double()])
+        first = bad & (self.record[0] == 0)
+        self.record = torch.cat([self.record[:1] + bad, torch.where(first, row, self.record[1:])])
+        self.last_bad = bad
+
+    def report(self, s):
+        """Read the record (the host waits for the device here): log skipped steps (skip_nonfinite) or stop with
+        a UserError, the last checkpoint intact. Returns whether the latest step was skipped."""
+        count, iter_num, loss, grad_norm, last_bad = [*self.record.tolist(), self.last_bad.item()]
+        if count == 0:
+            return False
+        self.record = torch.zeros_like(self.record)
+        what, value = ("the loss", loss) if not math.isfinite(loss) else ("the gradient norm", grad_norm)
+        iter_num, more = int(iter_num), int(count) - 1
+        if not s.cfg.skip_nonfinite:
+            raise UserError(
+                f"{what} became {value} at iteration {iter_num}; stopped, the last checkpoint in {s.out_dir} is "
+                "intact. Lower --learning_rate, check the data, or pass --skip_nonfinite=True to skip such steps"
+            )
+        s.log(f"iter {iter_num}: {what} is {value}; skipping this step (skip_nonfinite=True), weights unchanged"
+              + (f"; {more} more step{'s' * (more > 1)} skipped since" if more else ""))
+        return bool(last_bad)
 
 
 def step_seed(seed, rank, step):
@@ -528,27 +577,34 @@ def tokens_seen(cfg, iter_num):
 
 @torch.no_grad()
 def estimate_loss(s, stop):
-    """Mean loss over eval_iters batches of each split. Every rank evaluates the same batches (under FSDP each
-    forward gathers the weights collectively). A long evaluation reports its progress every ten seconds."""
-    cfg = s.cfg
+    """Mean loss over eval_iters batches of each split, shared out over the ranks (batch k is rank k % world_size's)
+    and summed over them, so the figure is a single process's. It runs the model as training compiled it, without
+    the DDP wrapper (no collectives but the final sum; under FSDP each forward gathers the weights collectively,
+    so every rank runs the same number of forwards, a rank past the end counting its extra one for nothing).
+    A long evaluation reports its progress every ten seconds."""
+    cfg, rank, world = s.cfg, s.dinfo.rank, s.dinfo.world_size
+    rounds = math.ceil(cfg.eval_iters / world)
     s.raw_model.eval()
-    out = {}
-    progress = Progress(s.log, 2 * cfg.eval_iters, "batches")
-    for split, stream in (("train", EVAL_TRAIN_STREAM), ("val", EVAL_VAL_STREAM)):
+    sums = torch.zeros(2, dtype=torch.float64, device=s.device)
+    progress = Progress(s.log, 2 * rounds, "batches")
+    for i, (split, stream) in enumerate((("train", EVAL_TRAIN_STREAM), ("val", EVAL_VAL_STREAM))):
         offsets = batch_offsets(cfg.seed, stream, s.iter_num, cfg.eval_iters * cfg.batch_size,
                                 s.dataset.lengths[split], cfg.block_size)
-        losses = torch.zeros(cfg.eval_iters)
-        for k in range(cfg.eval_iters):
+        for r in range(rounds):
             if s.dinfo.enabled and stop_requested(stop, s.dinfo, s.device):
                 raise StopTraining
+            k = r * world + rank
+            mine = k < cfg.eval_iters
+            k = k if mine else rank
             x, y = s.dataset.batch(split, offsets[k * cfg.batch_size:(k + 1) * cfg.batch_size], cfg.block_size)
             with s.autocast:
-                _, loss = s.raw_model(*move_batch(x, y, torch.device(s.device)))
-            losses[k] = loss.item()
+                _, loss = s.eval_model(*move_batch(x, y, torch.device(s.device)))
+            if mine:
+                sums[i] += loss.double()
             progress.advance(f"evaluating at step {s.iter_num}")
-        out[split] = losses.mean().item()
+    all_reduce_sum(sums, s.dinfo)
     s.raw_model.train()
-    return out
+    return dict(zip(("train", "val"), (sums / cfg.eval_iters).tolist()))
 
 
 class Progress:
