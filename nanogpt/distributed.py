@@ -7,8 +7,9 @@ Two kinds of data parallelism, chosen by TrainConfig.parallelism:
   ddp   every rank holds the whole model and optimizer; gradients are all-reduced (DistributedDataParallel).
   fsdp  every parameter, gradient and optimizer moment is split over the ranks (FSDP2, `fully_shard`), one group
         per transformer block and one for the rest, as torchtitan does.
-Either way a checkpoint holds the full, unsharded weights and optimizer state in the single-process layout, so a
-run saved under one resumes under the other, or alone.
+DDP runs save the single-process layout (rank 0 writes what every rank holds); FSDP runs save each rank's shards
+with torch.distributed.checkpoint (see checkpoint.py), never gathered. Either resumes under the other, or alone, on
+any number of ranks.
 """
 
 import os
@@ -81,23 +82,28 @@ def uses_fsdp(cfg, info):
     return info.enabled and cfg.parallelism == "fsdp"
 
 
-def parallelize(model, cfg, info, device, compile_model=False):
+def parallelize(model, cfg, info, device, compile_model=False, dtype="float32"):
     """Wrap the model for this run: compiled and/or DDP or FSDP under torchrun, unchanged alone.
 
     The optimizer must be built after this, from the returned model's parameters: FSDP replaces each parameter
     by its shard (a DTensor). `model` itself stays the module whose state_dict is the checkpoint's."""
     if uses_fsdp(cfg, info):
         from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         mesh = init_device_mesh("cuda" if device.startswith("cuda") else "cpu", (info.world_size,))
+        # a bfloat16 run computes and all-gathers the weights in bfloat16 (half the bytes of each gather) and
+        # reduce-scatters the gradients in float32, so the sum over ranks loses nothing; the shards the
+        # optimizer updates stay float32
+        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
+            if dtype == "bfloat16" else MixedPrecisionPolicy()
         # one all-gather per block keeps only one block's full weights alive at a time; the embeddings, final
         # LayerNorm and (tied) lm_head form the root group
         for block in model.transformer.h:
             if compile_model:
                 block.compile()  # per block, in place (no key prefix), inside FSDP's hooks, as torchtitan does
-            fully_shard(block, mesh=mesh)
-        fully_shard(model, mesh=mesh)
+            fully_shard(block, mesh=mesh, mp_policy=mp)
+        fully_shard(model, mesh=mesh, mp_policy=mp)
         return model
     if compile_model:
         model = torch.compile(model)
@@ -126,25 +132,41 @@ def full_tensor(value):
     return value.full_tensor() if hasattr(value, "full_tensor") else value
 
 
-def full_state(model, optimizer, cfg, info):
-    """(weights, optimizer state) in the single-process layout, on the CPU, for rank 0 to save; (None, None) on
-    the other ranks. Under FSDP every rank must call it: the shards are gathered collectively."""
-    if not uses_fsdp(cfg, info):
-        if not info.is_master:
-            return None, None
-        return model.state_dict(), optimizer.state_dict()
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        get_model_state_dict,
-        get_optimizer_state_dict,
-    )
-
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    weights = get_model_state_dict(model, options=options)
-    named = get_optimizer_state_dict(model, optimizer, options=options)
+def full_state(model, optimizer, info):
+    """(weights, optimizer state) in the single-process layout for rank 0 of a DDP run (or a single process) to
+    save; (None, None) on the other ranks, whose copies are the same. FSDP runs save sharded (sharded_state)."""
     if not info.is_master:
         return None, None
-    return weights, _by_index(named, _param_names(model, optimizer))
+    return model.state_dict(), optimizer.state_dict()
+
+
+def sharded_state(model, optimizer):
+    """An FSDP run's ({'model': weights, 'optimizer': optimizer tensors}, optimizer param_groups): each rank's
+    shards (DTensors), keyed by parameter name, for torch.distributed.checkpoint. Nothing is gathered."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    optim = get_optimizer_state_dict(model, optimizer)
+    return {"model": get_model_state_dict(model), "optimizer": optim["state"]}, optim["param_groups"]
+
+
+def load_sharded_state(model, optimizer, param_groups, read, with_model):
+    """Fill the optimizer (and, with_model, the model: an FSDP run) from a sharded checkpoint. read(tensors) fills
+    a state dict of this run's tensors in place: DTensor shards under FSDP, whole tensors otherwise, so a checkpoint
+    saved on any number of ranks resumes on any other."""
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_optimizer_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    tensors = {"optimizer": get_optimizer_state_dict(model, optimizer)["state"]}  # creates the state to fill
+    if with_model:
+        tensors["model"] = get_model_state_dict(model)
+    read(tensors)
+    if with_model:
+        set_model_state_dict(model, tensors["model"])
+    set_optimizer_state_dict(model, optimizer, {"state": tensors["optimizer"], "param_groups": param_groups})
 
 
 def load_optimizer_state(model, optimizer, state, cfg, info):
@@ -165,15 +187,6 @@ def _param_names(model, optimizer):
     for name, p in model.named_parameters():
         names.setdefault(p, name)
     return [names[p] for group in optimizer.param_groups for p in group["params"]]
-
-
-def _by_index(named, names):
-    # torch.distributed.checkpoint keys optimizer state by parameter name; torch.optim (and nanoGPT) by position
-    index = {name: i for i, name in enumerate(names)}
-    return {
-        "state": {index[name]: s for name, s in named["state"].items()},
-        "param_groups": [dict(g, params=[index[name] for name in g["params"]]) for g in named["param_groups"]],
-    }
 
 
 def _by_name(indexed, names):

@@ -37,8 +37,10 @@ from nanogpt.distributed import (
     full_tensor,
     init_distributed,
     load_optimizer_state,
+    load_sharded_state,
     parallelize,
     set_gradient_sync,
+    sharded_state,
     shutdown,
     uses_fsdp,
     without_ddp,
@@ -316,7 +318,8 @@ def set_up(cfg, device, dinfo, log, given=None):
     ckpt = None
     if cfg.init_from == "resume":
         log(f"resuming training from {out_dir}")
-        ckpt = checkpoint.load_checkpoint(out_dir)
+        # an FSDP run reads a sharded checkpoint's weights after sharding the model, each rank its share
+        ckpt = checkpoint.load_checkpoint(out_dir, weights=not uses_fsdp(cfg, dinfo))
         cfg = resumed_settings(cfg, ckpt, given, log)
     log(f"tokens per iteration will be: {cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size:,}")
     peak = runtime.peak_flops(device, dtype)
@@ -330,7 +333,7 @@ def set_up(cfg, device, dinfo, log, given=None):
     if compile_model:
         log("compiling the model... (takes a ~minute)")
     # the weights are loaded before parallelize: under FSDP each rank then keeps its shard of them
-    model = parallelize(raw_model, cfg, dinfo, device, compile_model)
+    model = parallelize(raw_model, cfg, dinfo, device, compile_model, dtype)
     scaler = torch.amp.GradScaler(runtime.device_type(device), enabled=(dtype == "float16"))
     optimizer = build_optimizer(raw_model, cfg, runtime.device_type(device), sharded=uses_fsdp(cfg, dinfo))
     s = Session(cfg, dinfo, device, dataset, out_dir, raw_model, model, without_ddp(model), optimizer, scaler,
@@ -408,6 +411,12 @@ def restore_training_state(s, ckpt):
             f"the run in {s.out_dir} is already at iteration {s.iter_num} and max_iters is {s.cfg.max_iters}: pass "
             f"a larger --max_iters to train on (e.g. --max_iters={2 * s.iter_num} --lr_decay_iters={2 * s.iter_num})"
         )
+    if "sharded" in ckpt:
+        folder = checkpoint.sharded_folder(s.out_dir, ckpt)
+        fsdp = uses_fsdp(s.cfg, s.dinfo)
+        load_sharded_state(s.raw_model, s.optimizer, ckpt["optimizer_groups"],
+                           lambda tensors: checkpoint.read_sharded(folder, tensors, whole=not fsdp), with_model=fsdp)
+        return
     state = checkpoint.load_optimizer_state(s.out_dir, ckpt)
     if state is not None:
         load_optimizer_state(s.raw_model, s.optimizer, state["optimizer"], s.cfg, s.dinfo)
@@ -543,6 +552,9 @@ def evaluate(s, stop, trained, last):
     s.log(f"step {s.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
     with stop.abandonable():
         task_figures = evaluate_tasks(s) if s.cfg.eval_tasks else {}
+    if hasattr(s.raw_model, "reshard"):
+        # FSDP leaves the root group's weights gathered after a forward with no backward; saving needs the shards
+        s.raw_model.reshard()
     if s.metrics is not None:
         s.metrics.write("eval", s.iter_num, train_loss=losses["train"], val_loss=losses["val"],
                         tokens=tokens_seen(s.cfg, s.iter_num), **task_figures)
@@ -625,14 +637,10 @@ class Progress:
 
 
 def save(s, is_best):
-    """Checkpoint this iteration. Called on every rank (FSDP gathers collectively); rank 0 writes."""
-    weights, optimizer_state = full_state(s.raw_model, s.optimizer, s.cfg, s.dinfo)
-    s.saved_iter = s.iter_num
-    if not s.dinfo.is_master:
-        return
+    """Checkpoint this iteration. Called on every rank: under FSDP each rank writes its shards; otherwise rank 0
+    writes what every rank holds."""
     model_args, model_extra = checkpoint.model_settings(s.raw_model.config)
     state = {
-        "model": weights,
         "model_args": model_args,
         "model_extra": model_extra,
         "iter_num": s.iter_num,
@@ -640,10 +648,20 @@ def save(s, is_best):
         "config": s.cfg.to_dict(),
         "tokenizer": {k: v for k, v in s.dataset.meta.items() if k != "dtype"},
     }
-    training_state = {"optimizer": optimizer_state, "scaler": s.scaler.state_dict(), "iter_num": s.iter_num}
-    checkpoint.save_checkpoint(s.out_dir, state, training_state, is_best)
+    s.saved_iter = s.iter_num
+    if uses_fsdp(s.cfg, s.dinfo):
+        tensors, param_groups = sharded_state(s.raw_model, s.optimizer)
+        checkpoint.save_sharded(s.out_dir, dict(state, optimizer_groups=param_groups), tensors, is_best)
+        where = f"{s.out_dir / checkpoint.LATEST} and {s.out_dir / checkpoint.SHARDED}{s.iter_num:06d}"
+    else:
+        weights, optimizer_state = full_state(s.raw_model, s.optimizer, s.dinfo)
+        if not s.dinfo.is_master:
+            return
+        training_state = {"optimizer": optimizer_state, "scaler": s.scaler.state_dict(), "iter_num": s.iter_num}
+        checkpoint.save_checkpoint(s.out_dir, dict(state, model=weights), training_state, is_best)
+        where = s.out_dir / checkpoint.LATEST
     best = f"; the best val loss so far, also {s.out_dir / checkpoint.BEST}" if is_best else ""
-    s.log(f"saving checkpoint to {s.out_dir / checkpoint.LATEST} (iteration {s.iter_num}{best})")
+    s.log(f"saving checkpoint to {where} (iteration {s.iter_num}{best})")
 
 
 # ------------------------------------------------------------------------------------------- model and out_dir
@@ -674,8 +692,10 @@ def build_model(cfg, dataset, ckpt, log):
         return GPT(GPTConfig(vocab_size=vocab_size, **model_args))
     if cfg.init_from == "resume":
         check_same_tokenizer(ckpt, dataset, cfg.out_dir)
-        # architecture comes from the checkpoint; dropout may be changed when resuming
-        model = checkpoint.load_model(ckpt, cfg.out_dir, dropout=cfg.dropout)
+        # architecture comes from the checkpoint; dropout may be changed when resuming. A sharded checkpoint's
+        # weights are loaded once the model is sharded (restore_training_state)
+        model = (checkpoint.load_model(ckpt, cfg.out_dir, dropout=cfg.dropout) if "model" in ckpt else
+                 GPT(checkpoint.gpt_config(ckpt, cfg.out_dir, dropout=cfg.dropout)))
         fit_to_dataset(model, dataset, cfg.block_size, "the checkpoint")
         return model
     log(f"initializing from pretrained weights {cfg.init_from} (dropout {cfg.dropout})")

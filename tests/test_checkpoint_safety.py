@@ -102,6 +102,32 @@ def test_code_in_an_optimizer_file_is_refused(char_dataset, tmp_path):
     assert not marker.exists()
 
 
+def test_code_in_a_sharded_checkpoints_metadata_is_refused(char_dataset, tmp_path, capsys):
+    """An FSDP run's folder (torch.distributed.checkpoint) is read through a restricted unpickler: DCP's own reader
+    would run the code in a malicious .metadata."""
+    import torch.distributed.checkpoint as dcp
+
+    data_dir, _ = char_dataset
+    out_dir = tmp_path / "run"
+    train(tiny_config(data_dir, out_dir, max_iters=2), log=lambda *_: None)
+    # the run as an FSDP run leaves it: ckpt.pt names a DCP folder that holds the weights
+    ckpt = torch.load(out_dir / "ckpt.pt", weights_only=True)
+    dcp.save({"model": ckpt.pop("model")}, storage_writer=dcp.FileSystemWriter(out_dir / "sharded-000002"),
+             no_dist=True)
+    torch.save(dict(ckpt, sharded="sharded-000002"), out_dir / "ckpt.pt")
+    (out_dir / "best.pt").unlink()
+    args = [f"--out_dir={out_dir}", "--device=cpu", "--max_new_tokens=5", "--num_samples=1"]
+    assert cli.run("sample", args) == 0  # the genuine folder samples
+    capsys.readouterr()
+
+    marker = tmp_path / "marker"
+    (out_dir / "sharded-000002" / ".metadata").write_bytes(pickle.dumps(RunsCode(marker)))
+    assert_refused(cli.run("sample", args), capsys.readouterr().err, marker)
+    with pytest.raises(UserError, match="refused to load .*sharded-000002: it holds Python objects"):
+        load_checkpoint(out_dir)
+    assert not marker.exists()
+
+
 def test_code_in_a_meta_pkl_is_refused(tmp_path):
     marker = tmp_path / "marker"
     for i, meta in enumerate([RunsCode(marker), {"vocab_size": 2, "itos": {0: "a", 1: RunsCode(marker)}}]):

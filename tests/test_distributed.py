@@ -98,12 +98,23 @@ def test_fsdp_matches_one_rank_and_checkpoints_move_between_ddp_fsdp_and_one_pro
     norms = grad_norms(root / "fsdp")
     assert sorted(norms) == list(range(30))
     assert norms == pytest.approx({k: v for k, v in grad_norms(root / "one").items() if k < 30}, rel=1e-2)
-    assert load_checkpoint(root / "fsdp")["iter_num"] == 30
+    # FSDP saved each rank's shards (DCP), never gathered: ckpt.pt names the folder and holds no weights
+    assert sorted(p.name for p in (root / "fsdp").glob("sharded-*")) == ["sharded-000030"]
+    assert sorted(p.name for p in (root / "fsdp" / "sharded-000030").iterdir()) == [
+        ".metadata", "__0_0.distcp", "__1_0.distcp"]
+    assert "model" not in torch.load(root / "fsdp" / "ckpt.pt", weights_only=True)
+    assert load_checkpoint(root / "fsdp")["iter_num"] == 30  # read whole (sample, export, eval)
+    shutil.copytree(root / "fsdp", root / "fsdp-again")
 
-    # FSDP's checkpoint, gathered on rank 0, resumed by a single process
+    # the 2-rank sharded checkpoint, resumed by a single process (2 -> 1) ...
     alone = train(config(root / "data", root / "fsdp", max_iters=35, init_from="resume"), log=lambda *_: None)
     assert sorted(alone.train_losses) == list(range(30, 35))
     assert_close(alone.train_losses, reference)
+    # ... and on 2 ranks again, each reading its own shards (2 -> 2; a 1-rank checkpoint resumes on 2 as DDP's did)
+    again = torchrun(config(root / "data", root / "fsdp-again", max_iters=35, init_from="resume"), cwd=root,
+                     parallelism="fsdp")
+    assert sorted(again) == list(range(30, 35))
+    assert_close(again, reference)
 
 
 def test_fsdp_from_scratch_matches_one_rank(runs):
