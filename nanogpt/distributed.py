@@ -12,6 +12,7 @@ with torch.distributed.checkpoint (see checkpoint.py), never gathered. Either re
 any number of ranks.
 """
 
+import inspect
 import os
 from dataclasses import dataclass
 
@@ -86,7 +87,9 @@ def parallelize(model, cfg, info, device, compile_model=False, dtype="float32"):
     """Wrap the model for this run: compiled and/or DDP or FSDP under torchrun, unchanged alone.
 
     The optimizer must be built after this, from the returned model's parameters: FSDP replaces each parameter
-    by its shard (a DTensor). `model` itself stays the module whose state_dict is the checkpoint's."""
+    by its shard (a DTensor). `model` itself stays the module whose state_dict is the checkpoint's. A model built on
+    the meta device is materialised here: sharded first under FSDP, so no rank ever holds the whole model."""
+    on_meta = model.lm_head.weight.is_meta
     if uses_fsdp(cfg, info):
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -104,17 +107,41 @@ def parallelize(model, cfg, info, device, compile_model=False, dtype="float32"):
                 block.compile()  # per block, in place (no key prefix), inside FSDP's hooks, as torchtitan does
             fully_shard(block, mesh=mesh, mp_policy=mp)
         fully_shard(model, mesh=mesh, mp_policy=mp)
+        if on_meta:
+            materialize(model, device)
         return model
+    if on_meta:
+        materialize(model, device)
     if compile_model:
         model = torch.compile(model)
     if info.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        # broadcast_buffers=False: the model's only buffers (rotary's frequencies) are constants, and
-        # broadcasting them would add a collective to every forward
-        model = DDP(model, device_ids=[info.local_rank] if device.startswith("cuda") else None,
-                    broadcast_buffers=False)
+        # the model's only buffers (rotary's frequencies) are constants: broadcasting them would add a collective
+        # to every forward (newer PyTorch names the setting forward_sync_buffers)
+        no_buffer_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
+                          inspect.signature(DDP).parameters else {"broadcast_buffers": False})
+        model = DDP(model, device_ids=[info.local_rank] if device.startswith("cuda") else None, **no_buffer_sync)
     return model
+
+
+@torch.no_grad()
+def materialize(model, device):
+    """Storage on `device` and initial weights for a model built on the meta device: each parameter's value is
+    drawn whole, one at a time, in the order a single process draws them (GPT.initial_values), and a rank under FSDP
+    keeps only its shard, so every layout starts from the same weights."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    model.to_empty(device=device)
+    model.tie_weights()  # to_empty gives each module its own tensor; FSDP keeps the tie itself
+    for p, value in model.initial_values():
+        if isinstance(p, DTensor):
+            # src_data_rank=None: every rank holds the same value and keeps its own part, no communication
+            local = distribute_tensor(value, p.device_mesh, p.placements, src_data_rank=None).to_local()
+            p.to_local().copy_(local)
+        else:
+            p.copy_(value)
+    model.init_buffers()
 
 
 def set_gradient_sync(model, enabled):

@@ -116,9 +116,12 @@ class Rotary(nn.Module):
 
     def __init__(self, head_size, base):
         super().__init__()
+        self.head_size, self.base = head_size, base
+        self.register_buffer("inv_freq", self.frequencies(), persistent=False)
+
+    def frequencies(self):
         # channel pair i turns at base^(-2i/head_size) radians per position: from 1 down to about 1/base
-        inv_freq = base ** (-torch.arange(0, head_size, 2, dtype=torch.float32) / head_size)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        return self.base ** (-torch.arange(0, self.head_size, 2, dtype=torch.float32) / self.head_size)
 
     def forward(self, pos):
         angles = pos.to(self.inv_freq.dtype)[..., None] * self.inv_freq  # (..., T, head_size/2)
@@ -276,30 +279,47 @@ class GPT(nn.Module):
         )
         self.rotary = Rotary(config.n_embd // config.n_head, config.rope_base) if not positions else None
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        if config.tie_embeddings:
-            # Weight tying (Press & Wolf 2016, used by GPT-2): the output projection is the token embedding.
-            self.transformer.wte.weight = self.lm_head.weight
+        self.tie_weights()
         # soft-capping keeps logits within ±cap, smoothly: no single logit can run away early in training
         self.softcap = SoftCap(config.logit_softcap) if config.logit_softcap > 0 else nn.Identity()
+        if not self.lm_head.weight.is_meta:  # built on the meta device, the weights are drawn by init_weights later
+            self.init_weights()
 
-        self.apply(self._init_weights)
-        # GPT-2 paper: residual projections scaled by 1/sqrt(N) where N = 2 residual additions per layer.
-        # Zero instead makes every block the identity at the start; the gradient still reaches them (modded-nanogpt).
+    def tie_weights(self):
+        if self.config.tie_embeddings and self.transformer.wte.weight is not self.lm_head.weight:
+            # Weight tying (Press & Wolf 2016, used by GPT-2): the output projection is the token embedding.
+            self.transformer.wte.weight = self.lm_head.weight
+
+    @torch.no_grad()
+    def initial_values(self):
+        """(parameter, its initial value) for each parameter in turn, the value whole, float32, on the CPU, drawn
+        from torch's default generator in a fixed order. One at a time, so that a caller holding only a shard of
+        each parameter (FSDP) never holds the whole model, and draws what a single process draws."""
         for name, p in self.named_parameters():
-            if name.endswith("c_proj.weight"):
-                if config.zero_init_proj:
-                    torch.nn.init.zeros_(p)
-                else:
-                    torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+            value = torch.empty(p.shape)
+            if name.endswith(".bias"):
+                value.zero_()
+            elif name.endswith("c_proj.weight"):
+                # GPT-2 paper: residual projections scaled by 1/sqrt(N), N = 2 residual additions per layer. Zero
+                # instead makes every block the identity at the start; the gradient still reaches them (modded-nanogpt)
+                std = 0.02 / math.sqrt(2 * self.config.n_layer)
+                value.zero_() if self.config.zero_init_proj else value.normal_(0.0, std)
+            elif value.dim() >= 2:
+                value.normal_(0.0, 0.02)  # N(0, 0.02): GPT-2's (from the released TensorFlow code)
+            else:
+                value.fill_(1.0)  # norm gains
+            yield p, value
 
-    def _init_weights(self, module):
-        # N(0, 0.02) is GPT-2's initialisation (from the released TensorFlow code)
-        if isinstance(module, nn.Linear):
-            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                torch.nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+    @torch.no_grad()
+    def init_weights(self):
+        """Draw the initial weights (initial_values) and compute the buffers, e.g. after to_empty."""
+        for p, value in self.initial_values():
+            p.copy_(value)
+        self.init_buffers()
+
+    def init_buffers(self):
+        if self.rotary is not None:
+            self.rotary.inv_freq.copy_(self.rotary.frequencies())
 
     @classmethod
     def from_pretrained(cls, model_type, override_args=None):

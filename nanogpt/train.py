@@ -326,13 +326,15 @@ def set_up(cfg, device, dinfo, log, given=None):
     log(f"mfu is measured against the peak of {peak[0]}, {peak[1] / 1e12:.0f} TFLOPS" if peak else
         f"mfu: n/a on {device} (no known peak flop/s)")
     dataset = open_dataset(cfg)
-    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank, drawn by parallelize
     raw_model = build_model(cfg, dataset, ckpt, log)
-    raw_model.to(device)
+    if not raw_model.lm_head.weight.is_meta:
+        raw_model.to(device)
     compile_model = runtime.resolve_compile(cfg.compile, runtime.device_type(device))
     if compile_model:
         log("compiling the model... (takes a ~minute)")
-    # the weights are loaded before parallelize: under FSDP each rank then keeps its shard of them
+    # loaded weights are loaded before parallelize (under FSDP each rank then keeps its shard of them); a model
+    # on the meta device gets its storage and initial weights there
     model = parallelize(raw_model, cfg, dinfo, device, compile_model, dtype)
     scaler = torch.amp.GradScaler(runtime.device_type(device), enabled=(dtype == "float16"))
     optimizer = build_optimizer(raw_model, cfg, runtime.device_type(device), sharded=uses_fsdp(cfg, dinfo))
@@ -689,13 +691,17 @@ def build_model(cfg, dataset, ckpt, log):
         log(f"initializing a new model from scratch (vocab_size {vocab_size} from {dataset.folder})")
         # nanoGPT's shape settings and the modern recipe's switches
         model_args = {k: getattr(cfg, k) for k in ("dropout", *ARCHITECTURE) if k != "vocab_size"}
-        return GPT(GPTConfig(vocab_size=vocab_size, **model_args))
+        with torch.device("meta"):  # no storage yet: parallelize gives it (under FSDP, each rank its shards)
+            return GPT(GPTConfig(vocab_size=vocab_size, **model_args))
     if cfg.init_from == "resume":
         check_same_tokenizer(ckpt, dataset, cfg.out_dir)
         # architecture comes from the checkpoint; dropout may be changed when resuming. A sharded checkpoint's
         # weights are loaded once the model is sharded (restore_training_state)
-        model = (checkpoint.load_model(ckpt, cfg.out_dir, dropout=cfg.dropout) if "model" in ckpt else
-                 GPT(checkpoint.gpt_config(ckpt, cfg.out_dir, dropout=cfg.dropout)))
+        if "model" in ckpt:
+            model = checkpoint.load_model(ckpt, cfg.out_dir, dropout=cfg.dropout)
+        else:
+            with torch.device("meta"):
+                model = GPT(checkpoint.gpt_config(ckpt, cfg.out_dir, dropout=cfg.dropout))
         fit_to_dataset(model, dataset, cfg.block_size, "the checkpoint")
         return model
     log(f"initializing from pretrained weights {cfg.init_from} (dropout {cfg.dropout})")
