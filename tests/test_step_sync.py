@@ -6,9 +6,10 @@ one process gives.
 The 2-rank half runs this file as a module under torchrun (main), which counts on each rank and writes the counts
 to a JSON file for the test to read."""
 
-import dataclasses
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
 from collections import Counter
@@ -123,9 +124,16 @@ def test_quiet_steps_read_nothing_back_on_one_process(char_dataset, tmp_path, mo
     assert per_step(counts, [0]).get("item", 0) + per_step(counts, [0]).get("tolist", 0) > 0  # the counters count
 
 
+def free_port():
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
 @pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="needs gloo")
-def test_quiet_steps_on_two_ranks_read_nothing_and_reduce_gradients_once_and_evaluation_is_sharded(
-        char_dataset, tmp_path):
+def test_two_nodes_train_like_one_process_with_quiet_steps_that_read_nothing_and_reduce_once(char_dataset, tmp_path):
+    """Two torchrun launchers on this machine, one rank each, meeting through c10d rendezvous on localhost: the
+    multi-node launch (docs/distributed.md), with DDP over gloo."""
     from nanogpt.train import train
 
     data_dir, _ = char_dataset
@@ -134,11 +142,14 @@ def test_quiet_steps_on_two_ranks_read_nothing_and_reduce_gradients_once_and_eva
                     backend="gloo", **SETTINGS)
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR")}
     env.update(OMP_NUM_THREADS="1", TMPDIR=str(tmp_path), PYTHONPATH=str(ROOT))
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-         "tests.test_step_sync", json.dumps(settings), str(tmp_path / "counts")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+              "--rdzv_backend=c10d", f"--rdzv_endpoint=localhost:{free_port()}", "--rdzv_id=nanogpt-test",
+              "-m", "tests.test_step_sync", json.dumps(settings), str(tmp_path / "counts")]
+    nodes = [subprocess.Popen(launch, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    outputs = [node.communicate(timeout=180)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], "\n".join(out[-3000:] for out in outputs)
+
     for rank in (0, 1):
         counts = Counter({(it, what): n for it, what, n in
                           json.loads((tmp_path / f"counts.{rank}").read_text())})
@@ -146,11 +157,16 @@ def test_quiet_steps_on_two_ranks_read_nothing_and_reduce_gradients_once_and_eva
         assert per_step(counts, range(1, 21)) == {"ddp_bucket_reduction": 20}, f"rank {rank}"
         assert per_step(counts, [0]).get("all_reduce", 0) > 0  # logging and evaluating steps do agree
 
-    # evaluation: 3 batches shared 2 + 1 over the ranks, summed, equal to one process's 3 (at step 0 the weights
-    # are the same; after that DDP and one process differ by rounding)
-    one = tiny_config(**dict(settings, out_dir=str(tmp_path / "one"), backend="gloo", max_iters=1))
-    train(dataclasses.replace(one, gradient_accumulation_steps=8), log=lambda *_: None)
-    assert eval_losses(tmp_path / "ddp")[0] == pytest.approx(eval_losses(tmp_path / "one")[0], abs=1e-6)
+    # the same global batch on one process: the same losses (to rounding), and evaluation's 3 batches, shared
+    # 2 + 1 over the ranks and summed, give one process's figure (at step 0, where the weights are the same)
+    one = train(tiny_config(**dict(settings, out_dir=str(tmp_path / "one"))), log=lambda *_: None)
+    logged = {int(i): float(v) for out in outputs for i, v in re.findall(r"^iter (\d+): loss ([\d.]+),", out, re.M)}
+    assert sorted(logged) == [0, 21]
+    for i, loss in logged.items():
+        assert abs(loss - one.train_losses[i]) < 1e-3, f"iteration {i}: {loss} vs {one.train_losses[i]}"
+    two, alone = eval_losses(tmp_path / "ddp"), eval_losses(tmp_path / "one")
+    assert two[0] == pytest.approx(alone[0], abs=1e-6)
+    assert two[22] == pytest.approx(alone[22], abs=1e-3)
 
 
 if __name__ == "__main__":
