@@ -130,15 +130,21 @@ def materialize(model, device):
     """Storage on `device` and initial weights for a model built on the meta device: each parameter's value is
     drawn whole, one at a time, in the order a single process draws them (GPT.initial_values), and a rank under FSDP
     keeps only its shard, so every layout starts from the same weights."""
-    from torch.distributed.tensor import DTensor, distribute_tensor
+    from torch.distributed.tensor import DTensor, Shard
 
     model.to_empty(device=device)
     model.tie_weights()  # to_empty gives each module its own tensor; FSDP keeps the tie itself
     for p, value in model.initial_values():
         if isinstance(p, DTensor):
-            # src_data_rank=None: every rank holds the same value and keeps its own part, no communication
-            local = distribute_tensor(value, p.device_mesh, p.placements, src_data_rank=None).to_local()
-            p.to_local().copy_(local)
+            # FSDP2 splits dim 0 as torch.chunk does; every rank drew the same value and keeps its own chunk
+            assert tuple(p.placements) == (Shard(0),), p.placements
+            chunks = value.chunk(p.device_mesh.size(), dim=0)
+            rank = p.device_mesh.get_local_rank()
+            local = p.to_local()
+            if rank < len(chunks):
+                local.copy_(chunks[rank])
+            else:
+                assert local.numel() == 0
         else:
             p.copy_(value)
     model.init_buffers()
