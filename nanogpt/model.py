@@ -111,8 +111,9 @@ class Rotary(nn.Module):
     number, is turned by an angle proportional to its absolute position, so q·k depends only on how far apart the
     two tokens are.
 
-    Called with absolute positions, (T,) or one row per sequence (B, T), it returns the unit complex numbers that
-    `rotate` multiplies by; computed once per forward and shared by every layer."""
+    Called with absolute positions, (T,) or one row per sequence (B, T), it returns the angles that `rotate` turns
+    by, computed once per forward and shared by every layer: as unit complex numbers, or, under torch.compile, as
+    their (cos, sin), since inductor generates no code for complex tensors (it falls back to eager kernels)."""
 
     def __init__(self, head_size, base):
         super().__init__()
@@ -125,13 +126,21 @@ class Rotary(nn.Module):
 
     def forward(self, pos):
         angles = pos.to(self.inv_freq.dtype)[..., None] * self.inv_freq  # (..., T, head_size/2)
-        # a heads dimension: (T, 1, hs/2) or (B, T, 1, hs/2)
-        return torch.polar(torch.ones_like(angles), angles).unsqueeze(-2)
+        angles = angles.unsqueeze(-2)  # a heads dimension: (T, 1, hs/2) or (B, T, 1, hs/2)
+        if torch.compiler.is_compiling():
+            return angles.cos(), angles.sin()
+        return torch.polar(torch.ones_like(angles), angles)
 
 
 def rotate(x, rotation):
-    """Turn each channel pair of x (B, T, heads, head_size) by Rotary's angles: one complex multiplication (in
-    float32, as complex bfloat16 does not exist)."""
+    """Turn each channel pair (a, b) of x (B, T, heads, head_size) by Rotary's angles, in float32 (complex
+    bfloat16 does not exist): the complex product (a + ib)(cos + i·sin). Eager runs it as one complex
+    multiplication, several times faster on a CPU than the real form; compiled, it is written out in real
+    arithmetic, for which inductor generates code."""
+    if isinstance(rotation, tuple):
+        cos, sin = rotation
+        a, b = x.float().unflatten(-1, (-1, 2)).unbind(-1)
+        return torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1).flatten(-2).to(x.dtype)
     pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
     return torch.view_as_real(pairs * rotation).flatten(-2).to(x.dtype)
 

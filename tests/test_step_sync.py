@@ -6,6 +6,7 @@ one process gives.
 The 2-rank half runs this file as a module under torchrun (main), which counts on each rank and writes the counts
 to a JSON file for the test to read."""
 
+import functools
 import json
 import os
 import re
@@ -100,8 +101,11 @@ def main():
 
     settings = json.loads(sys.argv[1])
     counts = count_everything(setattr)
+    # aot_eager: dynamo and AOTAutograd trace as for inductor (so recompiles show), without its code generation
+    torch.compile = functools.partial(torch.compile, backend="aot_eager")
     train(tiny_config(**settings), log=print)
     rows = [[it, what, n] for (it, what), n in counts.items()]
+    rows.append([None, "graphs_compiled", torch._dynamo.utils.counters["stats"]["unique_graphs"]])
     Path(f"{sys.argv[2]}.{os.environ['RANK']}").write_text(json.dumps(rows))
 
 
@@ -133,13 +137,13 @@ def free_port():
 @pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="needs gloo")
 def test_two_nodes_train_like_one_process_with_quiet_steps_that_read_nothing_and_reduce_once(char_dataset, tmp_path):
     """Two torchrun launchers on this machine, one rank each, meeting through c10d rendezvous on localhost: the
-    multi-node launch (docs/distributed.md), with DDP over gloo."""
+    multi-node launch (docs/distributed.md), with DDP over gloo, the model compiled."""
     from nanogpt.train import train
 
     data_dir, _ = char_dataset
     # 8 micro-steps in all: 4 on each rank, of which only the last reduces the gradients
     settings = dict(data_dir=str(data_dir), out_dir=str(tmp_path / "ddp"), gradient_accumulation_steps=8,
-                    backend="gloo", **SETTINGS)
+                    backend="gloo", compile=True, **SETTINGS)
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR")}
     env.update(OMP_NUM_THREADS="1", TMPDIR=str(tmp_path), PYTHONPATH=str(ROOT))
     launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
@@ -156,10 +160,13 @@ def test_two_nodes_train_like_one_process_with_quiet_steps_that_read_nothing_and
         # the tiny model's gradients fit one DDP bucket: one reduction per step, not one per micro-step
         assert per_step(counts, range(1, 21)) == {"ddp_bucket_reduction": 20}, f"rank {rank}"
         assert per_step(counts, [0]).get("all_reduce", 0) > 0  # logging and evaluating steps do agree
+        # compiled: one graph for training (whether or not a micro-step syncs gradients, which DDP does outside
+        # it) and one for evaluation, made at step 0; the 21 steps and evaluation after it recompile nothing
+        assert counts[(None, "graphs_compiled")] == 2, f"rank {rank}"
 
     # the same global batch on one process: the same losses (to rounding), and evaluation's 3 batches, shared
     # 2 + 1 over the ranks and summed, give one process's figure (at step 0, where the weights are the same)
-    one = train(tiny_config(**dict(settings, out_dir=str(tmp_path / "one"))), log=lambda *_: None)
+    one = train(tiny_config(**dict(settings, out_dir=str(tmp_path / "one"), compile=False)), log=lambda *_: None)
     logged = {int(i): float(v) for out in outputs for i, v in re.findall(r"^iter (\d+): loss ([\d.]+),", out, re.M)}
     assert sorted(logged) == [0, 21]
     for i, loss in logged.items():
