@@ -112,6 +112,12 @@ def parallelize(model, cfg, info, device, compile_model=False, dtype="float32"):
         return model
     if on_meta:
         materialize(model, device)
+    # Compile, then wrap in DDP (at its default 25 MB buckets). benchmarks/ddp_order.py timed both orders on 2 CPU
+    # ranks: at 25 MB they were within 2%, noise on a shared machine; wrapping first only pulled ahead with 1 MB
+    # buckets, where dynamo's DDPOptimizer splits the graph at bucket boundaries so reductions overlap the
+    # backward, and 1 MB buckets would mean hundreds of small all-reduces per GPT-2 step on GPUs, which is
+    # unmeasured. Compiling first keeps one graph whatever the buckets, no_sync outside it (no recompile for the
+    # micro-step that syncs, tests/test_step_sync.py), and the compiled module for evaluation without DDP.
     if compile_model:
         model = torch.compile(model)
     if info.enabled:
