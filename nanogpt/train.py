@@ -48,7 +48,8 @@ from nanogpt.distributed import (
 from nanogpt.errors import UserError
 from nanogpt.metrics import MetricsWriter, format_duration
 from nanogpt.model import GPT, GPTConfig
-from nanogpt.optim import build_optimizer, get_lr, set_lr, step_unless  # noqa: F401 (get_lr: nanogpt.train's API, as in nanoGPT)
+from nanogpt.optim import get_lr  # noqa: F401 (nanogpt.train's API, as in nanoGPT)
+from nanogpt.optim import build_optimizer, set_lr, step_unless
 from nanogpt.tokenizers import tokenizer_from_meta
 
 
