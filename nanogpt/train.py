@@ -550,6 +550,7 @@ def seed_dropout(seed, device_type):
 def evaluate(s, stop, trained, last):
     """Estimate the losses, log them, and save a checkpoint if this run trained and the val loss improved (or
     always_save_checkpoint, or this is the run's last iteration). Returns the losses."""
+    s.guard.report(s)  # a step skipped since the last logging step stops the run here, before anything is saved
     with stop.abandonable():
         losses = estimate_loss(s, stop)
     s.log(f"step {s.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")

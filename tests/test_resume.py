@@ -134,3 +134,23 @@ def test_skip_nonfinite_skips_the_step_and_goes_on(char_dataset, tmp_path, nan_f
     assert sorted(result.train_losses) == [0, 1, 2, 4, 5, 6, 7]
     assert any(line.startswith("iter 3: the loss is nan; skipping this step") for line in logs)
     assert all(torch.isfinite(v).all() for v in load_checkpoint(tmp_path / "run")["model"].values())
+
+
+def test_a_nonfinite_step_between_logging_steps_is_skipped_on_the_device_and_reported_with_its_iteration(
+        char_dataset, tmp_path, nan_from_call):
+    """Steps that do not log read nothing back: the bad step is skipped on the device and the run learns of it at
+    the next logging step (here the evaluation at 5, which reads it first, so nothing is saved after it)."""
+    data_dir, _ = char_dataset
+    out_dir = tmp_path / "run"
+    nan_from_call(3, once=True)
+    cfg = tiny_config(data_dir, out_dir, max_iters=10, log_interval=5, eval_interval=5, always_save_checkpoint=True)
+    with pytest.raises(UserError, match=r"the loss became nan at iteration 3; stopped, the last checkpoint .* intact"):
+        train(cfg, log=quiet)
+    assert not (out_dir / "ckpt.pt").exists()  # the evaluation at 5 stopped before saving
+
+    logs = []
+    nan_from_call(3, once=True)
+    result = train(dataclasses.replace(cfg, out_dir=str(tmp_path / "skip"), skip_nonfinite=True), log=logs.append)
+    assert any(line.startswith("iter 3: the loss is nan; skipping this step") for line in logs)
+    assert sorted(result.train_losses) == [0, 5]
+    assert all(torch.isfinite(v).all() for v in load_checkpoint(tmp_path / "skip")["model"].values())
