@@ -303,21 +303,29 @@ class GPT(nn.Module):
     def initial_values(self):
         """(parameter, its initial value) for each parameter in turn, the value whole, float32, on the CPU, drawn
         from torch's default generator in a fixed order. One at a time, so that a caller holding only a shard of
-        each parameter (FSDP) never holds the whole model, and draws what a single process draws."""
-        for name, p in self.named_parameters():
+        each parameter (FSDP) never holds the whole model, and draws what a single process draws. The draws are
+        nanoGPT's, in its order: N(0, 0.02) for every Linear and Embedding weight, module by module (GPT-2's, from
+        its released TensorFlow code; a tied weight is drawn twice and keeps the head's draw), then the residual
+        projections again, scaled by 1/sqrt(2·n_layer) (GPT-2 paper: 2 residual additions per layer) or zero
+        (zero_init_proj: every block starts as the identity, and the gradient still reaches it; modded-nanogpt).
+        Biases are zero, norm gains one."""
+        projections = [p for name, p in self.named_parameters() if name.endswith("c_proj.weight")]
+        layers = [m for m in self.modules() if isinstance(m, (nn.Linear, nn.Embedding))]
+        last_draw = {id(m.weight): i for i, m in enumerate(layers)}
+        done = set()
+        for i, m in enumerate(layers):
+            value = torch.empty(m.weight.shape).normal_(0.0, 0.02)
+            if last_draw[id(m.weight)] == i and not any(m.weight is p for p in projections):
+                done.add(id(m.weight))
+                yield m.weight, value
+        for p in projections:
             value = torch.empty(p.shape)
-            if name.endswith(".bias"):
-                value.zero_()
-            elif name.endswith("c_proj.weight"):
-                # GPT-2 paper: residual projections scaled by 1/sqrt(N), N = 2 residual additions per layer. Zero
-                # instead makes every block the identity at the start; the gradient still reaches them (modded-nanogpt)
-                std = 0.02 / math.sqrt(2 * self.config.n_layer)
-                value.zero_() if self.config.zero_init_proj else value.normal_(0.0, std)
-            elif value.dim() >= 2:
-                value.normal_(0.0, 0.02)  # N(0, 0.02): GPT-2's (from the released TensorFlow code)
-            else:
-                value.fill_(1.0)  # norm gains
-            yield p, value
+            std = 0.02 / math.sqrt(2 * self.config.n_layer)
+            done.add(id(p))
+            yield p, value.zero_() if self.config.zero_init_proj else value.normal_(0.0, std)
+        for name, p in self.named_parameters():
+            if id(p) not in done:
+                yield p, torch.zeros(p.shape) if name.endswith(".bias") else torch.ones(p.shape)
 
     @torch.no_grad()
     def init_weights(self):
