@@ -131,15 +131,49 @@ def parallelize(model, cfg, info, device, compile_model=False, dtype="float32"):
     return model
 
 
+# in-place random fills a constructor may make itself; torch.nn.init's in-place functions are noted too
+RANDOM_FILLS = ("uniform_", "normal_", "random_", "bernoulli_", "exponential_", "geometric_", "log_normal_", "cauchy_")
+
+
+def on_meta(build):
+    """build() run on the meta device (shapes, no storage), noting the random draws its constructors would have
+    made on the CPU, so that materialize makes the same draws first: the weights then come out bit for bit as
+    those of a model built directly on the CPU from the same seed (nanoGPT's, upstream's)."""
+    from torch.overrides import TorchFunctionMode
+
+    fills = {getattr(torch.Tensor, name) for name in RANDOM_FILLS}
+
+    class NoteDraws(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.draws = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            # nn.init's functions arrive whole (their inner uniform_/normal_ run with this mode off)
+            if func in fills or (getattr(func, "__module__", "") == "torch.nn.init" and func.__name__.endswith("_")):
+                rest = dict(kwargs or {})
+                tensor, args_ = (args[0], args[1:]) if args else (rest.pop("tensor"), ())
+                self.draws.append((func, tuple(tensor.shape), args_, rest))
+            return func(*args, **(kwargs or {}))
+
+    with torch.device("meta"), NoteDraws() as noted:
+        model = build()
+    model.construction_draws = noted.draws  # read (and dropped) by materialize
+    return model
+
+
 @torch.no_grad()
 def materialize(model, device):
-    """Storage on `device` and initial weights for a model built on the meta device: each parameter's value is
-    drawn whole, one at a time, in the order a single process draws them (GPT.initial_values), and a rank under FSDP
-    keeps only its shard, so every layout starts from the same weights."""
+    """Storage on `device` and initial weights for a model built on the meta device (on_meta): its constructors'
+    draws are made first, then each parameter's value is drawn whole, one at a time, in the order a single process
+    draws them (GPT.initial_values), and a rank under FSDP keeps only its shard, so every layout starts from the
+    weights a model built directly on the CPU has."""
     from torch.distributed.tensor import DTensor, Shard
 
     model.to_empty(device=device)
     model.tie_weights()  # to_empty gives each module its own tensor; FSDP keeps the tie itself
+    for func, shape, args, kwargs in model.__dict__.pop("construction_draws", ()):
+        func(torch.empty(shape), *args, **kwargs)  # the draws building the model on the CPU makes, one at a time
     for p, value in model.initial_values():
         if isinstance(p, DTensor):
             # FSDP2 splits dim 0 as torch.chunk does; every rank drew the same value and keeps its own chunk

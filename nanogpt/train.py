@@ -38,6 +38,7 @@ from nanogpt.distributed import (
     init_distributed,
     load_optimizer_state,
     load_sharded_state,
+    on_meta,
     parallelize,
     set_gradient_sync,
     sharded_state,
@@ -693,8 +694,8 @@ def build_model(cfg, dataset, ckpt, log):
         log(f"initializing a new model from scratch (vocab_size {vocab_size} from {dataset.folder})")
         # nanoGPT's shape settings and the modern recipe's switches
         model_args = {k: getattr(cfg, k) for k in ("dropout", *ARCHITECTURE) if k != "vocab_size"}
-        with torch.device("meta"):  # no storage yet: parallelize gives it (under FSDP, each rank its shards)
-            return GPT(GPTConfig(vocab_size=vocab_size, **model_args))
+        # no storage yet: parallelize gives it (under FSDP, each rank its shards)
+        return on_meta(lambda: GPT(GPTConfig(vocab_size=vocab_size, **model_args)))
     if cfg.init_from == "resume":
         check_same_tokenizer(ckpt, dataset, cfg.out_dir)
         # architecture comes from the checkpoint; dropout may be changed when resuming. A sharded checkpoint's
@@ -702,8 +703,7 @@ def build_model(cfg, dataset, ckpt, log):
         if "model" in ckpt:
             model = checkpoint.load_model(ckpt, cfg.out_dir, dropout=cfg.dropout)
         else:
-            with torch.device("meta"):
-                model = GPT(checkpoint.gpt_config(ckpt, cfg.out_dir, dropout=cfg.dropout))
+            model = on_meta(lambda: GPT(checkpoint.gpt_config(ckpt, cfg.out_dir, dropout=cfg.dropout)))
         fit_to_dataset(model, dataset, cfg.block_size, "the checkpoint")
         return model
     log(f"initializing from pretrained weights {cfg.init_from} (dropout {cfg.dropout})")
