@@ -102,6 +102,7 @@ def test_code_in_an_optimizer_file_is_refused(char_dataset, tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")  # dcp.save in one process, on purpose
 def test_code_in_a_sharded_checkpoints_metadata_is_refused(char_dataset, tmp_path, capsys):
     """An FSDP run's folder (torch.distributed.checkpoint) is read through a restricted unpickler: DCP's own reader
     would run the code in a malicious .metadata."""
