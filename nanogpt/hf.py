@@ -227,14 +227,15 @@ def hf_to_ours(hf_state, own, source):
 
 
 def export(model, to, tokenizer_meta, log=print):
-    """Write `model` as a Hugging Face GPT-2 folder `to`: config.json, model.safetensors and the tokenizer's files
-    (see write_tokenizer), so AutoModelForCausalLM and AutoTokenizer load it offline. The folder appears complete
+    """Write `model` as a Hugging Face folder `to` of the standard architecture that computes what it does (GPT-2,
+    Llama, Qwen3, Nemotron or VaultGemma: see ARCHITECTURES): config.json, model.safetensors and the tokenizer's
+    files (see write_tokenizer), so AutoModelForCausalLM and AutoTokenizer load it offline, without remote code. The folder appears complete
     or not at all: everything is written to a temporary sibling that is renamed into place."""
     try:
         from safetensors.torch import save_file
     except ImportError:
         raise UserError("export needs safetensors: pip install 'nanogpt[hf]'") from None
-    check_gpt2_architecture(model.config)
+    arch = architecture_for(model.config)
     to = Path(to)
     if not str(to):
         raise UserError("say where to export with --to=DIR")
@@ -245,8 +246,8 @@ def export(model, to, tokenizer_meta, log=print):
         to.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        write_json(tmp / "config.json", hf_config(model.config, tokenizer_meta))
-        save_file(ours_to_hf(model), tmp / "model.safetensors", metadata={"format": "pt"})
+        write_json(tmp / "config.json", hf_config(model, tokenizer_meta, arch))
+        save_file(ours_to_hf(model, arch), tmp / "model.safetensors", metadata={"format": "pt"})
         if tokenizer_meta:
             write_tokenizer(tmp, tokenizer_meta, model.config.block_size)
             if tokenizer_meta["vocab_size"] < model.config.vocab_size:
@@ -261,41 +262,129 @@ def export(model, to, tokenizer_meta, log=print):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log(f"exported to {to}")
+    log(f"exported to {to} as {HF_NAMES[arch]} ({CLASSES[arch]})")
     if not tokenizer_meta:
         log("no tokenizer is known for this model: wrote config and weights only")
     return to
 
 
-# the model settings Hugging Face's GPT-2 format can hold only at GPT-2's value (the modern recipe's switches)
-GPT2_ARCHITECTURE = {"position": "learned", "norm": "layernorm", "qk_norm": False, "activation": "gelu",
-                     "tie_embeddings": True, "logit_softcap": 0.0, "n_kv_head": 0}
+# ---------------------------------------------------------------------------------------------------- architectures
+#
+# Which transformers architecture computes exactly what a model's switches compute. Each entry lists the switch values
+# it can hold (a switch it does not name may take any value); the first that holds them all is the one exported to.
+# Why each can hold what it lists (see docs/code-analysis/hf-interop.md for the whole derivation):
+# - every one is pre-norm with a final norm, no norm after the embedding, and attention scaled by 1/sqrt(head size);
+# - ReLU² is a gated MLP with ReLU and the same matrix on both sides: relu(a)·a = relu(a)², to the bit;
+# - RMSNorm-based ones have one eps for every norm, ours is F.rms_norm's default, float32's machine epsilon;
+# - Nemotron's LayerNorm computes with weight+1 and VaultGemma's RMSNorm with 1+weight: gains are exported minus 1;
+# - VaultGemma multiplies the embedding by sqrt(n_embd): it is exported divided by it, so its head cannot be tied;
+# - Qwen3 and VaultGemma have no MLP biases; GPT-2 has no grouped-query attention and no gated MLP.
+ARCHITECTURES = {
+    "gpt2": dict(position={"learned"}, norm={"layernorm"}, qk_norm={False}, activation={"gelu", "relu2"},
+                 logit_softcap={False}, grouped_kv={False}),
+    "llama": dict(position={"rope"}, norm={"rmsnorm"}, qk_norm={False}, activation={"swiglu", "relu2"},
+                  logit_softcap={False}),
+    "qwen3": dict(position={"rope"}, norm={"rmsnorm"}, qk_norm={True}, activation={"swiglu", "relu2"},
+                  logit_softcap={False}, bias={False}),
+    "nemotron": dict(position={"rope"}, norm={"layernorm"}, qk_norm={False}, activation={"gelu", "relu2"},
+                     logit_softcap={False}),
+    "vaultgemma": dict(position={"rope"}, norm={"rmsnorm"}, qk_norm={False}, activation={"swiglu", "relu2"},
+                       logit_softcap={True}, bias={False}, tie_embeddings={False}),
+}
+HF_NAMES = {"gpt2": "GPT-2", "llama": "Llama", "qwen3": "Qwen3", "nemotron": "Nemotron", "vaultgemma": "VaultGemma"}
+CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM",
+           "nemotron": "NemotronForCausalLM", "vaultgemma": "VaultGemmaForCausalLM"}
+RMS_NORM_EPS = torch.finfo(torch.float32).eps  # what F.rms_norm uses on float32 when given no eps, as ours is
 
 
-def check_gpt2_architecture(config):
-    """Refuse to export a model that GPT2LMHeadModel would load but compute differently."""
-    for name, gpt2 in GPT2_ARCHITECTURE.items():
-        value = getattr(config, name, gpt2)
-        if value != gpt2 and not (name == "n_kv_head" and value == config.n_head):
-            raise UserError(f"cannot export to Hugging Face GPT-2: this model has {name}={value!r} (GPT-2 has "
-                            f"{gpt2!r}), which GPT-2's format cannot hold; only GPT-2-architecture runs export")
+def switches(config):
+    """The values of a model's architecture switches, as ARCHITECTURES names them."""
+    return dict(position=config.position, norm=config.norm, qk_norm=config.qk_norm, activation=config.activation,
+                logit_softcap=config.logit_softcap > 0, grouped_kv=config.kv_heads != config.n_head,
+                bias=config.bias, tie_embeddings=config.tie_embeddings)
 
 
-def hf_config(config, tokenizer_meta):
-    """A GPT2Config dict for our GPTConfig."""
-    activation = {"none": "gelu", "tanh": "gelu_new"}[getattr(config, "gelu_approximate", "none")]
+def describe_switch(config, name):
+    """How a switch reads in our settings, for an error message: norm='layernorm', n_kv_head=2, logit_softcap=15.0."""
+    if name == "grouped_kv":
+        return f"n_kv_head={config.n_kv_head}"
+    return f"{name}={getattr(config, name)!r}"
+
+
+def architecture_for(config):
+    """The key in ARCHITECTURES of the transformers architecture that computes exactly what `config` does; a one-line
+    error naming the switches that stop the nearest one where none does."""
+    ours = switches(config)
+    lacking = {arch: [k for k, allowed in holds.items() if ours[k] not in allowed]
+               for arch, holds in ARCHITECTURES.items()}
+    for arch, missing in lacking.items():
+        if not missing:
+            return arch
+    nearest = min(lacking, key=lambda arch: len(lacking[arch]))  # the first of the nearest, in ARCHITECTURES' order
+    stops = ", ".join(describe_switch(config, k) for k in lacking[nearest])
+    raise UserError(
+        f"cannot export to Hugging Face: no transformers architecture computes this model's switches together; the "
+        f"nearest, {HF_NAMES[nearest]}, cannot hold {stops} (exportable: GPT-2, Llama, Qwen3, Nemotron, VaultGemma; "
+        "see docs/code-analysis/hf-interop.md)"
+    )
+
+
+def hf_config(model, tokenizer_meta, arch="gpt2"):
+    """The config.json of `arch` (a key of ARCHITECTURES) for our model."""
+    config = model.config
     eot = eot_of(tokenizer_meta or {})  # <|endoftext|> begins and ends every document where there is one
+    common = {"architectures": [CLASSES[arch]], "model_type": arch, "vocab_size": config.vocab_size,
+              "tie_word_embeddings": config.tie_embeddings, "use_cache": True, "bos_token_id": eot,
+              "eos_token_id": eot, "torch_dtype": "float32"}
+    if arch == "gpt2":
+        return common | gpt2_config(config)
+    head_size = config.n_embd // config.n_head
+    decoder = {
+        "hidden_size": config.n_embd,
+        "intermediate_size": mlp_hidden(model.state_dict()),
+        "num_hidden_layers": config.n_layer,
+        "num_attention_heads": config.n_head,
+        "num_key_value_heads": config.kv_heads,
+        "head_dim": head_size,
+        # rotary runs past the training context; transformers reads this as the longest context it was trained on
+        "max_position_embeddings": config.block_size,
+        # transformers 5 reads rope_parameters, 4.x rope_theta
+        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_base, "partial_rotary_factor": 1.0},
+        "rope_theta": config.rope_base,
+        "attention_dropout": 0.0,
+        "attention_bias": config.bias,
+        "initializer_range": 0.02,
+        "pad_token_id": None,
+    }
+    activation = hf_activation(config, gated=arch != "nemotron")
+    if arch == "nemotron":
+        return common | decoder | {"hidden_act": activation, "norm_eps": LAYER_NORM_EPS, "mlp_bias": config.bias,
+                                   "partial_rotary_factor": 1.0}
+    decoder |= {"rms_norm_eps": RMS_NORM_EPS}
+    full = ["full_attention"] * config.n_layer
+    if arch == "llama":
+        return common | decoder | {"hidden_act": activation, "mlp_bias": config.bias}
+    if arch == "qwen3":
+        return common | decoder | {"hidden_act": activation, "use_sliding_window": False, "sliding_window": None,
+                                   "max_window_layers": config.n_layer, "layer_types": full}
+    return common | decoder | {  # vaultgemma
+        "hidden_activation": activation, "query_pre_attn_scalar": head_size, "attn_logit_softcapping": None,
+        "final_logit_softcapping": config.logit_softcap, "layer_types": full,
+        "sliding_window": config.block_size,  # unused (every layer is full attention), but its mask is built anyway
+    }
+
+
+def gpt2_config(config):
+    """The GPT2Config settings of a GPT-2-architecture model."""
     return {
-        "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
-        "vocab_size": config.vocab_size,
         "n_positions": config.block_size,
         "n_ctx": config.block_size,  # read by transformers releases before 4.x
         "n_embd": config.n_embd,
         "n_layer": config.n_layer,
         "n_head": config.n_head,
         "n_inner": None,
-        "activation_function": activation,
+        "activation_function": hf_activation(config, gated=False),
         "resid_pdrop": config.dropout,
         "embd_pdrop": config.dropout,
         "attn_pdrop": config.dropout,
@@ -304,37 +393,104 @@ def hf_config(config, tokenizer_meta):
         "scale_attn_weights": True,
         "scale_attn_by_inverse_layer_idx": False,
         "reorder_and_upcast_attn": False,
-        "tie_word_embeddings": True,
-        "use_cache": True,
-        "bos_token_id": eot,
-        "eos_token_id": eot,
-        "torch_dtype": "float32",
     }
 
 
+def hf_activation(config, gated):
+    """transformers' name (ACT2FN) for our activation; in a gated MLP, the function applied to the gate."""
+    if config.activation == "swiglu":
+        return "silu"
+    if config.activation == "relu2":
+        return "relu" if gated else "relu2"  # gated: relu(a)·a with both matrices our c_fc
+    return {"none": "gelu", "tanh": "gelu_new"}[config.gelu_approximate]
+
+
+def mlp_hidden(state):
+    """The MLP's hidden width, what goes through the activation: c_proj's input (half of c_fc's output for SwiGLU)."""
+    return state["transformer.h.0.mlp.c_proj.weight"].shape[1]
+
+
 def generation_config(config, tokenizer_meta):
-    """transformers' generation settings for a model whose vocabulary is padded past its tokenizer's (for speed):
-    never generate the padding ids, as our sampler never does, so both continue a prompt alike."""
+    """transformers' generation settings: <|endoftext|> where the tokenizer has it, and for a model whose
+    vocabulary is padded past its tokenizer's (for speed), never the padding ids, as our sampler never does, so
+    both continue a prompt alike."""
     eot = eot_of(tokenizer_meta)
-    return {"bos_token_id": eot, "eos_token_id": eot,
-            "suppress_tokens": list(range(tokenizer_meta["vocab_size"], config.vocab_size))}
+    padding = list(range(tokenizer_meta["vocab_size"], config.vocab_size))
+    return {"bos_token_id": eot, "eos_token_id": eot} | ({"suppress_tokens": padding} if padding else {})
 
 
-def ours_to_hf(model):
-    """Our state dict under Hugging Face names, Conv1D weights transposed back, every tensor contiguous and owning
-    its memory (safetensors refuses views and shared tensors). lm_head is left out: it is tied to wte.
-    A model without biases gets zero biases, which compute the same function."""
-    state = {}
-    for name, tensor in model.state_dict().items():
-        if name == "lm_head.weight":
-            continue
-        tensor = tensor.detach().to("cpu", torch.float32)
-        state[name] = (tensor.t() if name.endswith(CONV1D_WEIGHTS) else tensor).contiguous().clone()
+def ours_to_hf(model, arch="gpt2"):
+    """Our weights under `arch`'s names and layouts, float32, every tensor contiguous and owning its memory
+    (safetensors refuses views and shared tensors). A tied head is left out: transformers ties it."""
+    state = {name: tensor.detach().to("cpu", torch.float32) for name, tensor in model.state_dict().items()}
+    hf = gpt2_weights(model, state) if arch == "gpt2" else decoder_weights(model.config, state, arch)
+    if not model.config.tie_embeddings:
+        hf["lm_head.weight"] = state["lm_head.weight"]
+    return {name: tensor.contiguous().clone() for name, tensor in hf.items()}
+
+
+def gpt2_weights(model, state):
+    """GPT-2's layout: our names, Conv1D weights transposed, zero biases where ours has none (the same function,
+    since GPT-2's architecture always has biases)."""
+    hf = {name: tensor.t() if name.endswith(CONV1D_WEIGHTS) else tensor
+          for name, tensor in state.items() if name != "lm_head.weight"}
     if not model.config.bias:
         for name, module in model.named_modules():
             if name.startswith("transformer.") and hasattr(module, "bias") and module.bias is None:
-                state[f"{name}.bias"] = torch.zeros(module.weight.shape[0])  # Linear: (out, in); LayerNorm: (n,)
-    return state
+                hf[f"{name}.bias"] = torch.zeros(module.weight.shape[0])  # Linear: (out, in); LayerNorm: (n,)
+    return hf
+
+
+def decoder_weights(config, state, arch):
+    """The Llama family's layout (Llama, Qwen3, Nemotron, VaultGemma): q, k, v and the MLP's matrices apart, and
+    each head's query and key channels reordered from our neighbouring rotary pairs to their halves."""
+    head_size = config.n_embd // config.n_head
+    kv_size = config.kv_heads * head_size
+    # our rotary turns channels (2i, 2i+1) together, theirs (i, i + head_size/2): evens first, then odds
+    halves = torch.cat((torch.arange(0, head_size, 2), torch.arange(1, head_size, 2)))
+    gain_offset = 1.0 if arch in ("nemotron", "vaultgemma") else 0.0  # they compute with weight+1 / 1+weight
+    embedding = state["transformer.wte.weight"]
+    hf = {"model.embed_tokens.weight": embedding / config.n_embd**0.5 if arch == "vaultgemma" else embedding}
+
+    def norm(ours, theirs):
+        hf[f"{theirs}.weight"] = state[f"{ours}.weight"] - gain_offset
+        if arch == "nemotron":  # Nemotron's LayerNorm always has a bias; zero where ours has none
+            hf[f"{theirs}.bias"] = state.get(f"{ours}.bias", torch.zeros(config.n_embd))
+
+    def linear(ours, theirs, rows=slice(None), order=None):
+        for kind in ("weight", "bias"):
+            if f"{ours}.{kind}" in state:
+                tensor = state[f"{ours}.{kind}"][rows]
+                if order is not None:  # per head: (heads, head_size, ...) reordered along head_size
+                    tensor = tensor.unflatten(0, (-1, head_size))[:, order].flatten(0, 1)
+                hf[f"{theirs}.{kind}"] = tensor
+
+    for i in range(config.n_layer):
+        ours, theirs = f"transformer.h.{i}", f"model.layers.{i}"
+        q, k = slice(0, config.n_embd), slice(config.n_embd, config.n_embd + kv_size)
+        v = slice(config.n_embd + kv_size, None)
+        linear(f"{ours}.attn.c_attn", f"{theirs}.self_attn.q_proj", q, halves)
+        linear(f"{ours}.attn.c_attn", f"{theirs}.self_attn.k_proj", k, halves)
+        linear(f"{ours}.attn.c_attn", f"{theirs}.self_attn.v_proj", v)
+        linear(f"{ours}.attn.c_proj", f"{theirs}.self_attn.o_proj")
+        norm(f"{ours}.ln_1", f"{theirs}.input_layernorm")
+        norm(f"{ours}.ln_2", f"{theirs}.pre_feedforward_layernorm" if arch == "vaultgemma"
+             else f"{theirs}.post_attention_layernorm")
+        if arch == "qwen3":  # its per-head query/key RMSNorms have a gain; ours have none, so ones
+            hf[f"{theirs}.self_attn.q_norm.weight"] = torch.ones(head_size)
+            hf[f"{theirs}.self_attn.k_norm.weight"] = torch.ones(head_size)
+        hidden = mlp_hidden(state)
+        if arch == "nemotron":
+            linear(f"{ours}.mlp.c_fc", f"{theirs}.mlp.up_proj")
+        elif config.activation == "swiglu":  # ours: silu(first half)·second half
+            linear(f"{ours}.mlp.c_fc", f"{theirs}.mlp.gate_proj", slice(0, hidden))
+            linear(f"{ours}.mlp.c_fc", f"{theirs}.mlp.up_proj", slice(hidden, None))
+        else:  # ReLU²: relu(a)·a
+            linear(f"{ours}.mlp.c_fc", f"{theirs}.mlp.gate_proj")
+            linear(f"{ours}.mlp.c_fc", f"{theirs}.mlp.up_proj")
+        linear(f"{ours}.mlp.c_proj", f"{theirs}.mlp.down_proj")
+    norm("transformer.ln_f", "model.norm")
+    return hf
 
 
 def eot_of(tokenizer_meta):
