@@ -250,8 +250,9 @@ def export(model, to, tokenizer_meta, log=print):
         save_file(ours_to_hf(model, arch), tmp / "model.safetensors", metadata={"format": "pt"})
         if tokenizer_meta:
             write_tokenizer(tmp, tokenizer_meta, model.config.block_size)
-            if tokenizer_meta["vocab_size"] < model.config.vocab_size:
-                write_json(tmp / "generation_config.json", generation_config(model.config, tokenizer_meta))
+        generation = generation_config(model.config, tokenizer_meta)
+        if generation:
+            write_json(tmp / "generation_config.json", generation)
         for path in tmp.iterdir():
             fsync_path(path)
         os.replace(tmp, to)  # an empty `to` is replaced as a whole
@@ -411,12 +412,21 @@ def mlp_hidden(state):
 
 
 def generation_config(config, tokenizer_meta):
-    """transformers' generation settings: <|endoftext|> where the tokenizer has it, and for a model whose
-    vocabulary is padded past its tokenizer's (for speed), never the padding ids, as our sampler never does, so
-    both continue a prompt alike."""
-    eot = eot_of(tokenizer_meta)
-    padding = list(range(tokenizer_meta["vocab_size"], config.vocab_size))
-    return {"bos_token_id": eot, "eos_token_id": eot} | ({"suppress_tokens": padding} if padding else {})
+    """transformers' generation settings, where any apply: <|endoftext|> where the tokenizer has it; for a model
+    whose vocabulary is padded past its tokenizer's (for speed), never the padding ids, as our sampler never does;
+    and for learned positions, a length that ends at the context (see docs/code-analysis/hf-interop.md)."""
+    settings = {}
+    eot = eot_of(tokenizer_meta or {})
+    if eot is not None:
+        settings |= {"bos_token_id": eot, "eos_token_id": eot}
+    if tokenizer_meta and tokenizer_meta["vocab_size"] < config.vocab_size:
+        settings["suppress_tokens"] = list(range(tokenizer_meta["vocab_size"], config.vocab_size))
+    if config.position == "learned":
+        # the position table ends at block_size and transformers indexes past it (an IndexError). A max_length
+        # here makes generate() stop at the context when the caller names no length, and keeps the text-generation
+        # pipeline from adding its default of 256 new tokens; an explicit max_new_tokens still overrides it.
+        settings["max_length"] = config.block_size
+    return settings
 
 
 def ours_to_hf(model, arch="gpt2"):

@@ -100,8 +100,8 @@ def test_export_trained_run_through_cli(tmp_path, char_dataset):
     data_dir, _ = char_dataset
     train(tiny_config(data_dir, tmp_path / "run", max_iters=5, lr_decay_iters=5), log=lambda *a: None)
     assert cli.main(["export", f"--out_dir={tmp_path / 'run'}", f"--to={tmp_path / 'hf'}"]) == 0
-    assert sorted(os.listdir(tmp_path / "hf")) == ["config.json", "model.safetensors", "special_tokens_map.json",
-                                                   "tokenizer.json", "tokenizer_config.json"]
+    assert sorted(os.listdir(tmp_path / "hf")) == ["config.json", "generation_config.json", "model.safetensors",
+                                                   "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json"]
 
     from nanogpt.runs import load_run
 
