@@ -117,8 +117,10 @@ def gpt_config_from_hf(hf, source):
     if model_type != "gpt2":
         raise UserError(f"{source} is a '{model_type}' model, not GPT-2: only GPT-2 weights can be loaded")
     activation = hf.get("activation_function", "gelu_new")
-    if activation not in ACTIVATIONS:
-        raise UserError(f"{source} uses activation '{activation}'; only {', '.join(ACTIVATIONS)} are supported")
+    if activation not in ACTIVATIONS and activation != "relu2":  # relu2: what export writes for ReLU² runs
+        raise UserError(
+            f"{source} uses activation '{activation}'; only {', '.join(ACTIVATIONS)} and relu2 are supported"
+        )
     n_embd = hf.get("n_embd", 768)
     unsupported = [
         (hf.get("n_inner") not in (None, 4 * n_embd), f"n_inner={hf.get('n_inner')} (the MLP must be 4*n_embd)"),
@@ -126,7 +128,6 @@ def gpt_config_from_hf(hf, source):
          f"layer_norm_epsilon={hf.get('layer_norm_epsilon')} (must be {LAYER_NORM_EPS})"),
         (not hf.get("scale_attn_weights", True), "scale_attn_weights=false"),
         (hf.get("scale_attn_by_inverse_layer_idx", False), "scale_attn_by_inverse_layer_idx=true"),
-        (not hf.get("tie_word_embeddings", True), "tie_word_embeddings=false (lm_head must be the token embedding)"),
         (hf.get("add_cross_attention", False), "add_cross_attention=true"),
     ]
     for bad, what in unsupported:
@@ -140,7 +141,9 @@ def gpt_config_from_hf(hf, source):
         vocab_size=hf.get("vocab_size", VOCAB_SIZE),
         bias=True,  # GPT-2 always has biases
         dropout=0.0,
-        gelu_approximate=ACTIVATIONS[activation],
+        gelu_approximate=ACTIVATIONS.get(activation, "none"),
+        activation="relu2" if activation == "relu2" else "gelu",
+        tie_embeddings=bool(hf.get("tie_word_embeddings", True)),  # False in exports of untied runs
     )
     ints = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")
     bad = next((k for k in ints if not isinstance(settings[k], int) or settings[k] < 1), None)
@@ -200,10 +203,11 @@ def hf_to_ours(hf_state, own, source):
     """Rename and transpose a Hugging Face GPT-2 state dict into our model's (`own`, its state dict), checking every
     name and shape."""
     state = {}
+    tied = own["lm_head.weight"].data_ptr() == own["transformer.wte.weight"].data_ptr()
     for hf_name, tensor in hf_state.items():
         # hub checkpoints of GPT-2 name the body without the "transformer." prefix that save_pretrained adds
         name = hf_name if hf_name.startswith(("transformer.", "lm_head.")) else "transformer." + hf_name
-        if name.endswith(HF_BUFFERS) or name == "lm_head.weight":  # lm_head is tied to wte
+        if name.endswith(HF_BUFFERS) or (name == "lm_head.weight" and tied):  # a tied lm_head is wte
             continue
         if name not in own:
             raise UserError(f"{source}: tensor '{hf_name}' is not part of a GPT-2 model")
@@ -216,7 +220,8 @@ def hf_to_ours(hf_state, own, source):
                 f"{expected}"
             )
         state[name] = tensor.to(own[name].dtype)
-    state["lm_head.weight"] = state.get("transformer.wte.weight")
+    if tied:
+        state["lm_head.weight"] = state.get("transformer.wte.weight")
     missing = [k for k in own if state.get(k) is None]
     if missing:
         raise UserError(f"{source}: the weights lack tensor '{missing[0].removeprefix('transformer.')}'")
