@@ -1,11 +1,13 @@
-"""Hugging Face GPT-2 weights in and out: read gpt2 … gpt2-xl (or any GPT-2 on the hub, or a local folder) for
+"""Hugging Face weights in and out: read gpt2 … gpt2-xl (or any GPT-2 on the hub, or a local folder) for
 `GPT.from_pretrained`, and write a model as a folder that `transformers.AutoModelForCausalLM.from_pretrained` reads
-offline. This is the one module that knows Hugging Face's names and formats; it builds no model itself (model.py
+offline, without remote code: as GPT-2, or for the modern recipe's switches as the standard architecture that
+computes the same function (Llama, Qwen3, Nemotron, VaultGemma; see ARCHITECTURES). This is the one module that knows Hugging Face's names and formats; it builds no model itself (model.py
 calls in here), so the two never import each other.
 
 Hugging Face's GPT-2 keeps its linear layers as `Conv1D` modules, whose weight is the transpose of nn.Linear's:
 (in_features, out_features). Those four matrices per block are transposed on the way in and back on the way out;
-every other tensor has the same name (after the `transformer.` prefix) and layout as ours.
+every other tensor has the same name (after the `transformer.` prefix) and layout as ours. The Llama family splits
+q, k, v and the MLP's matrices apart and pairs rotary channels differently (see decoder_weights).
 
 transformers itself is never needed to load: config.json is read as JSON and the weights with safetensors or
 torch.load(weights_only=True). Only a hub name needs huggingface_hub, to download the folder.
