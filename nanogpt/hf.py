@@ -1,8 +1,9 @@
 """Hugging Face weights in and out: read gpt2 … gpt2-xl (or any GPT-2 on the hub, or a local folder) for
 `GPT.from_pretrained`, and write a model as a folder that `transformers.AutoModelForCausalLM.from_pretrained` reads
 offline, without remote code: as GPT-2, or for the modern recipe's switches as the standard architecture that
-computes the same function (Llama, Qwen3, Nemotron, VaultGemma; see ARCHITECTURES). This is the one module that knows Hugging Face's names and formats; it builds no model itself (model.py
-calls in here), so the two never import each other.
+computes the same function (Llama, Qwen3, Nemotron, VaultGemma; see ARCHITECTURES). This is the one module that
+knows Hugging Face's names and formats; it builds no model itself (model.py calls in here), so the two never import
+each other.
 
 Hugging Face's GPT-2 keeps its linear layers as `Conv1D` modules, whose weight is the transpose of nn.Linear's:
 (in_features, out_features). Those four matrices per block are transposed on the way in and back on the way out;
@@ -236,8 +237,8 @@ def hf_to_ours(hf_state, own, source):
 def export(model, to, tokenizer_meta, log=print):
     """Write `model` as a Hugging Face folder `to` of the standard architecture that computes what it does (GPT-2,
     Llama, Qwen3, Nemotron or VaultGemma: see ARCHITECTURES): config.json, model.safetensors and the tokenizer's
-    files (see write_tokenizer), so AutoModelForCausalLM and AutoTokenizer load it offline, without remote code. The folder appears complete
-    or not at all: everything is written to a temporary sibling that is renamed into place."""
+    files (see write_tokenizer), so AutoModelForCausalLM and AutoTokenizer load it offline, without remote code. The
+    folder appears complete or not at all: everything is written to a temporary sibling that is renamed into place."""
     try:
         from safetensors.torch import save_file
     except ImportError:
@@ -385,7 +386,6 @@ def hf_config(model, tokenizer_meta, arch="gpt2"):
 def gpt2_config(config):
     """The GPT2Config settings of a GPT-2-architecture model."""
     return {
-        "model_type": "gpt2",
         "n_positions": config.block_size,
         "n_ctx": config.block_size,  # read by transformers releases before 4.x
         "n_embd": config.n_embd,

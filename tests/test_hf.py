@@ -210,7 +210,7 @@ def test_export_refuses_what_no_architecture_holds(tmp_path):
     with pytest.raises(UserError, match=r"the nearest, Qwen3, cannot hold norm='layernorm', logit_softcap=15\.0") as e:
         hf.export(random_model(**fast), tmp_path / "hf", None)
     assert "\n" not in str(e.value)
-    with pytest.raises(UserError, match=r"the nearest, GPT-2, cannot hold activation='swiglu'$|activation='swiglu' \("):
+    with pytest.raises(UserError, match=r"the nearest, GPT-2, cannot hold activation='swiglu' \("):
         hf.export(random_model(activation="swiglu"), tmp_path / "hf", None)
     with pytest.raises(UserError, match=r"the nearest, Llama, cannot hold qk_norm=True"):  # Qwen3: bias=True
         hf.export(random_model(position="rope", norm="rmsnorm", qk_norm=True, activation="swiglu", bias=True),
