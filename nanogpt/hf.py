@@ -47,9 +47,13 @@ def read_pretrained(name_or_dir, override_args=None):
     if unknown:
         raise UserError(f"only dropout can be overridden for pretrained weights, not {', '.join(unknown)}")
     folder = resolve_source(str(name_or_dir))
-    settings = gpt_config_from_hf(read_hf_config(folder), folder)
+    hf = read_hf_config(folder)
+    settings = gpt_config_from_hf(hf, folder)
     settings["dropout"] = override_args.get("dropout", settings["dropout"])
-    return settings, read_hf_weights(folder), folder
+    state = read_hf_weights(folder)
+    if hf["model_type"] != "gpt2":
+        state = decoder_to_gpt2_layout(state, settings, hf["model_type"], folder)
+    return settings, state, folder
 
 
 def resolve_source(name_or_dir):
@@ -117,8 +121,11 @@ def gpt_config_from_hf(hf, source):
     """Our GPTConfig's settings for a Hugging Face GPT-2 config dict; refuses what our model cannot compute
     exactly."""
     model_type = hf.get("model_type")
+    if model_type in DECODERS:
+        return decoder_config_from_hf(hf, source)
     if model_type != "gpt2":
-        raise UserError(f"{source} is a '{model_type}' model, not GPT-2: only GPT-2 weights can be loaded")
+        raise UserError(f"{source} is a '{model_type}' model, not GPT-2: only GPT-2 weights (and the Llama, Qwen3, "
+                        "Nemotron or VaultGemma folders nanogpt export writes) can be loaded")
     activation = hf.get("activation_function", "gelu_new")
     if activation not in ACTIVATIONS and activation != "relu2":  # relu2: what export writes for ReLU² runs
         raise UserError(
@@ -155,6 +162,124 @@ def gpt_config_from_hf(hf, source):
     if n_embd % settings["n_head"] != 0:
         raise UserError(f"{source}/config.json: n_embd ({n_embd}) must be divisible by n_head ({settings['n_head']})")
     return settings
+
+
+DECODERS = ("llama", "qwen3", "nemotron", "vaultgemma")  # the rotary architectures export writes (see ARCHITECTURES)
+# (transformers' activation name, gated MLP?) -> our (activation, gelu_approximate); see hf_activation
+DECODER_ACTIVATIONS = {("silu", True): ("swiglu", "none"), ("relu", True): ("relu2", "none"),
+                       ("relu2", False): ("relu2", "none"), ("gelu", False): ("gelu", "none"),
+                       ("gelu_new", False): ("gelu", "tanh"), ("gelu_pytorch_tanh", False): ("gelu", "tanh")}
+
+
+def decoder_config_from_hf(hf, source):
+    """Our GPTConfig's settings for a Llama, Qwen3, Nemotron or VaultGemma config that computes what one of our
+    models can (what export writes); refuses the rest, naming the setting. The weights are checked later, in
+    decoder_to_gpt2_layout and hf_to_ours."""
+    arch = hf["model_type"]
+    n_embd, n_head = hf.get("hidden_size"), hf.get("num_attention_heads")
+    for name in ("hidden_size", "num_attention_heads", "num_hidden_layers", "vocab_size", "max_position_embeddings"):
+        if not isinstance(hf.get(name), int) or hf[name] < 1:
+            raise UserError(f"{source}/config.json: {name} must be a positive integer, got {hf.get(name)!r}")
+    if n_embd % n_head != 0:
+        raise UserError(f"{source}/config.json: hidden_size ({n_embd}) must be divisible by num_attention_heads")
+    n_kv_head = hf.get("num_key_value_heads") or n_head
+    rope = hf.get("rope_parameters") or {}
+    gated = arch != "nemotron"
+    act = hf.get("hidden_activation" if arch == "vaultgemma" else "hidden_act")
+    eps_name, eps = ("norm_eps", LAYER_NORM_EPS) if arch == "nemotron" else ("rms_norm_eps", RMS_NORM_EPS)
+    bias = bool(hf.get("attention_bias", False))
+    full_attention = all(t == "full_attention" for t in hf.get("layer_types") or ["full_attention"])
+    unsupported = [
+        ((act, gated) not in DECODER_ACTIVATIONS, f"activation {act!r}"),
+        (hf.get("head_dim") not in (None, n_embd // n_head),
+         f"head_dim={hf.get('head_dim')} (must be hidden_size/num_attention_heads)"),
+        (not isinstance(n_kv_head, int) or n_head % n_kv_head != 0, f"num_key_value_heads={n_kv_head}"),
+        (abs(hf.get(eps_name, -1.0) - eps) > 1e-12, f"{eps_name}={hf.get(eps_name)} (must be {eps})"),
+        (rope.get("rope_type", "default") != "default" or hf.get("rope_scaling"), "rope scaling"),
+        (rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 0.5 if arch == "nemotron" else 1.0)) != 1.0,
+         "partial rotary"),
+        (arch in ("llama", "nemotron") and bool(hf.get("mlp_bias", False)) != bias, "mlp_bias unlike attention_bias"),
+        (arch in ("qwen3", "vaultgemma") and bias, "attention_bias=true"),
+        (hf.get("use_sliding_window", False) or not full_attention, "sliding-window attention"),
+        (arch == "vaultgemma" and hf.get("query_pre_attn_scalar") != n_embd // n_head,
+         "query_pre_attn_scalar other than head_dim"),
+        (arch == "vaultgemma" and hf.get("attn_logit_softcapping") is not None, "attention logit soft-capping"),
+    ]
+    for bad, what in unsupported:
+        if bad:
+            raise UserError(f"{source} has {what}, which this GPT does not support")
+    activation, approximate = DECODER_ACTIVATIONS[(act, gated)]
+    return dict(
+        n_layer=hf["num_hidden_layers"], n_head=n_head, n_embd=n_embd, block_size=hf["max_position_embeddings"],
+        vocab_size=hf["vocab_size"], bias=bias, dropout=0.0, gelu_approximate=approximate, position="rope",
+        rope_base=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
+        norm="layernorm" if arch == "nemotron" else "rmsnorm", qk_norm=arch == "qwen3", activation=activation,
+        tie_embeddings=bool(hf.get("tie_word_embeddings", arch == "vaultgemma")),
+        logit_softcap=float(hf.get("final_logit_softcapping") or 0.0) if arch == "vaultgemma" else 0.0,
+        n_kv_head=0 if n_kv_head == n_head else n_kv_head,
+    )
+
+
+def decoder_to_gpt2_layout(hf_state, settings, arch, source):
+    """A Llama-family state dict (what decoder_weights writes) under GPT-2's names and Conv1D layout, so that
+    hf_to_ours reads it as it reads GPT-2's and checks every shape; refuses weights our model cannot compute (QK-norm
+    gains other than one, ReLU² gate and up matrices that differ, LayerNorm biases in a bias-free model)."""
+    n_embd, head_size = settings["n_embd"], settings["n_embd"] // settings["n_head"]
+    # the inverse of decoder_weights' reordering: their halves back to our neighbouring pairs
+    pairs = torch.argsort(torch.cat((torch.arange(0, head_size, 2), torch.arange(1, head_size, 2))))
+    gain_offset = 1.0 if arch in ("nemotron", "vaultgemma") else 0.0
+
+    def get(name):
+        if name not in hf_state:
+            raise UserError(f"{source}: the weights lack tensor '{name}'")
+        return hf_state[name].float()
+
+    def heads(tensor):
+        return tensor.unflatten(0, (-1, head_size))[:, pairs].flatten(0, 1)
+
+    def refuse_unless(ok, what):
+        if not ok:
+            raise UserError(f"{source} has {what}, which this GPT does not compute")
+
+    embedding = get("model.embed_tokens.weight")
+    state = {"transformer.wte.weight": embedding * n_embd**0.5 if arch == "vaultgemma" else embedding}
+    if "lm_head.weight" in hf_state:
+        state["lm_head.weight"] = get("lm_head.weight")
+
+    def norm(theirs, ours):
+        state[f"{ours}.weight"] = get(f"{theirs}.weight") + gain_offset
+        if arch == "nemotron" and settings["bias"]:
+            state[f"{ours}.bias"] = get(f"{theirs}.bias")
+        elif arch == "nemotron":
+            refuse_unless(not get(f"{theirs}.bias").any(), f"LayerNorm biases in '{theirs}' but no other biases")
+
+    for i in range(settings["n_layer"]):
+        theirs, ours = f"model.layers.{i}", f"transformer.h.{i}"
+        attn, mlp = f"{theirs}.self_attn", f"{theirs}.mlp"
+        kinds = ("weight", "bias") if settings["bias"] else ("weight",)
+        for kind in kinds:
+            q, k, v = get(f"{attn}.q_proj.{kind}"), get(f"{attn}.k_proj.{kind}"), get(f"{attn}.v_proj.{kind}")
+            state[f"{ours}.attn.c_attn.{kind}"] = torch.cat((heads(q), heads(k), v))
+            state[f"{ours}.attn.c_proj.{kind}"] = get(f"{attn}.o_proj.{kind}")
+            if arch == "nemotron":
+                state[f"{ours}.mlp.c_fc.{kind}"] = get(f"{mlp}.up_proj.{kind}")
+            elif settings["activation"] == "swiglu":
+                gate, up = get(f"{mlp}.gate_proj.{kind}"), get(f"{mlp}.up_proj.{kind}")
+                state[f"{ours}.mlp.c_fc.{kind}"] = torch.cat((gate, up))
+            else:  # ReLU² is relu(a)·a: only when both sides are the same matrix
+                gate, up = get(f"{mlp}.gate_proj.{kind}"), get(f"{mlp}.up_proj.{kind}")
+                refuse_unless(torch.equal(gate, up), f"a ReLU-gated MLP whose gate and up matrices differ ('{mlp}')")
+                state[f"{ours}.mlp.c_fc.{kind}"] = gate
+            state[f"{ours}.mlp.c_proj.{kind}"] = get(f"{mlp}.down_proj.{kind}")
+        norm(f"{theirs}.input_layernorm", f"{ours}.ln_1")
+        norm(f"{theirs}.pre_feedforward_layernorm" if arch == "vaultgemma" else f"{theirs}.post_attention_layernorm",
+             f"{ours}.ln_2")
+        if arch == "qwen3":
+            for name in (f"{attn}.q_norm.weight", f"{attn}.k_norm.weight"):
+                refuse_unless(bool((get(name) == 1).all()), f"query/key norm gains other than 1 ('{name}')")
+    norm("model.norm", "transformer.ln_f")
+    # hf_to_ours transposes GPT-2's Conv1D matrices: give them to it in that layout
+    return {name: t.t() if name.endswith(CONV1D_WEIGHTS) else t for name, t in state.items()}
 
 
 def read_tokenizer(folder):

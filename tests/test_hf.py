@@ -197,8 +197,10 @@ def test_export_each_architecture_matches_ours(tmp_path, monkeypatch, switches, 
     greedy = [ids[0] for ids in generate_ids(ours, prompt, 20, temperature=0)]
     assert theirs.generate(prompt, max_new_tokens=20, do_sample=False)[0, 5:].tolist() == greedy
     assert len(set(greedy)) > 1  # a model stuck on one token would make the comparison weak
-    if architecture == "GPT2LMHeadModel":  # GPT-2 folders load back here too
-        assert max_diff_to_hf(GPT.from_pretrained(tmp_path / "hf"), theirs, len(CHARS), length=32) < TOL
+    again = GPT.from_pretrained(tmp_path / "hf")  # and the folder loads back here, as the same model
+    architecture_switches = {k: v for k, v in switches.items() if k != "zero_init_proj"}  # only initialisation
+    assert {k: getattr(again.config, k) for k in architecture_switches} == architecture_switches
+    assert max_diff_to_hf(again, theirs, len(CHARS), length=32) < TOL
 
 
 def test_export_refuses_what_no_architecture_holds(tmp_path):
@@ -236,6 +238,31 @@ def test_exported_modern_run_generates_past_its_context(tmp_path, monkeypatch):
     assert generate(prompt, max_new_tokens=n, do_sample=False)[0]["generated_text"] == ours
     past = generate(prompt, max_new_tokens=60, do_sample=False)[0]["generated_text"]  # 18 + 60 > 64
     assert past.startswith(ours) and len(past) == len(prompt) + 60
+    (again,) = sample(SampleConfig(init_from=str(tmp_path / "hf"), start=prompt, num_samples=1, max_new_tokens=n,
+                                   temperature=0, device="cpu", dtype="float32"), write=lambda *a: None)
+    assert again == ours  # `nanogpt sample --init_from=FOLDER` reads the Qwen3 folder back
+
+
+def test_import_refuses_decoders_it_cannot_compute(tmp_path):
+    """A Llama-family folder loads only where our model computes exactly what it does: the settings and weights
+    export never writes are named in one line."""
+    from safetensors.torch import load_file, save_file
+
+    hf.export(random_model(position="rope", norm="rmsnorm", qk_norm=True, activation="relu2", bias=False),
+              tmp_path / "hf", None, log=lambda *a: None)
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    weights = load_file(tmp_path / "hf" / "model.safetensors")
+    for setting, value, message in [("rms_norm_eps", 1e-6, r"rms_norm_eps=1e-06 \(must be"),
+                                    ("hidden_act", "gelu", "activation 'gelu'"),
+                                    ("layer_types", ["sliding_attention"] * 2, "sliding-window attention")]:
+        (tmp_path / "hf" / "config.json").write_text(json.dumps(config | {setting: value}))
+        with pytest.raises(UserError, match=message):
+            GPT.from_pretrained(tmp_path / "hf")
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
+    weights["model.layers.0.mlp.up_proj.weight"] = weights["model.layers.0.mlp.up_proj.weight"] * 2
+    save_file(weights, tmp_path / "hf" / "model.safetensors")
+    with pytest.raises(UserError, match="gate and up matrices differ"):
+        GPT.from_pretrained(tmp_path / "hf")
 
 
 def test_learned_position_export_stops_at_its_context(tmp_path, monkeypatch):
@@ -318,9 +345,9 @@ def test_shape_mismatch_names_the_tensor(tmp_path):
 def test_refuses_other_model_types(tmp_path):
     tiny_hf_model().save_pretrained(tmp_path / "hf")
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
-    config["model_type"] = "llama"
+    config["model_type"] = "mistral"
     (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
-    with pytest.raises(UserError, match="'llama' model, not GPT-2"):
+    with pytest.raises(UserError, match="'mistral' model, not GPT-2"):
         GPT.from_pretrained(tmp_path / "hf")
 
 
