@@ -1,11 +1,14 @@
-"""Hugging Face GPT-2 weights in and out: read gpt2 … gpt2-xl (or any GPT-2 on the hub, or a local folder) for
+"""Hugging Face weights in and out: read gpt2 … gpt2-xl (or any GPT-2 on the hub, or a local folder) for
 `GPT.from_pretrained`, and write a model as a folder that `transformers.AutoModelForCausalLM.from_pretrained` reads
-offline. This is the one module that knows Hugging Face's names and formats; it builds no model itself (model.py
-calls in here), so the two never import each other.
+offline, without remote code: as GPT-2, or for the modern recipe's switches as the standard architecture that
+computes the same function (Llama, Qwen3, Nemotron, VaultGemma; see ARCHITECTURES). This is the one module that
+knows Hugging Face's names and formats; it builds no model itself (model.py calls in here), so the two never import
+each other.
 
 Hugging Face's GPT-2 keeps its linear layers as `Conv1D` modules, whose weight is the transpose of nn.Linear's:
 (in_features, out_features). Those four matrices per block are transposed on the way in and back on the way out;
-every other tensor has the same name (after the `transformer.` prefix) and layout as ours.
+every other tensor has the same name (after the `transformer.` prefix) and layout as ours. The Llama family splits
+q, k, v and the MLP's matrices apart and pairs rotary channels differently (see decoder_weights).
 
 transformers itself is never needed to load: config.json is read as JSON and the weights with safetensors or
 torch.load(weights_only=True). Only a hub name needs huggingface_hub, to download the folder.
@@ -44,9 +47,13 @@ def read_pretrained(name_or_dir, override_args=None):
     if unknown:
         raise UserError(f"only dropout can be overridden for pretrained weights, not {', '.join(unknown)}")
     folder = resolve_source(str(name_or_dir))
-    settings = gpt_config_from_hf(read_hf_config(folder), folder)
+    hf = read_hf_config(folder)
+    settings = gpt_config_from_hf(hf, folder)
     settings["dropout"] = override_args.get("dropout", settings["dropout"])
-    return settings, read_hf_weights(folder), folder
+    state = read_hf_weights(folder)
+    if hf["model_type"] != "gpt2":
+        state = decoder_to_gpt2_layout(state, settings, hf["model_type"], folder)
+    return settings, state, folder
 
 
 def resolve_source(name_or_dir):
@@ -114,11 +121,16 @@ def gpt_config_from_hf(hf, source):
     """Our GPTConfig's settings for a Hugging Face GPT-2 config dict; refuses what our model cannot compute
     exactly."""
     model_type = hf.get("model_type")
+    if model_type in DECODERS:
+        return decoder_config_from_hf(hf, source)
     if model_type != "gpt2":
-        raise UserError(f"{source} is a '{model_type}' model, not GPT-2: only GPT-2 weights can be loaded")
+        raise UserError(f"{source} is a '{model_type}' model, not GPT-2: only GPT-2 weights (and the Llama, Qwen3, "
+                        "Nemotron or VaultGemma folders nanogpt export writes) can be loaded")
     activation = hf.get("activation_function", "gelu_new")
-    if activation not in ACTIVATIONS:
-        raise UserError(f"{source} uses activation '{activation}'; only {', '.join(ACTIVATIONS)} are supported")
+    if activation not in ACTIVATIONS and activation != "relu2":  # relu2: what export writes for ReLU² runs
+        raise UserError(
+            f"{source} uses activation '{activation}'; only {', '.join(ACTIVATIONS)} and relu2 are supported"
+        )
     n_embd = hf.get("n_embd", 768)
     unsupported = [
         (hf.get("n_inner") not in (None, 4 * n_embd), f"n_inner={hf.get('n_inner')} (the MLP must be 4*n_embd)"),
@@ -126,7 +138,6 @@ def gpt_config_from_hf(hf, source):
          f"layer_norm_epsilon={hf.get('layer_norm_epsilon')} (must be {LAYER_NORM_EPS})"),
         (not hf.get("scale_attn_weights", True), "scale_attn_weights=false"),
         (hf.get("scale_attn_by_inverse_layer_idx", False), "scale_attn_by_inverse_layer_idx=true"),
-        (not hf.get("tie_word_embeddings", True), "tie_word_embeddings=false (lm_head must be the token embedding)"),
         (hf.get("add_cross_attention", False), "add_cross_attention=true"),
     ]
     for bad, what in unsupported:
@@ -140,7 +151,9 @@ def gpt_config_from_hf(hf, source):
         vocab_size=hf.get("vocab_size", VOCAB_SIZE),
         bias=True,  # GPT-2 always has biases
         dropout=0.0,
-        gelu_approximate=ACTIVATIONS[activation],
+        gelu_approximate=ACTIVATIONS.get(activation, "none"),
+        activation="relu2" if activation == "relu2" else "gelu",
+        tie_embeddings=bool(hf.get("tie_word_embeddings", True)),  # False in exports of untied runs
     )
     ints = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")
     bad = next((k for k in ints if not isinstance(settings[k], int) or settings[k] < 1), None)
@@ -149,6 +162,124 @@ def gpt_config_from_hf(hf, source):
     if n_embd % settings["n_head"] != 0:
         raise UserError(f"{source}/config.json: n_embd ({n_embd}) must be divisible by n_head ({settings['n_head']})")
     return settings
+
+
+DECODERS = ("llama", "qwen3", "nemotron", "vaultgemma")  # the rotary architectures export writes (see ARCHITECTURES)
+# (transformers' activation name, gated MLP?) -> our (activation, gelu_approximate); see hf_activation
+DECODER_ACTIVATIONS = {("silu", True): ("swiglu", "none"), ("relu", True): ("relu2", "none"),
+                       ("relu2", False): ("relu2", "none"), ("gelu", False): ("gelu", "none"),
+                       ("gelu_new", False): ("gelu", "tanh"), ("gelu_pytorch_tanh", False): ("gelu", "tanh")}
+
+
+def decoder_config_from_hf(hf, source):
+    """Our GPTConfig's settings for a Llama, Qwen3, Nemotron or VaultGemma config that computes what one of our
+    models can (what export writes); refuses the rest, naming the setting. The weights are checked later, in
+    decoder_to_gpt2_layout and hf_to_ours."""
+    arch = hf["model_type"]
+    n_embd, n_head = hf.get("hidden_size"), hf.get("num_attention_heads")
+    for name in ("hidden_size", "num_attention_heads", "num_hidden_layers", "vocab_size", "max_position_embeddings"):
+        if not isinstance(hf.get(name), int) or hf[name] < 1:
+            raise UserError(f"{source}/config.json: {name} must be a positive integer, got {hf.get(name)!r}")
+    if n_embd % n_head != 0:
+        raise UserError(f"{source}/config.json: hidden_size ({n_embd}) must be divisible by num_attention_heads")
+    n_kv_head = hf.get("num_key_value_heads") or n_head
+    rope = hf.get("rope_parameters") or {}
+    gated = arch != "nemotron"
+    act = hf.get("hidden_activation" if arch == "vaultgemma" else "hidden_act")
+    eps_name, eps = ("norm_eps", LAYER_NORM_EPS) if arch == "nemotron" else ("rms_norm_eps", RMS_NORM_EPS)
+    bias = bool(hf.get("attention_bias", False))
+    full_attention = all(t == "full_attention" for t in hf.get("layer_types") or ["full_attention"])
+    unsupported = [
+        ((act, gated) not in DECODER_ACTIVATIONS, f"activation {act!r}"),
+        (hf.get("head_dim") not in (None, n_embd // n_head),
+         f"head_dim={hf.get('head_dim')} (must be hidden_size/num_attention_heads)"),
+        (not isinstance(n_kv_head, int) or n_head % n_kv_head != 0, f"num_key_value_heads={n_kv_head}"),
+        (abs(hf.get(eps_name, -1.0) - eps) > 1e-12, f"{eps_name}={hf.get(eps_name)} (must be {eps})"),
+        (rope.get("rope_type", "default") != "default" or hf.get("rope_scaling"), "rope scaling"),
+        (rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 0.5 if arch == "nemotron" else 1.0)) != 1.0,
+         "partial rotary"),
+        (arch in ("llama", "nemotron") and bool(hf.get("mlp_bias", False)) != bias, "mlp_bias unlike attention_bias"),
+        (arch in ("qwen3", "vaultgemma") and bias, "attention_bias=true"),
+        (hf.get("use_sliding_window", False) or not full_attention, "sliding-window attention"),
+        (arch == "vaultgemma" and hf.get("query_pre_attn_scalar") != n_embd // n_head,
+         "query_pre_attn_scalar other than head_dim"),
+        (arch == "vaultgemma" and hf.get("attn_logit_softcapping") is not None, "attention logit soft-capping"),
+    ]
+    for bad, what in unsupported:
+        if bad:
+            raise UserError(f"{source} has {what}, which this GPT does not support")
+    activation, approximate = DECODER_ACTIVATIONS[(act, gated)]
+    return dict(
+        n_layer=hf["num_hidden_layers"], n_head=n_head, n_embd=n_embd, block_size=hf["max_position_embeddings"],
+        vocab_size=hf["vocab_size"], bias=bias, dropout=0.0, gelu_approximate=approximate, position="rope",
+        rope_base=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
+        norm="layernorm" if arch == "nemotron" else "rmsnorm", qk_norm=arch == "qwen3", activation=activation,
+        tie_embeddings=bool(hf.get("tie_word_embeddings", arch == "vaultgemma")),
+        logit_softcap=float(hf.get("final_logit_softcapping") or 0.0) if arch == "vaultgemma" else 0.0,
+        n_kv_head=0 if n_kv_head == n_head else n_kv_head,
+    )
+
+
+def decoder_to_gpt2_layout(hf_state, settings, arch, source):
+    """A Llama-family state dict (what decoder_weights writes) under GPT-2's names and Conv1D layout, so that
+    hf_to_ours reads it as it reads GPT-2's and checks every shape; refuses weights our model cannot compute (QK-norm
+    gains other than one, ReLU² gate and up matrices that differ, LayerNorm biases in a bias-free model)."""
+    n_embd, head_size = settings["n_embd"], settings["n_embd"] // settings["n_head"]
+    # the inverse of decoder_weights' reordering: their halves back to our neighbouring pairs
+    pairs = torch.argsort(torch.cat((torch.arange(0, head_size, 2), torch.arange(1, head_size, 2))))
+    gain_offset = 1.0 if arch in ("nemotron", "vaultgemma") else 0.0
+
+    def get(name):
+        if name not in hf_state:
+            raise UserError(f"{source}: the weights lack tensor '{name}'")
+        return hf_state[name].float()
+
+    def heads(tensor):
+        return tensor.unflatten(0, (-1, head_size))[:, pairs].flatten(0, 1)
+
+    def refuse_unless(ok, what):
+        if not ok:
+            raise UserError(f"{source} has {what}, which this GPT does not compute")
+
+    embedding = get("model.embed_tokens.weight")
+    state = {"transformer.wte.weight": embedding * n_embd**0.5 if arch == "vaultgemma" else embedding}
+    if "lm_head.weight" in hf_state:
+        state["lm_head.weight"] = get("lm_head.weight")
+
+    def norm(theirs, ours):
+        state[f"{ours}.weight"] = get(f"{theirs}.weight") + gain_offset
+        if arch == "nemotron" and settings["bias"]:
+            state[f"{ours}.bias"] = get(f"{theirs}.bias")
+        elif arch == "nemotron":
+            refuse_unless(not get(f"{theirs}.bias").any(), f"LayerNorm biases in '{theirs}' but no other biases")
+
+    for i in range(settings["n_layer"]):
+        theirs, ours = f"model.layers.{i}", f"transformer.h.{i}"
+        attn, mlp = f"{theirs}.self_attn", f"{theirs}.mlp"
+        kinds = ("weight", "bias") if settings["bias"] else ("weight",)
+        for kind in kinds:
+            q, k, v = get(f"{attn}.q_proj.{kind}"), get(f"{attn}.k_proj.{kind}"), get(f"{attn}.v_proj.{kind}")
+            state[f"{ours}.attn.c_attn.{kind}"] = torch.cat((heads(q), heads(k), v))
+            state[f"{ours}.attn.c_proj.{kind}"] = get(f"{attn}.o_proj.{kind}")
+            if arch == "nemotron":
+                state[f"{ours}.mlp.c_fc.{kind}"] = get(f"{mlp}.up_proj.{kind}")
+            elif settings["activation"] == "swiglu":
+                gate, up = get(f"{mlp}.gate_proj.{kind}"), get(f"{mlp}.up_proj.{kind}")
+                state[f"{ours}.mlp.c_fc.{kind}"] = torch.cat((gate, up))
+            else:  # ReLU² is relu(a)·a: only when both sides are the same matrix
+                gate, up = get(f"{mlp}.gate_proj.{kind}"), get(f"{mlp}.up_proj.{kind}")
+                refuse_unless(torch.equal(gate, up), f"a ReLU-gated MLP whose gate and up matrices differ ('{mlp}')")
+                state[f"{ours}.mlp.c_fc.{kind}"] = gate
+            state[f"{ours}.mlp.c_proj.{kind}"] = get(f"{mlp}.down_proj.{kind}")
+        norm(f"{theirs}.input_layernorm", f"{ours}.ln_1")
+        norm(f"{theirs}.pre_feedforward_layernorm" if arch == "vaultgemma" else f"{theirs}.post_attention_layernorm",
+             f"{ours}.ln_2")
+        if arch == "qwen3":
+            for name in (f"{attn}.q_norm.weight", f"{attn}.k_norm.weight"):
+                refuse_unless(bool((get(name) == 1).all()), f"query/key norm gains other than 1 ('{name}')")
+    norm("model.norm", "transformer.ln_f")
+    # hf_to_ours transposes GPT-2's Conv1D matrices: give them to it in that layout
+    return {name: t.t() if name.endswith(CONV1D_WEIGHTS) else t for name, t in state.items()}
 
 
 def read_tokenizer(folder):
@@ -200,10 +331,11 @@ def hf_to_ours(hf_state, own, source):
     """Rename and transpose a Hugging Face GPT-2 state dict into our model's (`own`, its state dict), checking every
     name and shape."""
     state = {}
+    tied = own["lm_head.weight"].data_ptr() == own["transformer.wte.weight"].data_ptr()
     for hf_name, tensor in hf_state.items():
         # hub checkpoints of GPT-2 name the body without the "transformer." prefix that save_pretrained adds
         name = hf_name if hf_name.startswith(("transformer.", "lm_head.")) else "transformer." + hf_name
-        if name.endswith(HF_BUFFERS) or name == "lm_head.weight":  # lm_head is tied to wte
+        if name.endswith(HF_BUFFERS) or (name == "lm_head.weight" and tied):  # a tied lm_head is wte
             continue
         if name not in own:
             raise UserError(f"{source}: tensor '{hf_name}' is not part of a GPT-2 model")
@@ -216,7 +348,8 @@ def hf_to_ours(hf_state, own, source):
                 f"{expected}"
             )
         state[name] = tensor.to(own[name].dtype)
-    state["lm_head.weight"] = state.get("transformer.wte.weight")
+    if tied:
+        state["lm_head.weight"] = state.get("transformer.wte.weight")
     missing = [k for k in own if state.get(k) is None]
     if missing:
         raise UserError(f"{source}: the weights lack tensor '{missing[0].removeprefix('transformer.')}'")
@@ -227,14 +360,15 @@ def hf_to_ours(hf_state, own, source):
 
 
 def export(model, to, tokenizer_meta, log=print):
-    """Write `model` as a Hugging Face GPT-2 folder `to`: config.json, model.safetensors and the tokenizer's files
-    (see write_tokenizer), so AutoModelForCausalLM and AutoTokenizer load it offline. The folder appears complete
-    or not at all: everything is written to a temporary sibling that is renamed into place."""
+    """Write `model` as a Hugging Face folder `to` of the standard architecture that computes what it does (GPT-2,
+    Llama, Qwen3, Nemotron or VaultGemma: see ARCHITECTURES): config.json, model.safetensors and the tokenizer's
+    files (see write_tokenizer), so AutoModelForCausalLM and AutoTokenizer load it offline, without remote code. The
+    folder appears complete or not at all: everything is written to a temporary sibling that is renamed into place."""
     try:
         from safetensors.torch import save_file
     except ImportError:
         raise UserError("export needs safetensors: pip install 'nanogpt[hf]'") from None
-    check_gpt2_architecture(model.config)
+    arch = architecture_for(model.config)
     to = Path(to)
     if not str(to):
         raise UserError("say where to export with --to=DIR")
@@ -245,12 +379,13 @@ def export(model, to, tokenizer_meta, log=print):
         to.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        write_json(tmp / "config.json", hf_config(model.config, tokenizer_meta))
-        save_file(ours_to_hf(model), tmp / "model.safetensors", metadata={"format": "pt"})
+        write_json(tmp / "config.json", hf_config(model, tokenizer_meta, arch))
+        save_file(ours_to_hf(model, arch), tmp / "model.safetensors", metadata={"format": "pt"})
         if tokenizer_meta:
             write_tokenizer(tmp, tokenizer_meta, model.config.block_size)
-            if tokenizer_meta["vocab_size"] < model.config.vocab_size:
-                write_json(tmp / "generation_config.json", generation_config(model.config, tokenizer_meta))
+        generation = generation_config(model.config, tokenizer_meta)
+        if generation:
+            write_json(tmp / "generation_config.json", generation)
         for path in tmp.iterdir():
             fsync_path(path)
         os.replace(tmp, to)  # an empty `to` is replaced as a whole
@@ -261,41 +396,128 @@ def export(model, to, tokenizer_meta, log=print):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log(f"exported to {to}")
+    log(f"exported to {to} as {HF_NAMES[arch]} ({CLASSES[arch]})")
     if not tokenizer_meta:
         log("no tokenizer is known for this model: wrote config and weights only")
     return to
 
 
-# the model settings Hugging Face's GPT-2 format can hold only at GPT-2's value (the modern recipe's switches)
-GPT2_ARCHITECTURE = {"position": "learned", "norm": "layernorm", "qk_norm": False, "activation": "gelu",
-                     "tie_embeddings": True, "logit_softcap": 0.0, "n_kv_head": 0}
+# ---------------------------------------------------------------------------------------------------- architectures
+#
+# Which transformers architecture computes exactly what a model's switches compute. Each entry lists the switch values
+# it can hold (a switch it does not name may take any value); the first that holds them all is the one exported to.
+# Why each can hold what it lists (see docs/code-analysis/hf-interop.md for the whole derivation):
+# - every one is pre-norm with a final norm, no norm after the embedding, and attention scaled by 1/sqrt(head size);
+# - ReLU² is a gated MLP with ReLU and the same matrix on both sides: relu(a)·a = relu(a)², to the bit;
+# - RMSNorm-based ones have one eps for every norm, ours is F.rms_norm's default, float32's machine epsilon;
+# - Nemotron's LayerNorm computes with weight+1 and VaultGemma's RMSNorm with 1+weight: gains are exported minus 1;
+# - VaultGemma multiplies the embedding by sqrt(n_embd): it is exported divided by it, so its head cannot be tied;
+# - Qwen3 and VaultGemma have no MLP biases; GPT-2 has no grouped-query attention and no gated MLP.
+ARCHITECTURES = {
+    "gpt2": dict(position={"learned"}, norm={"layernorm"}, qk_norm={False}, activation={"gelu", "relu2"},
+                 logit_softcap={False}, grouped_kv={False}),
+    "llama": dict(position={"rope"}, norm={"rmsnorm"}, qk_norm={False}, activation={"swiglu", "relu2"},
+                  logit_softcap={False}),
+    "qwen3": dict(position={"rope"}, norm={"rmsnorm"}, qk_norm={True}, activation={"swiglu", "relu2"},
+                  logit_softcap={False}, bias={False}),
+    "nemotron": dict(position={"rope"}, norm={"layernorm"}, qk_norm={False}, activation={"gelu", "relu2"},
+                     logit_softcap={False}),
+    "vaultgemma": dict(position={"rope"}, norm={"rmsnorm"}, qk_norm={False}, activation={"swiglu", "relu2"},
+                       logit_softcap={True}, bias={False}, tie_embeddings={False}),
+}
+HF_NAMES = {"gpt2": "GPT-2", "llama": "Llama", "qwen3": "Qwen3", "nemotron": "Nemotron", "vaultgemma": "VaultGemma"}
+CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM",
+           "nemotron": "NemotronForCausalLM", "vaultgemma": "VaultGemmaForCausalLM"}
+RMS_NORM_EPS = torch.finfo(torch.float32).eps  # what F.rms_norm uses on float32 when given no eps, as ours is
 
 
-def check_gpt2_architecture(config):
-    """Refuse to export a model that GPT2LMHeadModel would load but compute differently."""
-    for name, gpt2 in GPT2_ARCHITECTURE.items():
-        value = getattr(config, name, gpt2)
-        if value != gpt2 and not (name == "n_kv_head" and value == config.n_head):
-            raise UserError(f"cannot export to Hugging Face GPT-2: this model has {name}={value!r} (GPT-2 has "
-                            f"{gpt2!r}), which GPT-2's format cannot hold; only GPT-2-architecture runs export")
+def switches(config):
+    """The values of a model's architecture switches, as ARCHITECTURES names them."""
+    return dict(position=config.position, norm=config.norm, qk_norm=config.qk_norm, activation=config.activation,
+                logit_softcap=config.logit_softcap > 0, grouped_kv=config.kv_heads != config.n_head,
+                bias=config.bias, tie_embeddings=config.tie_embeddings)
 
 
-def hf_config(config, tokenizer_meta):
-    """A GPT2Config dict for our GPTConfig."""
-    activation = {"none": "gelu", "tanh": "gelu_new"}[getattr(config, "gelu_approximate", "none")]
+def describe_switch(config, name):
+    """How a switch reads in our settings, for an error message: norm='layernorm', n_kv_head=2, logit_softcap=15.0."""
+    if name == "grouped_kv":
+        return f"n_kv_head={config.n_kv_head}"
+    return f"{name}={getattr(config, name)!r}"
+
+
+def architecture_for(config):
+    """The key in ARCHITECTURES of the transformers architecture that computes exactly what `config` does; a one-line
+    error naming the switches that stop the nearest one where none does."""
+    ours = switches(config)
+    lacking = {arch: [k for k, allowed in holds.items() if ours[k] not in allowed]
+               for arch, holds in ARCHITECTURES.items()}
+    for arch, missing in lacking.items():
+        if not missing:
+            return arch
+    nearest = min(lacking, key=lambda arch: len(lacking[arch]))  # the first of the nearest, in ARCHITECTURES' order
+    stops = ", ".join(describe_switch(config, k) for k in lacking[nearest])
+    raise UserError(
+        f"cannot export to Hugging Face: no transformers architecture computes this model's switches together; the "
+        f"nearest, {HF_NAMES[nearest]}, cannot hold {stops} (exportable: GPT-2, Llama, Qwen3, Nemotron, VaultGemma; "
+        "see docs/code-analysis/hf-interop.md)"
+    )
+
+
+def hf_config(model, tokenizer_meta, arch="gpt2"):
+    """The config.json of `arch` (a key of ARCHITECTURES) for our model."""
+    config = model.config
     eot = eot_of(tokenizer_meta or {})  # <|endoftext|> begins and ends every document where there is one
+    common = {"architectures": [CLASSES[arch]], "model_type": arch, "vocab_size": config.vocab_size,
+              "tie_word_embeddings": config.tie_embeddings, "use_cache": True, "bos_token_id": eot,
+              "eos_token_id": eot, "torch_dtype": "float32"}
+    if arch == "gpt2":
+        return common | gpt2_config(config)
+    head_size = config.n_embd // config.n_head
+    decoder = {
+        "hidden_size": config.n_embd,
+        "intermediate_size": mlp_hidden(model.state_dict()),
+        "num_hidden_layers": config.n_layer,
+        "num_attention_heads": config.n_head,
+        "num_key_value_heads": config.kv_heads,
+        "head_dim": head_size,
+        # rotary runs past the training context; transformers reads this as the longest context it was trained on
+        "max_position_embeddings": config.block_size,
+        # transformers 5 reads rope_parameters, 4.x rope_theta
+        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_base, "partial_rotary_factor": 1.0},
+        "rope_theta": config.rope_base,
+        "attention_dropout": 0.0,
+        "attention_bias": config.bias,
+        "initializer_range": 0.02,
+        "pad_token_id": None,
+    }
+    activation = hf_activation(config, gated=arch != "nemotron")
+    if arch == "nemotron":
+        return common | decoder | {"hidden_act": activation, "norm_eps": LAYER_NORM_EPS, "mlp_bias": config.bias,
+                                   "partial_rotary_factor": 1.0}
+    decoder |= {"rms_norm_eps": RMS_NORM_EPS}
+    full = ["full_attention"] * config.n_layer
+    if arch == "llama":
+        return common | decoder | {"hidden_act": activation, "mlp_bias": config.bias}
+    if arch == "qwen3":
+        return common | decoder | {"hidden_act": activation, "use_sliding_window": False, "sliding_window": None,
+                                   "max_window_layers": config.n_layer, "layer_types": full}
+    return common | decoder | {  # vaultgemma
+        "hidden_activation": activation, "query_pre_attn_scalar": head_size, "attn_logit_softcapping": None,
+        "final_logit_softcapping": config.logit_softcap, "layer_types": full,
+        "sliding_window": config.block_size,  # unused (every layer is full attention), but its mask is built anyway
+    }
+
+
+def gpt2_config(config):
+    """The GPT2Config settings of a GPT-2-architecture model."""
     return {
-        "architectures": ["GPT2LMHeadModel"],
-        "model_type": "gpt2",
-        "vocab_size": config.vocab_size,
         "n_positions": config.block_size,
         "n_ctx": config.block_size,  # read by transformers releases before 4.x
         "n_embd": config.n_embd,
         "n_layer": config.n_layer,
         "n_head": config.n_head,
         "n_inner": None,
-        "activation_function": activation,
+        "activation_function": hf_activation(config, gated=False),
         "resid_pdrop": config.dropout,
         "embd_pdrop": config.dropout,
         "attn_pdrop": config.dropout,
@@ -304,37 +526,113 @@ def hf_config(config, tokenizer_meta):
         "scale_attn_weights": True,
         "scale_attn_by_inverse_layer_idx": False,
         "reorder_and_upcast_attn": False,
-        "tie_word_embeddings": True,
-        "use_cache": True,
-        "bos_token_id": eot,
-        "eos_token_id": eot,
-        "torch_dtype": "float32",
     }
 
 
+def hf_activation(config, gated):
+    """transformers' name (ACT2FN) for our activation; in a gated MLP, the function applied to the gate."""
+    if config.activation == "swiglu":
+        return "silu"
+    if config.activation == "relu2":
+        return "relu" if gated else "relu2"  # gated: relu(a)·a with both matrices our c_fc
+    return {"none": "gelu", "tanh": "gelu_new"}[config.gelu_approximate]
+
+
+def mlp_hidden(state):
+    """The MLP's hidden width, what goes through the activation: c_proj's input (half of c_fc's output for SwiGLU)."""
+    return state["transformer.h.0.mlp.c_proj.weight"].shape[1]
+
+
 def generation_config(config, tokenizer_meta):
-    """transformers' generation settings for a model whose vocabulary is padded past its tokenizer's (for speed):
-    never generate the padding ids, as our sampler never does, so both continue a prompt alike."""
-    eot = eot_of(tokenizer_meta)
-    return {"bos_token_id": eot, "eos_token_id": eot,
-            "suppress_tokens": list(range(tokenizer_meta["vocab_size"], config.vocab_size))}
+    """transformers' generation settings, where any apply: <|endoftext|> where the tokenizer has it; for a model
+    whose vocabulary is padded past its tokenizer's (for speed), never the padding ids, as our sampler never does;
+    and for learned positions, a length that ends at the context (see docs/code-analysis/hf-interop.md)."""
+    settings = {}
+    eot = eot_of(tokenizer_meta or {})
+    if eot is not None:
+        settings |= {"bos_token_id": eot, "eos_token_id": eot}
+    if tokenizer_meta and tokenizer_meta["vocab_size"] < config.vocab_size:
+        settings["suppress_tokens"] = list(range(tokenizer_meta["vocab_size"], config.vocab_size))
+    if config.position == "learned":
+        # the position table ends at block_size and transformers indexes past it (an IndexError). A max_length
+        # here makes generate() stop at the context when the caller names no length, and keeps the text-generation
+        # pipeline from adding its default of 256 new tokens; an explicit max_new_tokens still overrides it.
+        settings["max_length"] = config.block_size
+    return settings
 
 
-def ours_to_hf(model):
-    """Our state dict under Hugging Face names, Conv1D weights transposed back, every tensor contiguous and owning
-    its memory (safetensors refuses views and shared tensors). lm_head is left out: it is tied to wte.
-    A model without biases gets zero biases, which compute the same function."""
-    state = {}
-    for name, tensor in model.state_dict().items():
-        if name == "lm_head.weight":
-            continue
-        tensor = tensor.detach().to("cpu", torch.float32)
-        state[name] = (tensor.t() if name.endswith(CONV1D_WEIGHTS) else tensor).contiguous().clone()
+def ours_to_hf(model, arch="gpt2"):
+    """Our weights under `arch`'s names and layouts, float32, every tensor contiguous and owning its memory
+    (safetensors refuses views and shared tensors). A tied head is left out: transformers ties it."""
+    state = {name: tensor.detach().to("cpu", torch.float32) for name, tensor in model.state_dict().items()}
+    hf = gpt2_weights(model, state) if arch == "gpt2" else decoder_weights(model.config, state, arch)
+    if not model.config.tie_embeddings:
+        hf["lm_head.weight"] = state["lm_head.weight"]
+    return {name: tensor.contiguous().clone() for name, tensor in hf.items()}
+
+
+def gpt2_weights(model, state):
+    """GPT-2's layout: our names, Conv1D weights transposed, zero biases where ours has none (the same function,
+    since GPT-2's architecture always has biases)."""
+    hf = {name: tensor.t() if name.endswith(CONV1D_WEIGHTS) else tensor
+          for name, tensor in state.items() if name != "lm_head.weight"}
     if not model.config.bias:
         for name, module in model.named_modules():
             if name.startswith("transformer.") and hasattr(module, "bias") and module.bias is None:
-                state[f"{name}.bias"] = torch.zeros(module.weight.shape[0])  # Linear: (out, in); LayerNorm: (n,)
-    return state
+                hf[f"{name}.bias"] = torch.zeros(module.weight.shape[0])  # Linear: (out, in); LayerNorm: (n,)
+    return hf
+
+
+def decoder_weights(config, state, arch):
+    """The Llama family's layout (Llama, Qwen3, Nemotron, VaultGemma): q, k, v and the MLP's matrices apart, and
+    each head's query and key channels reordered from our neighbouring rotary pairs to their halves."""
+    head_size = config.n_embd // config.n_head
+    kv_size = config.kv_heads * head_size
+    # our rotary turns channels (2i, 2i+1) together, theirs (i, i + head_size/2): evens first, then odds
+    halves = torch.cat((torch.arange(0, head_size, 2), torch.arange(1, head_size, 2)))
+    gain_offset = 1.0 if arch in ("nemotron", "vaultgemma") else 0.0  # they compute with weight+1 / 1+weight
+    embedding = state["transformer.wte.weight"]
+    hf = {"model.embed_tokens.weight": embedding / config.n_embd**0.5 if arch == "vaultgemma" else embedding}
+
+    def norm(ours, theirs):
+        hf[f"{theirs}.weight"] = state[f"{ours}.weight"] - gain_offset
+        if arch == "nemotron":  # Nemotron's LayerNorm always has a bias; zero where ours has none
+            hf[f"{theirs}.bias"] = state.get(f"{ours}.bias", torch.zeros(config.n_embd))
+
+    def linear(ours, theirs, rows=slice(None), order=None):
+        for kind in ("weight", "bias"):
+            if f"{ours}.{kind}" in state:
+                tensor = state[f"{ours}.{kind}"][rows]
+                if order is not None:  # per head: (heads, head_size, ...) reordered along head_size
+                    tensor = tensor.unflatten(0, (-1, head_size))[:, order].flatten(0, 1)
+                hf[f"{theirs}.{kind}"] = tensor
+
+    for i in range(config.n_layer):
+        ours, theirs = f"transformer.h.{i}", f"model.layers.{i}"
+        q, k = slice(0, config.n_embd), slice(config.n_embd, config.n_embd + kv_size)
+        v = slice(config.n_embd + kv_size, None)
+        linear(f"{ours}.attn.c_attn", f"{theirs}.self_attn.q_proj", q, halves)
+        linear(f"{ours}.attn.c_attn", f"{theirs}.self_attn.k_proj", k, halves)
+        linear(f"{ours}.attn.c_attn", f"{theirs}.self_attn.v_proj", v)
+        linear(f"{ours}.attn.c_proj", f"{theirs}.self_attn.o_proj")
+        norm(f"{ours}.ln_1", f"{theirs}.input_layernorm")
+        norm(f"{ours}.ln_2", f"{theirs}.pre_feedforward_layernorm" if arch == "vaultgemma"
+             else f"{theirs}.post_attention_layernorm")
+        if arch == "qwen3":  # its per-head query/key RMSNorms have a gain; ours have none, so ones
+            hf[f"{theirs}.self_attn.q_norm.weight"] = torch.ones(head_size)
+            hf[f"{theirs}.self_attn.k_norm.weight"] = torch.ones(head_size)
+        hidden = mlp_hidden(state)
+        if arch == "nemotron":
+            linear(f"{ours}.mlp.c_fc", f"{theirs}.mlp.up_proj")
+        elif config.activation == "swiglu":  # ours: silu(first half)·second half
+            linear(f"{ours}.mlp.c_fc", f"{theirs}.mlp.gate_proj", slice(0, hidden))
+            linear(f"{ours}.mlp.c_fc", f"{theirs}.mlp.up_proj", slice(hidden, None))
+        else:  # ReLU²: relu(a)·a
+            linear(f"{ours}.mlp.c_fc", f"{theirs}.mlp.gate_proj")
+            linear(f"{ours}.mlp.c_fc", f"{theirs}.mlp.up_proj")
+        linear(f"{ours}.mlp.c_proj", f"{theirs}.mlp.down_proj")
+    norm("transformer.ln_f", "model.norm")
+    return hf
 
 
 def eot_of(tokenizer_meta):

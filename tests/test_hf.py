@@ -100,8 +100,8 @@ def test_export_trained_run_through_cli(tmp_path, char_dataset):
     data_dir, _ = char_dataset
     train(tiny_config(data_dir, tmp_path / "run", max_iters=5, lr_decay_iters=5), log=lambda *a: None)
     assert cli.main(["export", f"--out_dir={tmp_path / 'run'}", f"--to={tmp_path / 'hf'}"]) == 0
-    assert sorted(os.listdir(tmp_path / "hf")) == ["config.json", "model.safetensors", "special_tokens_map.json",
-                                                   "tokenizer.json", "tokenizer_config.json"]
+    assert sorted(os.listdir(tmp_path / "hf")) == ["config.json", "generation_config.json", "model.safetensors",
+                                                   "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json"]
 
     from nanogpt.runs import load_run
 
@@ -110,7 +110,7 @@ def test_export_trained_run_through_cli(tmp_path, char_dataset):
     assert max_diff_to_hf(ours, theirs, tokenizer.vocab_size, length=16) < TOL
 
 
-def prepare_run(tmp_path, kind):
+def prepare_run(tmp_path, kind, **overrides):
     """A tiny run trained on the shared corpus with a character or a trained BPE tokenizer; returns its out_dir."""
     from nanogpt.datasets import prepare_text
     from tests.conftest import CORPUS
@@ -119,8 +119,8 @@ def prepare_run(tmp_path, kind):
     prepare_text(tmp_path / "corpus.txt", "tiny", tokenizer=kind, data_dir=tmp_path / "data",
                  vocab_size=300 if kind == "bpe" else None, log=lambda *a: None)
     # a context longer than prompt and continuation: transformers has no sliding window to match ours past it
-    train(tiny_config(tmp_path / "data", tmp_path / "run", block_size=64, max_iters=30, lr_decay_iters=30),
-          log=lambda *a: None)
+    train(tiny_config(tmp_path / "data", tmp_path / "run", block_size=64, max_iters=30, lr_decay_iters=30,
+                      **overrides), log=lambda *a: None)
     return tmp_path / "run"
 
 
@@ -150,6 +150,134 @@ def test_exported_run_continues_as_sample_does(tmp_path, kind, monkeypatch):
     (again,) = sample(SampleConfig(init_from=str(tmp_path / "hf"), start=prompt, num_samples=1, max_new_tokens=n,
                                    temperature=0, device="cpu", dtype="float32"), write=lambda *a: None)
     assert again == ours
+
+
+# one model of each switch combination a standard architecture holds, and the class transformers must load it as
+EXPORTABLE = {
+    "gpt2-relu2-untied": (dict(activation="relu2", tie_embeddings=False), "GPT2LMHeadModel"),
+    "llama-swiglu-gqa-bias": (dict(position="rope", norm="rmsnorm", activation="swiglu", n_kv_head=2, bias=True,
+                                   tie_embeddings=False, rope_base=500.0), "LlamaForCausalLM"),
+    "llama-relu2-tied": (dict(position="rope", norm="rmsnorm", activation="relu2"), "LlamaForCausalLM"),
+    "qwen3-qk-norm": (dict(position="rope", norm="rmsnorm", qk_norm=True, activation="relu2", n_kv_head=2,
+                           tie_embeddings=False, zero_init_proj=True, bias=False), "Qwen3ForCausalLM"),
+    "nemotron-layernorm": (dict(position="rope", activation="gelu", bias=True, tie_embeddings=False),
+                           "NemotronForCausalLM"),
+    "vaultgemma-softcap": (dict(position="rope", norm="rmsnorm", activation="swiglu", n_kv_head=2,
+                                logit_softcap=5.0, tie_embeddings=False, bias=False), "VaultGemmaForCausalLM"),
+}
+CHARS = "abcdefghijklmnopqrstuvwxyz0123456789 .,\n"  # 40 characters: a character tokenizer for random models
+
+
+def random_model(**switches):
+    """A tiny model with every weight random (gains and biases too, so one exported wrongly would show), large
+    enough that its logits spread over several units."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=4, n_embd=32, block_size=32, vocab_size=len(CHARS), **switches)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p + torch.randn_like(p) * 0.3 if p.dim() == 1 else torch.randn_like(p) * 0.3)
+    return model
+
+
+@pytest.mark.parametrize("switches, architecture", EXPORTABLE.values(), ids=EXPORTABLE.keys())
+def test_export_each_architecture_matches_ours(tmp_path, monkeypatch, switches, architecture):
+    """Each exportable switch combination loads offline as its standard architecture, without remote code, with
+    our logits at every position and our greedy continuation."""
+    from nanogpt.generate import generate_ids
+
+    ours = random_model(**switches)
+    hf.export(ours, tmp_path / "hf", {"tokenizer": "char", "vocab_size": len(CHARS), "chars": CHARS},
+              log=lambda *a: None)
+    assert "auto_map" not in json.loads((tmp_path / "hf" / "config.json").read_text())  # no code of ours needed
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert type(theirs).__name__ == architecture
+    assert max_diff_to_hf(ours, theirs, len(CHARS), length=32) < TOL
+    prompt = torch.tensor([[7, 4, 11, 11, 14]])
+    greedy = [ids[0] for ids in generate_ids(ours, prompt, 20, temperature=0)]
+    assert theirs.generate(prompt, max_new_tokens=20, do_sample=False)[0, 5:].tolist() == greedy
+    assert len(set(greedy)) > 1  # a model stuck on one token would make the comparison weak
+    again = GPT.from_pretrained(tmp_path / "hf")  # and the folder loads back here, as the same model
+    architecture_switches = {k: v for k, v in switches.items() if k != "zero_init_proj"}  # only initialisation
+    assert {k: getattr(again.config, k) for k in architecture_switches} == architecture_switches
+    assert max_diff_to_hf(again, theirs, len(CHARS), length=32) < TOL
+
+
+def test_export_refuses_what_no_architecture_holds(tmp_path):
+    """The switches no standard architecture holds together are named in a one-line error, and nothing is
+    written."""
+    # the CPU fast preset's switches: Qwen3 holds all but the bias-free LayerNorm and the soft-cap
+    fast = dict(position="rope", qk_norm=True, activation="relu2", tie_embeddings=False, zero_init_proj=True,
+                logit_softcap=15.0, bias=False)
+    with pytest.raises(UserError, match=r"the nearest, Qwen3, cannot hold norm='layernorm', logit_softcap=15\.0") as e:
+        hf.export(random_model(**fast), tmp_path / "hf", None)
+    assert "\n" not in str(e.value)
+    with pytest.raises(UserError, match=r"the nearest, GPT-2, cannot hold activation='swiglu' \("):
+        hf.export(random_model(activation="swiglu"), tmp_path / "hf", None)
+    with pytest.raises(UserError, match=r"the nearest, Llama, cannot hold qk_norm=True"):  # Qwen3: bias=True
+        hf.export(random_model(position="rope", norm="rmsnorm", qk_norm=True, activation="swiglu", bias=True),
+                  tmp_path / "hf", None)
+    assert not (tmp_path / "hf").exists()
+
+
+def test_exported_modern_run_generates_past_its_context(tmp_path, monkeypatch):
+    """A run trained with the modern switches (rotary, RMSNorm, QK-norm, ReLU², untied head) exports as Qwen3;
+    the text-generation pipeline continues greedily as `nanogpt sample` does, and asked for more tokens than the
+    context holds, it carries on (rotary positions have no table to run out of)."""
+    from nanogpt.sample import SampleConfig, sample
+
+    run = prepare_run(tmp_path, "char", position="rope", norm="rmsnorm", qk_norm=True, activation="relu2",
+                      tie_embeddings=False, zero_init_proj=True)
+    assert cli.main(["export", f"--out_dir={run}", f"--to={tmp_path / 'hf'}"]) == 0
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    prompt, n = "First Citizen:\nYou", 24
+    (ours,) = sample(SampleConfig(out_dir=str(run), start=prompt, num_samples=1, max_new_tokens=n, temperature=0,
+                                  device="cpu", dtype="float32"), write=lambda *a: None)
+    generate = transformers.pipeline("text-generation", model=str(tmp_path / "hf"), device="cpu")
+    assert type(generate.model).__name__ == "Qwen3ForCausalLM"
+    assert generate(prompt, max_new_tokens=n, do_sample=False)[0]["generated_text"] == ours
+    past = generate(prompt, max_new_tokens=60, do_sample=False)[0]["generated_text"]  # 18 + 60 > 64
+    assert past.startswith(ours) and len(past) == len(prompt) + 60
+    (again,) = sample(SampleConfig(init_from=str(tmp_path / "hf"), start=prompt, num_samples=1, max_new_tokens=n,
+                                   temperature=0, device="cpu", dtype="float32"), write=lambda *a: None)
+    assert again == ours  # `nanogpt sample --init_from=FOLDER` reads the Qwen3 folder back
+
+
+def test_import_refuses_decoders_it_cannot_compute(tmp_path):
+    """A Llama-family folder loads only where our model computes exactly what it does: the settings and weights
+    export never writes are named in one line."""
+    from safetensors.torch import load_file, save_file
+
+    hf.export(random_model(position="rope", norm="rmsnorm", qk_norm=True, activation="relu2", bias=False),
+              tmp_path / "hf", None, log=lambda *a: None)
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    weights = load_file(tmp_path / "hf" / "model.safetensors")
+    for setting, value, message in [("rms_norm_eps", 1e-6, r"rms_norm_eps=1e-06 \(must be"),
+                                    ("hidden_act", "gelu", "activation 'gelu'"),
+                                    ("layer_types", ["sliding_attention"] * 2, "sliding-window attention")]:
+        (tmp_path / "hf" / "config.json").write_text(json.dumps(config | {setting: value}))
+        with pytest.raises(UserError, match=message):
+            GPT.from_pretrained(tmp_path / "hf")
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
+    weights["model.layers.0.mlp.up_proj.weight"] = weights["model.layers.0.mlp.up_proj.weight"] * 2
+    save_file(weights, tmp_path / "hf" / "model.safetensors")
+    with pytest.raises(UserError, match="gate and up matrices differ"):
+        GPT.from_pretrained(tmp_path / "hf")
+
+
+def test_learned_position_export_stops_at_its_context(tmp_path, monkeypatch):
+    """GPT-2's position table ends at the block size: a pipeline call that names no length stops there (rather
+    than adding the pipeline's default 256 tokens and indexing past the table), and handle_long_generation="hole"
+    keeps a longer request within it."""
+    ours = random_model()
+    hf.export(ours, tmp_path / "hf", {"tokenizer": "char", "vocab_size": len(CHARS), "chars": CHARS},
+              log=lambda *a: None)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    generate = transformers.pipeline("text-generation", model=str(tmp_path / "hf"), device="cpu")
+    prompt = "hello world"
+    assert len(generate(prompt, do_sample=False)[0]["generated_text"]) == ours.config.block_size
+    hole = generate(prompt, max_new_tokens=30, do_sample=False, handle_long_generation="hole")
+    assert len(hole[0]["generated_text"]) == len(prompt) + 30
 
 
 def test_export_never_generates_padding_ids(tmp_path, char_dataset):
@@ -217,9 +345,9 @@ def test_shape_mismatch_names_the_tensor(tmp_path):
 def test_refuses_other_model_types(tmp_path):
     tiny_hf_model().save_pretrained(tmp_path / "hf")
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
-    config["model_type"] = "llama"
+    config["model_type"] = "mistral"
     (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
-    with pytest.raises(UserError, match="'llama' model, not GPT-2"):
+    with pytest.raises(UserError, match="'mistral' model, not GPT-2"):
         GPT.from_pretrained(tmp_path / "hf")
 
 
