@@ -111,7 +111,7 @@ def bench_processes(out_dir, runs, threads, reference):
 def bench_124m(threads, prompt_len=512, new_tokens=256, plain_steps=6):
     import torch
 
-    from nanogpt.generate import KVCache, next_logits
+    from nanogpt.generate import generate_ids
     from nanogpt.model import GPT, GPTConfig
 
     if threads:
@@ -124,14 +124,11 @@ def bench_124m(threads, prompt_len=512, new_tokens=256, plain_steps=6):
           f"{new_tokens} new tokens after a {prompt_len}-token prompt, greedy")
 
     with torch.no_grad():
-        cache = KVCache.for_model(model)
         start = time.perf_counter()
-        logits = next_logits(model, idx, cache)
+        generate_ids(model, idx, 1, temperature=0)  # the prefill and the first token alone
         prefill = time.perf_counter() - start
-        seq = idx
-        for _ in range(new_tokens - 1):
-            seq = torch.cat((seq, logits.argmax(-1, keepdim=True)), dim=1)
-            logits = next_logits(model, seq, cache)
+        start = time.perf_counter()
+        generate_ids(model, idx, new_tokens, temperature=0)  # the engine, as sample and serve run it
         total = time.perf_counter() - start
         decode_rate = (new_tokens - 1) / (total - prefill)
 
@@ -141,7 +138,7 @@ def bench_124m(threads, prompt_len=512, new_tokens=256, plain_steps=6):
         seq = idx
         for _ in range(plain_steps):
             step_start = time.perf_counter()
-            logits = next_logits(model, seq)
+            logits = model(seq)[0][:, -1]
             seconds_per_context_token.append((time.perf_counter() - step_start) / seq.size(1))
             seq = torch.cat((seq, logits.argmax(-1, keepdim=True)), dim=1)
     per_token = statistics.median(seconds_per_context_token[1:])  # the first step also warms up

@@ -1,6 +1,6 @@
 """Sampling from a trained run: nanoGPT's sample.py as a function of a SampleConfig.
 
-All samples are generated as one batch with a KV cache (nanogpt/generate.py). The first sample streams to the
+All samples are generated as one batch by the generation engine (nanogpt/generate.py), the one `serve` runs. The first sample streams to the
 terminal token by token; each later one is printed from what it has generated so far once the one before it
 ends, then streams on, so the output reads exactly like nanoGPT's: prompt and sample, then a separator.
 """
@@ -31,7 +31,7 @@ class SampleConfig:
     top_k: int = 200  # sample only among the top_k most likely tokens (0: all)
     top_p: float = 1.0  # nucleus sampling: only the most likely tokens that together hold top_p of the mass
     stop: str = ""  # end a sample when it generates this text, cut off (escapes need quotes: --stop="'\n'")
-    seed: int = 1337  # seeds the sampling: the same seed and prompt give the same samples
+    seed: int = 1337  # sample i draws from seed + i, as choice i of a server request with this seed: same text
     kv_cache: bool = True  # False re-reads the whole context for every token (with window_shift=1: nanoGPT's sampler)
     window_shift: int = 0  # past block_size, drop this many oldest tokens at once: 0 = half the block; 1 = exact, slow
     device: str = "auto"  # 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'

@@ -11,7 +11,7 @@ from nanogpt import optim, runtime
 from nanogpt.checkpoint import load_checkpoint
 from nanogpt.config import load_config
 from nanogpt.errors import UserError
-from nanogpt.generate import KVCache
+from nanogpt.generate import SlotCache
 from nanogpt.model import GPT, GPTConfig, Rotary, rotate
 from nanogpt.train import train
 from tests.conftest import tiny_config
@@ -63,12 +63,12 @@ def test_every_combination_trains_and_caches(combo):
 
     # the KV cache: a prefill of 5 tokens, then one token at a time, against the full forward of each prefix
     model.eval()
-    cache = KVCache.for_model(model)
+    cache = SlotCache.for_model(model, max_batch=2)
     with torch.no_grad():
-        logits, _ = model(x[:, :5], kv_cache=cache)
+        logits, _ = model(x[:, :5], kv_cache=cache.prefill([0, 1], [0, 0], "cpu"))
         torch.testing.assert_close(logits, model(x[:, :5])[0], atol=1e-5, rtol=1e-5)
         for t in range(5, 12):
-            logits, _ = model(x[:, t:t + 1], kv_cache=cache)
+            logits, _ = model(x[:, t:t + 1], kv_cache=cache.decode(2))
             torch.testing.assert_close(logits, model(x[:, :t + 1])[0], atol=1e-5, rtol=1e-5)
 
 
