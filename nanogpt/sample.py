@@ -37,6 +37,7 @@ class SampleConfig:
     device: str = "auto"  # 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'
     dtype: str = "auto"  # 'auto', 'float32', 'bfloat16', 'float16'
     compile: object = False  # torch.compile the model (True/False/'auto')
+    threads: int = 0  # CPU threads; 0: the cores other processes leave idle, at least 1 (see docs: threads)
 
     def to_dict(self):
         return asdict(self)
@@ -105,10 +106,7 @@ def sample(cfg: SampleConfig, write=write_stdout):
     """Draw cfg.num_samples samples, passing the text to write() as it is generated (pieces, newlines
     included); returns the samples, each prompt plus continuation, as a list of strings."""
     validate_sample_config(cfg)
-    device = runtime.resolve_device(cfg.device)
-    device_type = runtime.device_type(device)
-    dtype = runtime.resolve_dtype(cfg.dtype, device_type)
-    torch.manual_seed(cfg.seed)
+    device, device_type, dtype = runtime.set_up(cfg.device, cfg.dtype, cfg.seed, cfg.threads)
     prompt = read_prompt(cfg.start)
     model, tokenizer = load_model(cfg.init_from, cfg.out_dir, device, cfg.checkpoint)
     model.eval().to(device)

@@ -31,6 +31,7 @@ class ServeConfig:
     port: int = 8000  # 0 picks a free port
     device: str = "auto"  # 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'
     dtype: str = "auto"  # 'auto', 'float32', 'bfloat16', 'float16'
+    threads: int = 0  # CPU threads; 0: the cores other processes leave idle, at least 1 (see docs: threads)
     max_batch: int = 16  # completions generated together in one batch; 1 serves one at a time
     max_queue: int = 64  # requests that may wait for a place in the batch; past it, 429 with Retry-After
     timeout: float = 600.0  # seconds a request may take, waiting included, before it is cancelled (504)
@@ -74,9 +75,7 @@ def load_api(cfg):
     from nanogpt.scheduler import Scheduler
 
     check_serve_config(cfg)
-    device = runtime.resolve_device(cfg.device)
-    device_type = runtime.device_type(device)
-    dtype = runtime.resolve_dtype(cfg.dtype, device_type)
+    device, device_type, dtype = runtime.set_up(cfg.device, cfg.dtype, threads=cfg.threads)
     model, tokenizer = load_model(cfg.init_from, cfg.out_dir, device, cfg.checkpoint)
     model.eval().to(device)
     if not 0 <= cfg.window_shift <= model.config.block_size:
