@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import write_results  # noqa: E402
 REFERENCE = REPO.parent / "shared" / "reference" / "nanoGPT"  # an upstream nanoGPT checkout, where there is one
 UPSTREAM = "upstream nanoGPT sample.py"
 
@@ -101,11 +103,15 @@ def bench_processes(out_dir, runs, threads, reference):
     print(f"\n(a) whole process: 10 samples x 500 tokens from {out_dir}/ckpt.pt, CPU, torch {torch.__version__}, "
           f"median of {runs} alternating runs")
     upstream = statistics.median(times[UPSTREAM]) if scratch else None
+    figures = {}
     for label, *_ in cases:
         median = statistics.median(times[label])
         ratio = f"{upstream / median:5.2f}x as fast" if upstream and label.startswith("ours") else ""
         runs_text = ", ".join(f"{t:.2f}" for t in times[label])
         print(f"    {label:<56} {median:6.2f} s  {ratio:<22} (runs: {runs_text})", flush=True)
+        figures[label] = {"median_s": median, "runs_s": times[label],
+                          **({"times_as_fast_as_upstream": upstream / median} if ratio else {})}
+    return figures
 
 
 def bench_124m(threads, prompt_len=512, new_tokens=256, plain_steps=6):
@@ -149,6 +155,8 @@ def bench_124m(threads, prompt_len=512, new_tokens=256, plain_steps=6):
           f"estimated from {plain_steps - 1} timed steps at ~{prompt_len} context, scaled by context length;")
     print(f"    {'':<28} attention grows faster than that, so the real no-cache time is a little longer)")
     print(f"    {'speed-up':<28} {plain_total / total:7.1f}x")
+    return {"kv_cache_tokens_per_s": new_tokens / total, "prefill_s": prefill, "decode_tokens_per_s": decode_rate,
+            "no_cache_tokens_per_s_extrapolated": new_tokens / plain_total, "speed_up": plain_total / total}
 
 
 def main():
@@ -161,14 +169,17 @@ def main():
     parser.add_argument("--train_iters", type=int, default=0, help="iterations when training a missing run "
                                                                     "(default: the config's 2000)")
     parser.add_argument("--skip", choices=["a", "b"], help="leave out one part")
+    parser.add_argument("--notes", default="", help="free text saved with the figures (e.g. 'machine shared')")
     args = parser.parse_args()
     out_dir = str(Path(args.out_dir).resolve())
     sys.path.insert(0, str(REPO))
+    figures = {}
     if args.skip != "a":
         ensure_run(out_dir, environment(args.threads, REPO), args.train_iters)
-        bench_processes(out_dir, args.runs, args.threads, Path(args.reference).resolve())
+        figures["whole_process"] = bench_processes(out_dir, args.runs, args.threads, Path(args.reference).resolve())
     if args.skip != "b":
-        bench_124m(args.threads)
+        figures["gpt2_124m"] = bench_124m(args.threads)
+    write_results("sample_speed", figures, notes=args.notes)
 
 
 if __name__ == "__main__":
