@@ -10,6 +10,7 @@
     a 512-token prompt, cache against no cache.
 
     python benchmarks/sample_speed.py [--out_dir=RUN] [--reference=NANOGPT] [--runs=5] [--threads=N] [--skip=a|b]
+                                      [--quick] [--notes=TEXT]
 
 A missing run is trained first (data/shakespeare_char/prepare.py, then train.py with the CPU quick-start config).
 --threads sets OMP_NUM_THREADS / torch's threads for every measurement; on a shared machine 1 is often fastest.
@@ -73,7 +74,7 @@ def seconds(cmd, cwd, env):
     return time.perf_counter() - start
 
 
-def bench_processes(out_dir, runs, threads, reference):
+def bench_processes(out_dir, runs, threads, reference, quick=False):
     ours_env, upstream_env = environment(threads, REPO), environment(threads, None)
     sample = [sys.executable, "sample.py", f"--out_dir={out_dir}", "--device=cpu", "--checkpoint=last"]
     cases = [  # (label, command, directory, environment)
@@ -83,6 +84,8 @@ def bench_processes(out_dir, runs, threads, reference):
         ("ours: KV cache, --window_shift=1 (exact sliding window)", sample + ["--window_shift=1"], REPO, ours_env),
         ("ours: --kv_cache=False (batched, no cache)", sample + ["--kv_cache=False"], REPO, ours_env),
     ]
+    if quick:  # the goal's comparison alone: default settings against upstream, and the import time
+        cases = cases[:2]
     scratch = None
     if reference.is_dir():
         scratch = upstream_copy(reference, out_dir)
@@ -169,6 +172,7 @@ def main():
     parser.add_argument("--train_iters", type=int, default=0, help="iterations when training a missing run "
                                                                     "(default: the config's 2000)")
     parser.add_argument("--skip", choices=["a", "b"], help="leave out one part")
+    parser.add_argument("--quick", action="store_true", help="(a) with default settings only, beside upstream")
     parser.add_argument("--notes", default="", help="free text saved with the figures (e.g. 'machine shared')")
     args = parser.parse_args()
     out_dir = str(Path(args.out_dir).resolve())
@@ -176,7 +180,8 @@ def main():
     figures = {}
     if args.skip != "a":
         ensure_run(out_dir, environment(args.threads, REPO), args.train_iters)
-        figures["whole_process"] = bench_processes(out_dir, args.runs, args.threads, Path(args.reference).resolve())
+        figures["whole_process"] = bench_processes(out_dir, args.runs, args.threads, Path(args.reference).resolve(),
+                                                   args.quick)
     if args.skip != "b":
         figures["gpt2_124m"] = bench_124m(args.threads)
     write_results("sample_speed", figures, notes=args.notes)
