@@ -52,7 +52,7 @@ def set_up(device, dtype, seed=None, threads=0):
     """The common start of every command: the device and number format resolved, TF32 on for CUDA, the CPU
     threads set and torch seeded. Returns (device, device_type, dtype)."""
     if threads < 0:
-        raise UserError(f"threads must be 0 (the idle cores) or more, got {threads}")
+        raise UserError(f"threads must be 0 (auto) or more, got {threads}")
     device = resolve_device(device)
     kind = device_type(device)
     dtype = resolve_dtype(dtype, kind)
@@ -64,10 +64,10 @@ def set_up(device, dtype, seed=None, threads=0):
 
 
 def resolve_threads(threads, cores=None, load=None, current=None):
-    """PyTorch's intra-op CPU threads. 0 (auto) keeps PyTorch's own choice (one per core, or OMP_NUM_THREADS) but
-    at most the cores other processes leave idle (by the one-minute load average), and at least one: on a busy
-    machine threads that wait for each other made a tiny model's step many times slower than one thread
-    (benchmarks/threads.py measures it)."""
+    """PyTorch's intra-op CPU threads. 0 (auto) keeps PyTorch's own choice (one per core, or OMP_NUM_THREADS)
+    unless the machine is already busy (a one-minute load average of at least one per core), then one thread: on a
+    busy 2-core machine two threads waiting for each other made tiny models many times slower, while on a quiet one
+    two threads made the quick-start model's step 1.5x faster than one (benchmarks/threads.py)."""
     if threads:
         return threads
     if cores is None:
@@ -75,7 +75,7 @@ def resolve_threads(threads, cores=None, load=None, current=None):
     if load is None:
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     current = torch.get_num_threads() if current is None else current
-    return max(1, min(current, round(cores - load)))
+    return 1 if load >= cores else current
 
 
 def resolve_compile(value, device_type):
