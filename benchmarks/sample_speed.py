@@ -10,6 +10,7 @@
     a 512-token prompt, cache against no cache.
 
     python benchmarks/sample_speed.py [--out_dir=RUN] [--reference=NANOGPT] [--runs=5] [--threads=N] [--skip=a|b]
+                                      [--quick] [--notes=TEXT]
 
 A missing run is trained first (data/shakespeare_char/prepare.py, then train.py with the CPU quick-start config).
 --threads sets OMP_NUM_THREADS / torch's threads for every measurement; on a shared machine 1 is often fastest.
@@ -26,6 +27,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import write_results  # noqa: E402
 REFERENCE = REPO.parent / "shared" / "reference" / "nanoGPT"  # an upstream nanoGPT checkout, where there is one
 UPSTREAM = "upstream nanoGPT sample.py"
 
@@ -71,7 +74,7 @@ def seconds(cmd, cwd, env):
     return time.perf_counter() - start
 
 
-def bench_processes(out_dir, runs, threads, reference):
+def bench_processes(out_dir, runs, threads, reference, quick=False):
     ours_env, upstream_env = environment(threads, REPO), environment(threads, None)
     sample = [sys.executable, "sample.py", f"--out_dir={out_dir}", "--device=cpu", "--checkpoint=last"]
     cases = [  # (label, command, directory, environment)
@@ -81,6 +84,8 @@ def bench_processes(out_dir, runs, threads, reference):
         ("ours: KV cache, --window_shift=1 (exact sliding window)", sample + ["--window_shift=1"], REPO, ours_env),
         ("ours: --kv_cache=False (batched, no cache)", sample + ["--kv_cache=False"], REPO, ours_env),
     ]
+    if quick:  # the goal's comparison alone: default settings against upstream, and the import time
+        cases = cases[:2]
     scratch = None
     if reference.is_dir():
         scratch = upstream_copy(reference, out_dir)
@@ -101,17 +106,21 @@ def bench_processes(out_dir, runs, threads, reference):
     print(f"\n(a) whole process: 10 samples x 500 tokens from {out_dir}/ckpt.pt, CPU, torch {torch.__version__}, "
           f"median of {runs} alternating runs")
     upstream = statistics.median(times[UPSTREAM]) if scratch else None
+    figures = {}
     for label, *_ in cases:
         median = statistics.median(times[label])
         ratio = f"{upstream / median:5.2f}x as fast" if upstream and label.startswith("ours") else ""
         runs_text = ", ".join(f"{t:.2f}" for t in times[label])
         print(f"    {label:<56} {median:6.2f} s  {ratio:<22} (runs: {runs_text})", flush=True)
+        figures[label] = {"median_s": median, "runs_s": times[label],
+                          **({"times_as_fast_as_upstream": upstream / median} if ratio else {})}
+    return figures
 
 
 def bench_124m(threads, prompt_len=512, new_tokens=256, plain_steps=6):
     import torch
 
-    from nanogpt.generate import KVCache, next_logits
+    from nanogpt.generate import generate_ids
     from nanogpt.model import GPT, GPTConfig
 
     if threads:
@@ -124,14 +133,11 @@ def bench_124m(threads, prompt_len=512, new_tokens=256, plain_steps=6):
           f"{new_tokens} new tokens after a {prompt_len}-token prompt, greedy")
 
     with torch.no_grad():
-        cache = KVCache.for_model(model)
         start = time.perf_counter()
-        logits = next_logits(model, idx, cache)
+        generate_ids(model, idx, 1, temperature=0)  # the prefill and the first token alone
         prefill = time.perf_counter() - start
-        seq = idx
-        for _ in range(new_tokens - 1):
-            seq = torch.cat((seq, logits.argmax(-1, keepdim=True)), dim=1)
-            logits = next_logits(model, seq, cache)
+        start = time.perf_counter()
+        generate_ids(model, idx, new_tokens, temperature=0)  # the engine, as sample and serve run it
         total = time.perf_counter() - start
         decode_rate = (new_tokens - 1) / (total - prefill)
 
@@ -141,7 +147,7 @@ def bench_124m(threads, prompt_len=512, new_tokens=256, plain_steps=6):
         seq = idx
         for _ in range(plain_steps):
             step_start = time.perf_counter()
-            logits = next_logits(model, seq)
+            logits = model(seq)[0][:, -1]
             seconds_per_context_token.append((time.perf_counter() - step_start) / seq.size(1))
             seq = torch.cat((seq, logits.argmax(-1, keepdim=True)), dim=1)
     per_token = statistics.median(seconds_per_context_token[1:])  # the first step also warms up
@@ -152,6 +158,8 @@ def bench_124m(threads, prompt_len=512, new_tokens=256, plain_steps=6):
           f"estimated from {plain_steps - 1} timed steps at ~{prompt_len} context, scaled by context length;")
     print(f"    {'':<28} attention grows faster than that, so the real no-cache time is a little longer)")
     print(f"    {'speed-up':<28} {plain_total / total:7.1f}x")
+    return {"kv_cache_tokens_per_s": new_tokens / total, "prefill_s": prefill, "decode_tokens_per_s": decode_rate,
+            "no_cache_tokens_per_s_extrapolated": new_tokens / plain_total, "speed_up": plain_total / total}
 
 
 def main():
@@ -164,14 +172,19 @@ def main():
     parser.add_argument("--train_iters", type=int, default=0, help="iterations when training a missing run "
                                                                     "(default: the config's 2000)")
     parser.add_argument("--skip", choices=["a", "b"], help="leave out one part")
+    parser.add_argument("--quick", action="store_true", help="(a) with default settings only, beside upstream")
+    parser.add_argument("--notes", default="", help="free text saved with the figures (e.g. 'machine shared')")
     args = parser.parse_args()
     out_dir = str(Path(args.out_dir).resolve())
     sys.path.insert(0, str(REPO))
+    figures = {}
     if args.skip != "a":
         ensure_run(out_dir, environment(args.threads, REPO), args.train_iters)
-        bench_processes(out_dir, args.runs, args.threads, Path(args.reference).resolve())
+        figures["whole_process"] = bench_processes(out_dir, args.runs, args.threads, Path(args.reference).resolve(),
+                                                   args.quick)
     if args.skip != "b":
-        bench_124m(args.threads)
+        figures["gpt2_124m"] = bench_124m(args.threads)
+    write_results("sample_speed", figures, notes=args.notes)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import write_results  # noqa: E402
 PROMPTS = ["The meaning of life is", "Once upon a time, in a land far away,", "def fibonacci(n):",
            "The weather today", "In 1969, the first", "Dear diary, today I", "The best way to learn is",
            "Breaking news:"]
@@ -145,29 +147,45 @@ def percentile(values, q):
     return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
 
 
-async def load_run(url, clients, tokens, seed):
+async def peak_rss(server, done, every=0.1):
+    """The server's largest resident memory (MB) seen until `done` is set."""
+    peak = server.rss_mb()
+    while not done.is_set():
+        peak = max(peak, server.rss_mb())
+        await asyncio.sleep(every)
+    return peak
+
+
+async def load_run(server, clients, tokens, seed, settle_s=1.0):
     import aiohttp
 
     rng = random.Random(seed)
     bodies = [{"prompt": rng.choice(PROMPTS), "max_tokens": tokens, "temperature": 1.0, "seed": rng.randrange(2**31)}
               for _ in range(clients)]
+    done = asyncio.Event()
+    watcher = asyncio.create_task(peak_rss(server, done))
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients)) as session:
         start = time.perf_counter()
-        results = await asyncio.gather(*(completion(session, url, body) for body in bodies))
+        results = await asyncio.gather(*(completion(session, server.url, body) for body in bodies))
         wall = time.perf_counter() - start
+    done.set()
+    rss_under_load = await watcher
+    await asyncio.sleep(settle_s)  # the clients have left; the server is idle
+    rss_after = server.rss_mb()
     ok = [r for r in results if r["status"] == 200 and r["done"] and r["usage"] and not r["error"]]
     generated = sum(r["usage"]["completion_tokens"] for r in ok)
     ttft, latency = [r["ttft"] for r in ok], [r["latency"] for r in ok]
     return {"tokens_per_s": generated / wall, "ttft_p50": percentile(ttft, 50), "ttft_p95": percentile(ttft, 95),
             "latency_p50": percentile(latency, 50), "latency_p95": percentile(latency, 95),
             "errors": len(results) - len(ok),
-            "tokens": generated, "wall_s": wall}
+            "tokens": generated, "wall_s": wall, "rss_under_load_mb": rss_under_load, "rss_after_mb": rss_after}
 
 
 def show(label, m):
     print(f"  {label:<22} {m['tokens_per_s']:7.1f} tok/s  TTFT p50 {m['ttft_p50']:6.2f} s  p95 {m['ttft_p95']:6.2f} s"
           f"  latency p50 {m['latency_p50']:6.1f} s  p95 {m['latency_p95']:6.1f} s  errors {m['errors']}"
-          f"  ({m['tokens']} tokens in {m['wall_s']:.1f} s)", flush=True)
+          f"  ({m['tokens']} tokens in {m['wall_s']:.1f} s)  RSS under load {m['rss_under_load_mb']:.0f} MB, "
+          f"after the clients left {m['rss_after_mb']:.0f} MB", flush=True)
 
 
 def bench_load(out_dir, args):
@@ -176,11 +194,10 @@ def bench_load(out_dir, args):
     runs = {"batched": [], "one at a time": []}
     for i in range(args.runs):
         for label, batch in (("batched", args.max_batch), ("one at a time", 1)):
-            server = Server(out_dir, args.threads, f"--max_batch={batch}", "--max_n=1",
-                            f"--max_queue={args.clients}")
+            server = Server(out_dir, args.threads, f"--max_batch={batch}", f"--max_queue={args.clients}")
             try:
                 asyncio.run(completion_warmup(server.url))
-                measured = asyncio.run(load_run(server.url, args.clients, args.tokens, seed=i))
+                measured = asyncio.run(load_run(server, args.clients, args.tokens, seed=i))
             finally:
                 server.stop()
             runs[label].append(measured)
@@ -192,6 +209,9 @@ def bench_load(out_dir, args):
     ratio = medians["batched"]["tokens_per_s"] / medians["one at a time"]["tokens_per_s"]
     print(f"batched / one at a time: {ratio:.2f}x aggregate tokens/s; batched TTFT p95 "
           f"{medians['batched']['ttft_p95']:.2f} s", flush=True)
+    return {"clients": args.clients, "tokens": args.tokens, "max_batch": args.max_batch, "runs": args.runs,
+            "batched_over_one_at_a_time": ratio, **{f"{label.replace(' ', '_')}_{key}": value
+                                                    for label, m in medians.items() for key, value in m.items()}}
 
 
 async def completion_warmup(url):
@@ -263,6 +283,7 @@ def bench_soak(out_dir, args):
           f"({growth:+.1%}); exit status after SIGTERM {status}")
     passed = not broken and not bad_refusals and not lost and abs(growth) <= 0.10 and status == 0
     print(f"  soak {'PASSED' if passed else 'FAILED'}", flush=True)
+    return {"soak_passed": passed, "soak_rss_after_50_mb": rss["after 50"], "soak_rss_end_mb": rss["end"]}
 
 
 def main():
@@ -274,6 +295,7 @@ def main():
     parser.add_argument("--max_batch", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the server (0: torch's default)")
     parser.add_argument("--skip", choices=["load", "soak"])
+    parser.add_argument("--notes", default="", help="free text saved with the figures (e.g. 'machine shared')")
     args = parser.parse_args()
     if not 1 <= args.clients <= 256 or not 1 <= args.tokens <= 1024 or not 1 <= args.runs <= 20:
         raise SystemExit("keep to 1..256 clients, 1..1024 tokens and 1..20 runs")
@@ -283,10 +305,12 @@ def main():
             out_dir = tmp
             print("saving a random-weight GPT-2-124M-shaped run ...", flush=True)
             make_random_run(out_dir)
+        figures = {}
         if args.skip != "load":
-            bench_load(out_dir, args)
+            figures.update(bench_load(out_dir, args))
         if args.skip != "soak":
-            bench_soak(out_dir, args)
+            figures.update(bench_soak(out_dir, args))
+        write_results("serve_load", figures, notes=args.notes)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ class BenchConfig:
     steps: int = 20  # timed steps
     device: str = "auto"  # 'auto' picks cuda > mps > cpu; or 'cpu', 'cuda', 'cuda:1', 'mps'
     dtype: str = "auto"  # 'auto' picks bfloat16 where supported, else float16 on CUDA, else float32
+    threads: int = 0  # CPU threads; 0: PyTorch's default, or 1 when the machine is already busy
     compile: object = "auto"  # True/False, or 'auto': torch.compile on CUDA where it pays off
     profile: bool = False  # write a torch profiler trace (open in chrome://tracing or Perfetto)
     profile_dir: str = "bench_trace"  # where the profiler trace goes
@@ -71,11 +72,7 @@ def batches(cfg, device):
 def bench(cfg, log=print):
     """Run the benchmark; returns a dict of the figures it printed."""
     validate_bench(cfg)
-    device = runtime.resolve_device(cfg.device)
-    device_type = runtime.device_type(device)
-    dtype = runtime.resolve_dtype(cfg.dtype, device_type)
-    runtime.prepare_device(device_type)
-    torch.manual_seed(cfg.seed)
+    device, device_type, dtype = runtime.set_up(cfg.device, cfg.dtype, cfg.seed, cfg.threads)
     get_batch, vocab_size, data_name = batches(cfg, device)
 
     model = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=vocab_size, n_layer=cfg.n_layer,

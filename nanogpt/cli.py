@@ -4,6 +4,8 @@ Every command turns a UserError into one line on stderr and exit status 1; anyth
 traceback.
 """
 
+import atexit
+import difflib
 import os
 import signal
 import sys
@@ -46,7 +48,9 @@ def run(command, args, prog=None):
         sys.stdout.reconfigure(line_buffering=True)  # logs appear as they are written, through pipes and tee too
     try:
         if command not in COMMANDS:
-            raise UserError(f"unknown command '{command}'; run `nanogpt --help` for the list")
+            close = difflib.get_close_matches(command, COMMANDS, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise UserError(f"unknown command '{command}'{hint}; run `nanogpt --help` for the list")
         return COMMANDS[command](args, prog)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -108,44 +112,36 @@ def train_command(args, prog=None):
     from nanogpt.config import TrainConfig, given_settings
     from nanogpt.train import train
 
-    # a resumed run must know which settings the user asked for, to refuse a change it cannot make
+    # a resumed run must know which settings the user asked for: it keeps its saved ones for the rest
     return settings_command(args, TrainConfig, lambda cfg: train(cfg, given=given_settings(args, TrainConfig)),
                             f"usage: {prog or 'nanogpt train'} [config/file.py ...] [--key=value ...]")
 
 
-def sample_command(args, prog=None):
-    from nanogpt.sample import SampleConfig, sample
-
-    return settings_command(args, SampleConfig, sample,
-                            f"usage: {prog or 'nanogpt sample'} [config/file.py ...] [--key=value ...]")
-
-
-def bench_command(args, prog=None):
-    from nanogpt.bench import BenchConfig, bench
-
-    return settings_command(args, BenchConfig, bench,
-                            f"usage: {prog or 'nanogpt bench'} [config/file.py ...] [--key=value ...]")
-
-
-def export_command(args, prog=None):
-    from nanogpt.export import ExportConfig, export_run
-
-    return settings_command(args, ExportConfig, export_run,
-                            f"usage: {prog or 'nanogpt export'} [--out_dir=RUN | --init_from=SOURCE] --to=DIR")
+# commands that take config files and --key=value settings and call one function: (module, settings class,
+# function, what follows `usage: nanogpt NAME`)
+SIMPLE_COMMANDS = {
+    "sample": ("nanogpt.sample", "SampleConfig", "sample", "[config/file.py ...] [--key=value ...]"),
+    "bench": ("nanogpt.bench", "BenchConfig", "bench", "[config/file.py ...] [--key=value ...]"),
+    "export": ("nanogpt.export", "ExportConfig", "export_run", "[--out_dir=RUN | --init_from=SOURCE] --to=DIR"),
+    "serve": ("nanogpt.serve", "ServeConfig", "serve", "--out_dir=RUN [--port=8000] [--key=value ...]"),
+    "eval": ("nanogpt.evaluate", "EvalConfig", "evaluate_model",
+             "[--out_dir=RUN | --init_from=gpt2] --tasks=loss,bpb,hellaswag"),
+    "report": ("nanogpt.report", "ReportConfig", "write_report", "--out_dir=RUN"),
+}
 
 
-def serve_command(args, prog=None):
-    from nanogpt.serve import ServeConfig, serve
+def simple_command(name):
+    """The entry of a SIMPLE_COMMANDS command; its module is imported only when it runs, so `nanogpt --help` and
+    the error paths stay fast."""
+    def command(args, prog=None):
+        import importlib
 
-    return settings_command(args, ServeConfig, serve,
-                            f"usage: {prog or 'nanogpt serve'} --out_dir=RUN [--port=8000] [--key=value ...]")
+        module_name, config_name, function_name, usage = SIMPLE_COMMANDS[name]
+        module = importlib.import_module(module_name)
+        return settings_command(args, getattr(module, config_name), getattr(module, function_name),
+                                f"usage: {prog or 'nanogpt ' + name} {usage}")
 
-
-def eval_command(args, prog=None):
-    from nanogpt.evaluate import EvalConfig, evaluate_model
-
-    usage = f"usage: {prog or 'nanogpt eval'} [--out_dir=RUN | --init_from=gpt2] --tasks=loss,bpb,hellaswag"
-    return settings_command(args, EvalConfig, evaluate_model, usage)
+    return command
 
 
 def plot_command(args, prog=None):
@@ -167,13 +163,8 @@ def report_command(args, prog=None):
 COMMANDS = {
     "prepare": prepare_command,
     "train": train_command,
-    "sample": sample_command,
-    "bench": bench_command,
-    "export": export_command,
-    "serve": serve_command,
-    "eval": eval_command,
+    **{name: simple_command(name) for name in SIMPLE_COMMANDS},
     "plot": plot_command,
-    "report": report_command,
 }
 
 
@@ -186,10 +177,12 @@ def main(argv=None):
 
 
 def exit_process(status):
-    """End the process now that the command is done. Python's own shutdown spends ~0.4 s tearing down torch's
-    modules (a fifth of a `sample.py` run); every file a command writes is closed, and renamed into place,
-    before it returns, so only the standard streams need flushing."""
+    """End the process now that the command is done, skipping only the slow part of Python's shutdown: tearing down
+    torch's modules (benchmarks/sample_speed.py measures what it saves on a `sample.py` run). The atexit handlers
+    still run first, so wandb, TensorBoard and any other library that flushes its files at exit does; the files a
+    command writes itself are closed, and renamed into place, before it returns."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a late Ctrl-C must not turn the finished command into a traceback
+    atexit._run_exitfuncs()  # CPython's own call that runs the registered handlers, as a normal exit would
     for stream in (sys.stdout, sys.stderr):
         try:
             if stream is not None:

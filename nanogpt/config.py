@@ -33,9 +33,11 @@ class TrainConfig:
     log_interval: int = 1  # iterations between log lines
     eval_iters: int = 200  # batches averaged per loss estimate
     eval_only: bool = False  # estimate the losses once and exit
+    eval_train: bool = True  # estimate the train split's loss too (nanoGPT); False: val only, half the cost
     always_save_checkpoint: bool = True  # save at every eval, not only when val loss improves
     init_from: str = "scratch"  # 'scratch', 'resume' (from out_dir), 'gpt2' … 'gpt2-xl', a hub name or an HF folder
     seed: int = 1337  # seeds weights, batches and dropout; a run is reproducible from it
+    reset_optimizer: bool = False  # resume with fresh optimizer moments (needed when the checkpoint holds none)
     # logging to Weights & Biases (optional; `pip install wandb`)
     wandb_log: bool = False  # send losses, learning rate and MFU to Weights & Biases at each evaluation
     wandb_project: str = "owt"  # the Weights & Biases project the run is logged under
@@ -90,7 +92,8 @@ class TrainConfig:
     # system
     device: str = "auto"  # 'auto' picks cuda > mps > cpu; or 'cpu', 'cuda', 'cuda:1', 'mps'
     dtype: str = "auto"  # 'auto' picks bfloat16 where supported, else float16 on CUDA, else float32
-    compile: object = "auto"  # True/False, or 'auto': torch.compile on CUDA where it pays off
+    compile: object = "auto"  # True/False, or 'auto': torch.compile on CUDA where Triton is installed
+    threads: int = 0  # CPU threads; 0: PyTorch's default, or 1 when the machine is already busy
 
     def to_dict(self):
         return asdict(self)
@@ -324,7 +327,7 @@ def validate(cfg):
     check_model_shape(cfg)
     validate_recipe(cfg)
     check_at_least(cfg, 1, "gradient_accumulation_steps", "eval_iters", "eval_interval", "log_interval")
-    check_at_least(cfg, 0, "learning_rate", "min_lr", "weight_decay", "grad_clip", "dropout", "max_iters")
+    check_at_least(cfg, 0, "learning_rate", "min_lr", "weight_decay", "grad_clip", "dropout", "max_iters", "threads")
     if cfg.dropout >= 1:
         raise UserError(f"dropout must be below 1, got {cfg.dropout}")
     # any other name is pretrained weights: a GPT-2 size, a hub name or a local folder, checked by hf.py

@@ -10,6 +10,7 @@ Each recipe says which source it used.
 """
 
 import collections
+import difflib
 import hashlib
 import os
 import re
@@ -600,7 +601,9 @@ RECIPES = {
 def prepare(name, data_dir="data", log=print, overwrite=False):
     """Run the recipe called name into data_dir/name (replacing a different dataset there only with overwrite)."""
     if name not in RECIPES:
-        raise UserError(f"unknown dataset recipe '{name}': choose one of {', '.join(sorted(RECIPES))}")
+        close = difflib.get_close_matches(name, RECIPES, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise UserError(f"unknown dataset recipe '{name}'{hint}: choose one of {', '.join(sorted(RECIPES))}")
     folder = Path(data_dir) / name
     return RECIPES[name](folder, log, overwrite)
 

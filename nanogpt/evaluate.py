@@ -50,6 +50,7 @@ class EvalConfig:
     batch_size: int = 16  # sequences per forward pass
     device: str = "auto"  # 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'
     dtype: str = "auto"  # 'auto', 'float32', 'bfloat16', 'float16'
+    threads: int = 0  # CPU threads; 0: PyTorch's default, or 1 when the machine is already busy
 
     def to_dict(self):
         return asdict(self)
@@ -323,8 +324,7 @@ def evaluate_model(cfg: EvalConfig, log=print):
     Returns {task: {figure: value}}."""
     validate_eval_config(cfg)
     names = parse_tasks(cfg.tasks)
-    device = runtime.resolve_device(cfg.device)
-    dtype = runtime.resolve_dtype(cfg.dtype, runtime.device_type(device))
+    device, _, dtype = runtime.set_up(cfg.device, cfg.dtype, threads=cfg.threads)
     model, tokenizer = load_model(cfg.init_from, cfg.out_dir, device, cfg.checkpoint)
     model.eval().to(device)
     run = run_settings(cfg)

@@ -1,9 +1,18 @@
-"""Fast generation beside the model: a KV cache, pure functions that pick the next token from logits, and a
-loop that turns a prompt into text pieces as they are produced (used by `sample` and `serve`).
+"""The one generation engine: a batched sampler on the device, a slot cache whose memory follows use, and the
+engine that drives the model, for `sample`, `serve`, `GPT.generate` and the run report.
 
-The model never owns inference state. A KVCache is handed to `GPT.forward`, which asks it for the new tokens'
-`positions`, whose attention layers call `extend` with the new keys and values (and get back every key and value
-with the mask of which each query may see), and which calls `advance` once every layer has seen the new tokens.
+Read it in this order: `sample_tokens` (the next token of every row from its logits, with per-row settings and
+random numbers), `TextStream` (a completion's tokens as text, stop strings held back), `SlotCache` (keys and values
+of the running completions), `BatchEngine` (completions join and leave a running batch; each step is one forward
+and one sampler call), then the two drivers `complete` (one prompt, n samples) and `generate_ids` (token rows in,
+token rows out, as nanoGPT's `generate`).
+
+The engine takes the model as an argument and never imports model.py. The model reads and extends the cache
+through three calls (model.py's docstring lists them): `positions`, `extend` and `advance`.
+
+A completion's random numbers come from its own generator, seeded with its seed (choice i of a request seeded S
+uses S + i, and so does sample i of `sample --seed=S`), one uniform number per token. Its tokens therefore do not
+depend on what else runs beside it, and the same seed gives the same text from `sample` and from `serve`.
 """
 
 from dataclasses import dataclass, field
@@ -11,58 +20,11 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn import functional as F
 
-from nanogpt.model import causal_mask_full
-
-
-class KVCache:
-    """Keys and values of every layer for a batch of sequences, preallocated to the model's block size.
-
-    `pos` is how many positions the cache holds; the next tokens the model sees sit at positions pos, pos+1, ...
-    The buffers are allocated on the first `extend`, so they take the device and dtype (autocast's included)
-    that the keys really have.
-    """
-
-    def __init__(self, n_layer, max_len):
-        self.max_len = max_len
-        self.k = [None] * n_layer  # each (B, n_head, max_len, head_size) once allocated
-        self.v = [None] * n_layer
-        self.pos = 0
-
-    @classmethod
-    def for_model(cls, model):
-        return cls(model.config.n_layer, model.config.block_size)
-
-    def positions(self, t, device):
-        """Positions of the next t tokens, the same for every row: (1, t)."""
-        if self.pos + t > self.max_len:
-            raise ValueError(f"cannot forward a sequence of length {self.pos + t}, block size is only {self.max_len}")
-        return torch.arange(self.pos, self.pos + t, dtype=torch.long, device=device)[None]
-
-    def extend(self, layer_idx, k, v):
-        """Store the new keys and values (B, n_head, T, head_size) after the cached ones; return all of them and
-        the attention mask: the T queries are the last T positions, so each sees the keys up to its own."""
-        T = k.size(2)
-        end = self.pos + T
-        assert end <= self.max_len, "positions() checks the length before attention runs"
-        if self.k[layer_idx] is None or self.k[layer_idx].shape[0] != k.size(0):
-            shape = (k.size(0), k.size(1), self.max_len, k.size(3))
-            self.k[layer_idx] = torch.empty(shape, dtype=k.dtype, device=k.device)
-            self.v[layer_idx] = torch.empty(shape, dtype=v.dtype, device=v.device)
-        self.k[layer_idx][:, :, self.pos:end] = k
-        self.v[layer_idx][:, :, self.pos:end] = v
-        mask = None if T == end or T == 1 else causal_mask_full(T, end, k.device)
-        return self.k[layer_idx][:, :, :end], self.v[layer_idx][:, :, :end], mask
-
-    def advance(self, t):
-        self.pos += t
-
-    def reset(self):
-        """Forget the cached positions (the buffers are kept and overwritten)."""
-        self.pos = 0
+MIN_CACHE_LEN = 64  # the cache's first allocation, in positions; it doubles from there up to the block size
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# the next token from logits: pure functions of a (B, vocab) tensor
+# the next token from logits: one batched call per step, on the device
 
 
 def mask_vocab(logits, vocab_size):
@@ -84,110 +46,62 @@ def top_k_filter(logits, k):
 
 def top_p_filter(logits, p):
     """Nucleus sampling (Holtzman et al. 2019): keep the fewest most likely tokens whose probabilities sum to at
-    least p. The most likely token always stays; p of None or 1 keeps all."""
-    if p is None or p >= 1.0:
+    least p. The most likely token always stays; p of None or 1 keeps all. p may be a number or one per row (B, 1)."""
+    if p is None or (not torch.is_tensor(p) and p >= 1.0):
         return logits
     sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-    probs = F.softmax(sorted_logits, dim=-1)
-    # a token is dropped when the tokens before it already reach p
-    mass_before = torch.cumsum(probs, dim=-1) - probs
-    drop_sorted = mass_before >= p
+    drop_sorted = nucleus_drop(sorted_logits, p)
     drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
     return logits.masked_fill(drop, float("-inf"))
 
 
-def sampling_logits(logits, temperature, top_k, top_p, vocab_size):
-    """The logits a token is picked from: padding ids ruled out, then, unless greedy (temperature 0), divided by
-    the temperature and cut to the top-k and top-p tokens."""
-    logits = mask_vocab(logits.float(), vocab_size)
-    if temperature == 0:
-        return logits
-    return top_p_filter(top_k_filter(logits / temperature, top_k), top_p)
+def nucleus_drop(sorted_logits, p):
+    """Which of the logits, sorted high to low, fall outside the nucleus: those whose predecessors reach p."""
+    probs = F.softmax(sorted_logits, dim=-1)
+    mass_before = torch.cumsum(probs, dim=-1) - probs
+    return mass_before >= p
 
 
-def next_token(logits, temperature=1.0, top_k=None, top_p=None, vocab_size=None, generator=None):
-    """Pick one token id per row of logits (B, vocab) -> (B,). Temperature 0 is greedy: the argmax."""
-    logits = sampling_logits(logits, temperature, top_k, top_p, vocab_size)
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    probs = F.softmax(logits, dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+def sample_tokens(logits, temperature, top_k, top_p, uniforms):
+    """The next token of every row: logits (B, V) -> ids (B,), on the logits' device, with no host sync.
+
+    temperature, top_k and top_p are Python lists, one entry per row (temperature 0: greedy, the argmax; top_k 0 or
+    None: all tokens; top_p 1 or None: all tokens); uniforms (B,) are the rows' random numbers in [0, 1). A row's
+    token is the first whose cumulative probability passes its uniform number (inverse transform sampling): one
+    random number per row where torch.multinomial draws one per vocabulary entry.
+    """
+    B, V = logits.shape
+    device = logits.device
+    ks = [k if k and k < V else V for k in top_k]
+    ps = [1.0 if p is None else p for p in top_p]
+    greedy = torch.tensor([t == 0 for t in temperature], device=device)
+    scale = torch.tensor([t if t > 0 else 1.0 for t in temperature], device=device, dtype=logits.dtype)
+    logits = logits / scale[:, None]
+    if max(ks) < V or min(ps) < 1.0:
+        # the candidates of each row, most likely first: top_k of them where every row has a top_k
+        values, ids = torch.topk(logits, max(ks), dim=-1) if max(ks) < V else torch.sort(logits, -1, descending=True)
+        if min(ks) < values.size(1):
+            k = torch.tensor(ks, device=device).clamp(max=values.size(1))
+            kth = values.gather(1, (k - 1)[:, None])
+            values = values.masked_fill(values < kth, float("-inf"))  # ties with the k-th stay, as top_k_filter
+        if min(ps) < 1.0:
+            values = values.masked_fill(nucleus_drop(values, torch.tensor(ps, device=device)[:, None]), float("-inf"))
+    else:
+        values, ids = logits, None
+    probs = F.softmax(values, dim=-1)
+    cdf = torch.cumsum(probs, dim=-1)
+    pick = torch.searchsorted(cdf, (uniforms * cdf[:, -1])[:, None], right=True)[:, 0]
+    # right=True: a token of probability 0 adds nothing to the cdf, so no uniform lands on it; rounding at the top
+    # end is caught by the last token of positive probability
+    positions = torch.arange(values.size(1), device=device)
+    last = torch.where(probs > 0, positions, 0).amax(dim=-1)
+    pick = torch.minimum(pick, last)
+    pick = torch.where(greedy, values.argmax(dim=-1), pick)
+    return pick if ids is None else ids.gather(1, pick[:, None])[:, 0]
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# the generation loop
-
-
-def window_start(length, start, block_size, shift=1):
-    """Where the model's context begins, for a sequence of `length` tokens whose context began at `start`.
-
-    The model sees at most block_size tokens. shift=1 slides the window one token at a time, as nanoGPT's generate
-    does: exact, but position embeddings are absolute, so once the window moves every cached key sits at the wrong
-    position and the whole window is prefilled again, for every new token. A larger shift drops that many of the
-    oldest tokens at once, so the window is prefilled only every `shift` tokens and the steps between are
-    single-token cache steps: far faster, at the price of some tokens seeing a shorter context.
-    """
-    if length - start <= block_size:
-        return start
-    return length - (block_size - shift + 1)
-
-
-def resolve_window_shift(window_shift, block_size):
-    """0 means half the block: one re-prefill per block_size/2 tokens keeps the cache's speed (see
-    benchmarks/sample_speed.py, side by side with nanoGPT's sample.py) while every token still sees at least half a block of context."""
-    if window_shift == 0:
-        return max(1, block_size // 2)
-    if not 1 <= window_shift <= block_size:
-        raise ValueError(f"window_shift must be between 0 and the block size {block_size}, got {window_shift}")
-    return window_shift
-
-
-def next_logits(model, context, cache=None):
-    """Logits (B, vocab) for the token after context (B, T <= block_size). A cache holding the first cache.pos
-    tokens of context is extended with the rest; without one the whole context is read."""
-    if cache is None:
-        logits, _ = model(context)
-    else:
-        logits, _ = model(context[:, cache.pos:], kv_cache=cache)
-    return logits[:, -1, :]
-
-
-@torch.no_grad()
-def generate_ids(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, vocab_size=None,
-                 generator=None, kv_cache=True, window_shift=0):
-    """Yield the next token of every row of idx (B, T) as a list of B ints, max_new_tokens times.
-
-    All rows advance together as one batch. kv_cache=False re-reads the whole context at every step, as
-    `GPT.generate` does; it is kept to check the cache against and to measure what the cache saves. window_shift
-    is explained in window_start. Closing the generator stops the work early.
-    """
-    block_size = model.config.block_size
-    window_shift = resolve_window_shift(window_shift, block_size)
-    cache = KVCache.for_model(model) if kv_cache else None
-    start = max(0, idx.size(1) - block_size)
-    for _ in range(max_new_tokens):
-        new_start = window_start(idx.size(1), start, block_size, window_shift)
-        if new_start != start and cache is not None:
-            cache.reset()  # every position moved: the cached keys and values no longer apply
-        start = new_start
-        logits = next_logits(model, idx[:, start:], cache)
-        nxt = next_token(logits, temperature, top_k, top_p, vocab_size, generator)
-        yield nxt.tolist()
-        idx = torch.cat((idx, nxt[:, None]), dim=1)
-
-
-def pick_token(logits, temperature, top_k, top_p, vocab_size, generator):
-    """One token id from one row of logits (vocab,), as next_token picks it, but drawn with a single uniform number
-    (the first token whose cumulative probability passes it) where torch.multinomial draws one per vocabulary
-    entry: a tenth of a 124M model's batched step on a CPU. The same seed therefore gives other samples than
-    `sample`'s; greedy picks are the same."""
-    logits = sampling_logits(logits, temperature, top_k, top_p, vocab_size)
-    if temperature == 0:
-        return int(logits.argmax())
-    cdf = torch.cumsum(F.softmax(logits, dim=-1), dim=-1)
-    u = torch.rand(1, generator=generator, device=logits.device) * cdf[-1]
-    # right=True: a token of probability 0 adds nothing to the cdf, so no u lands on it
-    return min(int(torch.searchsorted(cdf, u, right=True)), logits.size(-1) - 1)
+# a completion's text as it grows
 
 
 class TextStream:
@@ -257,45 +171,10 @@ def overlap(text, stop):
     return 0
 
 
-def complete(model, tokenizer, prompt_ids, max_new_tokens, num_samples=1, temperature=1.0, top_k=None, top_p=None,
-             stop=(), seed=None, kv_cache=True, window_shift=0, on_step=None):
-    """Generate num_samples continuations of one prompt as a batch, yielding (index, text, finish_reason).
-
-    Text comes in pieces as it is generated. Each sample's last event has finish_reason 'stop' (it produced a
-    stop string, which is cut off) or 'length' (max_new_tokens reached); before that it is None. on_step, if
-    given, is called after each generated token of the batch (a progress bar counts them).
-    """
-    device = next(model.parameters()).device
-    generator = None
-    if seed is not None:
-        generator = torch.Generator(device=device).manual_seed(seed)
-    idx = torch.tensor([prompt_ids] * num_samples, dtype=torch.long, device=device)
-    streams = [TextStream(tokenizer, stop) for _ in range(num_samples)]
-    steps = generate_ids(model, idx, max_new_tokens, temperature, top_k, top_p, tokenizer.vocab_size, generator,
-                         kv_cache, window_shift)
-    try:
-        for tokens in steps:
-            if on_step is not None:
-                on_step()
-            for i, (stream, token) in enumerate(zip(streams, tokens)):
-                if stream.finished:
-                    continue  # its row keeps computing with the batch, but nobody reads it
-                piece = stream.add(token)
-                if stream.finished:
-                    yield i, piece, "stop"
-                elif piece:
-                    yield i, piece, None
-            if all(s.finished for s in streams):
-                return
-        for i, stream in enumerate(streams):
-            if not stream.finished:
-                yield i, stream.close(), "length"
-    finally:
-        steps.close()
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# continuous batching: many completions, each with its own settings, joining and leaving one running batch
+# the keys and values of the running completions
 
 
 class SlotCache:
@@ -304,25 +183,53 @@ class SlotCache:
     The sequences being decoded fill rows 0..n-1 and nothing else, so a decode step reads the buffers' first n rows
     without gathering them; when one leaves, the last row moves into its place. Two views of it go to the model:
     `prefill(rows, pads)` for sequences read from position 0, `decode(n)` for one new token in each of rows 0..n-1.
+
+    Memory follows use: the buffers hold as many rows as run (doubling as more arrive, halved when at most a quarter
+    is used) and as many positions as the longest row needs (from MIN_CACHE_LEN, doubling up to the block size).
+    They grow by copying when a forward needs more, and are released when nothing runs.
     """
 
     def __init__(self, n_layer, max_batch, max_len):
         self.max_batch = max_batch
         self.max_len = max_len
-        self.k = [None] * n_layer  # each (max_batch, n_head, max_len, head_size) once allocated
+        self.k = [None] * n_layer  # each (rows, n_head, length, head_size) once allocated
         self.v = [None] * n_layer
         self.lengths = [0] * max_batch  # positions cached in each row
+        self.rows = 0  # the rows and positions the buffers are to hold; each layer's buffer follows at its next
+        self.length = 0  # `extend`, so the first forward after a change allocates, and none allocates twice
 
     @classmethod
     def for_model(cls, model, max_batch):
         return cls(model.config.n_layer, max_batch, model.config.block_size)
 
+    def reserve(self, rows, length):
+        """Make room for rows 0..rows-1 holding `length` positions each."""
+        if rows > self.rows:
+            self.rows = min(self.max_batch, max(rows, 2 * self.rows))
+        if length > self.length:
+            self.length = min(self.max_len, max(length, 2 * self.length, MIN_CACHE_LEN))
+
+    def shrink(self, rows):
+        """Only rows 0..rows-1 are in use now: give back row capacity, all of it when none is."""
+        if rows == 0:
+            self.k, self.v = [None] * len(self.k), [None] * len(self.v)
+            self.rows = self.length = 0
+        while self.rows > 1 and rows <= self.rows // 4:
+            self.rows //= 2
+
     def buffers(self, layer_idx, k):
-        if self.k[layer_idx] is None:
-            shape = (self.max_batch, k.size(1), self.max_len, k.size(3))
+        """This layer's key and value buffers at the reserved size, allocated (or resized, keeping what they hold)
+        with the dtype and device the keys really have (autocast's included)."""
+        shape = (self.rows, k.size(1), self.length, k.size(3))
+        old_k, old_v = self.k[layer_idx], self.v[layer_idx]
+        if old_k is None or old_k.shape != shape:
             # zeros, not empty: masked-out keys get weight 0, and 0 times a NaN left in free memory would be NaN
             self.k[layer_idx] = torch.zeros(shape, dtype=k.dtype, device=k.device)
             self.v[layer_idx] = torch.zeros(shape, dtype=k.dtype, device=k.device)
+            if old_k is not None:
+                r, n = min(old_k.size(0), self.rows), min(old_k.size(2), self.length)
+                self.k[layer_idx][:r, :, :n] = old_k[:r, :, :n]
+                self.v[layer_idx][:r, :, :n] = old_v[:r, :, :n]
         return self.k[layer_idx], self.v[layer_idx]
 
     def move(self, src, dst):
@@ -353,6 +260,7 @@ class _PrefillView:
     def positions(self, t, device):
         if t > self.cache.max_len:
             raise ValueError(f"cannot forward a sequence of length {t}, block size is only {self.cache.max_len}")
+        self.cache.reserve(max(self.rows) + 1, t)
         self.mask = None  # no padding: plain causal attention
         if any(self.pads):
             ids = torch.arange(t, device=device)
@@ -379,16 +287,16 @@ class _DecodeView:
 
     def __init__(self, cache, n):
         self.cache, self.n = cache, n
-        self.rows = None
 
     def positions(self, t, device):
         assert t == 1, "decoding takes one token per row"
         lengths = self.cache.lengths[:self.n]
         if max(lengths) >= self.cache.max_len:
             raise ValueError(f"cannot decode past the block size {self.cache.max_len}")
+        self.width = max(lengths) + 1
+        self.cache.reserve(self.n, self.width)
         self.pos = torch.tensor(lengths, dtype=torch.long, device=device)
         self.rows = torch.arange(self.n, device=device)
-        self.width = max(lengths) + 1
         # row i sees its own keys 0..lengths[i] (the new one included), not the longer rows' keys beyond
         self.mask = (torch.arange(self.width, device=device)[None, :] <= self.pos[:, None])[:, None, None, :]
         return self.pos[:, None]
@@ -402,6 +310,34 @@ class _DecodeView:
     def advance(self, t):
         for i in range(self.n):
             self.cache.lengths[i] += t
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the engine: completions, each with its own settings, joining and leaving one running batch
+
+
+def window_start(length, start, block_size, shift=1):
+    """Where the model's context begins, for a sequence of `length` tokens whose context began at `start`.
+
+    The model sees at most block_size tokens. shift=1 slides the window one token at a time, as nanoGPT's generate
+    does: exact, but position embeddings are absolute, so once the window moves every cached key sits at the wrong
+    position and the whole window is prefilled again, for every new token. A larger shift drops that many of the
+    oldest tokens at once, so the window is prefilled only every `shift` tokens and the steps between are
+    single-token cache steps: far faster, at the price of some tokens seeing a shorter context.
+    """
+    if length - start <= block_size:
+        return start
+    return length - (block_size - shift + 1)
+
+
+def resolve_window_shift(window_shift, block_size):
+    """0 means half the block: one re-prefill per block_size/2 tokens keeps the cache's speed (see
+    benchmarks/sample_speed.py) while every token still sees at least half a block of context."""
+    if window_shift == 0:
+        return max(1, block_size // 2)
+    if not 1 <= window_shift <= block_size:
+        raise ValueError(f"window_shift must be between 0 and the block size {block_size}, got {window_shift}")
+    return window_shift
 
 
 @dataclass
@@ -421,33 +357,38 @@ class Completion:
     finish_reason: str = None  # 'stop' or 'length' once it has finished
     start: int = 0  # where the model's window begins in tokens
     row: int = None  # its row of the SlotCache while it is decoding
-    stream: TextStream = None  # its text so far, stop strings held back
+    stream: TextStream = None  # its text so far, stop strings held back (None without a tokenizer)
     generator: torch.Generator = None  # its own random numbers, so other completions never change its samples
 
 
 class BatchEngine:
     """Continuous batching: completions join a running batch at the next step and leave it when they finish.
 
-    Each step first prefills the completions that arrived (or whose window moved past the block size) together in
-    one forward, giving each its first token, then advances every other running completion by one token in a single
-    batched forward. Each completion samples with its own settings and seed, so its tokens are the ones it
-    would get alone (greedy output is identical; see tests/test_batching.py). Not thread-safe: one thread drives it.
+    Each step first prefills the completions that arrived (or whose window moved past the block size) together,
+    then advances every other running completion by one token in a single batched forward, and picks every
+    completion's next token in one call of sample_tokens. Each completion samples with its own settings and
+    seed, so its tokens are the ones it would get alone (tests/test_batching.py). kv_cache=False re-reads every
+    completion's whole context at every step (to check the cache against, and to measure what it saves). Without a
+    tokenizer the events carry no text (GPT.generate reads the tokens). Not thread-safe: one thread drives it.
     """
 
-    def __init__(self, model, tokenizer, max_batch, window_shift=0, stop_token=None):
+    def __init__(self, model, tokenizer, max_batch, window_shift=0, stop_token=None, kv_cache=True, vocab_size=None):
         self.model = model
         self.tokenizer = tokenizer
+        self.vocab_size = tokenizer.vocab_size if tokenizer is not None else vocab_size
         self.block_size = model.config.block_size
         self.window_shift = resolve_window_shift(window_shift, self.block_size)
         self.stop_token = stop_token  # a token that ends a completion, e.g. GPT-2's <|endoftext|>
+        self.kv_cache = kv_cache
         self.device = next(model.parameters()).device
         self.cache = SlotCache.for_model(model, max_batch)
+        self.max_batch = max_batch
         self.rows = []  # the decoding completions: rows[i] lives in cache row i
         self.arrived = []  # admitted, to be prefilled at the next step
 
     @property
     def free(self):
-        return self.cache.max_batch - len(self.rows) - len(self.arrived)
+        return self.max_batch - len(self.rows) - len(self.arrived)
 
     @property
     def running(self):
@@ -458,7 +399,7 @@ class BatchEngine:
         assert self.free > 0, "no free slot"
         c.tokens = list(c.prompt)
         c.start = max(0, len(c.tokens) - self.block_size)
-        c.stream = TextStream(self.tokenizer, c.stop)
+        c.stream = TextStream(self.tokenizer, c.stop) if self.tokenizer is not None else None
         c.generator = torch.Generator(device=self.device)
         if c.seed is None:
             c.generator.seed()
@@ -470,7 +411,12 @@ class BatchEngine:
         """Drop a completion (finished or abandoned), freeing its slot."""
         if c in self.arrived:
             self.arrived.remove(c)
-            return
+        else:
+            self._leave_row(c)
+        self.cache.shrink(self.running)
+
+    def _leave_row(self, c):
+        """Take c out of its cache row; the last row moves into its place, so rows 0..n-1 stay the running ones."""
         last = self.rows.pop()
         if last is not c:
             self.cache.move(last.row, c.row)
@@ -481,41 +427,51 @@ class BatchEngine:
     def clear(self):
         """Drop every completion (after a failed step, whose state cannot be trusted)."""
         self.rows, self.arrived = [], []
+        self.cache.shrink(0)
 
     @torch.no_grad()
     def step(self):
         """Advance every running completion by one token; returns its events, (completion, text, finish_reason)
         with finish_reason 'stop', 'length' or None. Finished completions have left the batch already."""
-        decoding = len(self.rows)
-        events = [(c, c.stream.close(), "length") for c in self.arrived if c.max_tokens == 0]
+        decoding = self.rows[:]
+        events = [(c, self._close(c), "length") for c in self.arrived if c.max_tokens == 0]
         arrived = [c for c in self.arrived if c.max_tokens > 0]
         self.arrived = []
+        picked, logits = [], []
         # prefill together those of similar length, so that padding wastes at most about half of each forward
         arrived.sort(key=lambda c: len(c.tokens) - c.start)
         while arrived:
             shortest = len(arrived[0].tokens) - arrived[0].start
             group = [c for c in arrived if len(c.tokens) - c.start <= 2 * shortest + 8]
             arrived = arrived[len(group):]
-            events += self._prefill(group)
+            picked += group
+            logits.append(self._prefill(group))
         if decoding:
-            last = torch.tensor([[c.tokens[-1]] for c in self.rows[:decoding]], device=self.device)
-            logits, _ = self.model(last, kv_cache=self.cache.decode(decoding))
-            logits = self._last_logits(logits)
-            events += [self._take(c, logits[i]) for i, c in enumerate(self.rows[:decoding])]
+            last = torch.tensor([[c.tokens[-1]] for c in decoding], device=self.device)
+            out, _ = self.model(last, kv_cache=self.cache.decode(len(decoding)))
+            picked += decoding
+            logits.append(out[:, -1])
+        if picked:
+            tokens = self._sample(picked, torch.cat(logits))
+            events += [self._take(c, token) for c, token in zip(picked, tokens)]
         for c, _, reason in events:
             c.finish_reason = reason
-            if reason is not None and c.row is not None:
-                self.remove(c)
-            elif reason is None and (start := window_start(len(c.tokens), c.start, self.block_size,
-                                                           self.window_shift)) != c.start:
-                # past the block size: every position moves, so the completion is prefilled again from its new start
+            if reason is not None:
+                if c.row is not None:
+                    self.remove(c)
+                continue
+            start = window_start(len(c.tokens), c.start, self.block_size, self.window_shift)
+            if start != c.start or not self.kv_cache:
+                # past the block size every position moves (or there is no cache): prefilled again from its start
                 c.start = start
-                self.remove(c)
+                self._leave_row(c)
                 self.arrived.append(c)
+        self.cache.shrink(self.running)
         return events
 
     def _prefill(self, arrived):
-        """Read the arrived completions' contexts into new rows in one forward (left-padded to the longest)."""
+        """Read the arrived completions' contexts into new rows in one forward (left-padded to the longest);
+        returns their logits for the next token (B, vocab)."""
         contexts = [c.tokens[c.start:] for c in arrived]
         width = max(len(x) for x in contexts)
         pads = [width - len(x) for x in contexts]
@@ -524,23 +480,74 @@ class BatchEngine:
             self.rows.append(c)
         idx = torch.tensor([[0] * pad + x for pad, x in zip(pads, contexts)], device=self.device)
         logits, _ = self.model(idx, kv_cache=self.cache.prefill([c.row for c in arrived], pads, self.device))
-        logits = self._last_logits(logits)
-        return [self._take(c, logits[i]) for i, c in enumerate(arrived)]
+        return logits[:, -1]
 
-    def _last_logits(self, logits):
-        """Each row's logits for its next token (B, vocab), padding ids ruled out once for the whole batch."""
-        return mask_vocab(logits[:, -1].float(), self.tokenizer.vocab_size)
+    def _sample(self, completions, logits):
+        """Every completion's next token from its logits, with its settings and its own random number: one
+        sampler call and one copy to the host for the whole batch."""
+        logits = mask_vocab(logits.float(), self.vocab_size)
+        uniforms = torch.cat([torch.rand(1, generator=c.generator, device=self.device) for c in completions])
+        return sample_tokens(logits, [c.temperature for c in completions], [c.top_k for c in completions],
+                             [c.top_p for c in completions], uniforms).tolist()
 
-    def _take(self, c, logits):
-        """Sample c's next token from its logits (vocab,), padding already ruled out, and turn it into an event."""
-        token = pick_token(logits, c.temperature, c.top_k, c.top_p, None, c.generator)
+    def _take(self, c, token):
+        """Record c's next token and turn it into an event."""
         c.tokens.append(token)
         c.generated += 1
         if token == self.stop_token:
-            return c, c.stream.close(), "stop"
-        text = c.stream.add(token)
-        if c.stream.finished:
-            return c, text, "stop"
+            return c, self._close(c), "stop"
+        text = ""
+        if c.stream is not None:
+            text = c.stream.add(token)
+            if c.stream.finished:
+                return c, text, "stop"
         if c.generated >= c.max_tokens:
-            return c, text + c.stream.close(), "length"
+            return c, text + self._close(c), "length"
         return c, text, None
+
+    def _close(self, c):
+        return c.stream.close() if c.stream is not None else ""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the drivers: one prompt's samples as text (`sample`), token rows in and out (`GPT.generate`)
+
+
+def complete(model, tokenizer, prompt_ids, max_new_tokens, num_samples=1, temperature=1.0, top_k=None, top_p=None,
+             stop=(), seed=None, kv_cache=True, window_shift=0, on_step=None):
+    """Generate num_samples continuations of one prompt as a batch, yielding (index, text, finish_reason).
+
+    Sample i draws its random numbers from seed + i, as choice i of a server request with this seed does. Text
+    comes in pieces as it is generated. Each sample's last event has finish_reason 'stop' (it produced a stop
+    string, which is cut off) or 'length' (max_new_tokens reached); before that it is None. on_step, if given, is
+    called after each generated token of the batch (a progress bar counts them).
+    """
+    engine = BatchEngine(model, tokenizer, num_samples, window_shift, kv_cache=kv_cache)
+    for i in range(num_samples):
+        engine.add(Completion(prompt_ids, max_new_tokens, temperature, top_k, top_p,
+                              None if seed is None else seed + i, tuple(stop), tag=i))
+    while engine.running:
+        events = engine.step()
+        if on_step is not None and any(c.generated for c, _, _ in events):
+            on_step()
+        for c, text, reason in events:
+            if text or reason:
+                yield c.tag, text, reason
+
+
+@torch.no_grad()
+def generate_ids(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seeds=None, kv_cache=True,
+                 window_shift=1, vocab_size=None):
+    """idx (B, T) followed by max_new_tokens generated tokens per row: (B, T + max_new_tokens), as nanoGPT's
+    `GPT.generate` returns. Without seeds, each row's seed is drawn from torch's global generator, so
+    torch.manual_seed makes the result reproducible. window_shift=1 slides the window as nanoGPT does."""
+    rows = idx.tolist()
+    if seeds is None:
+        seeds = torch.randint(0, 2**62, (len(rows),)).tolist()
+    engine = BatchEngine(model, None, len(rows), window_shift, kv_cache=kv_cache, vocab_size=vocab_size)
+    completions = [Completion(row, max_new_tokens, temperature, top_k, top_p, seed) for row, seed in zip(rows, seeds)]
+    for c in completions:
+        engine.add(c)
+    while engine.running:
+        engine.step()
+    return torch.tensor([c.tokens for c in completions], dtype=idx.dtype, device=idx.device)

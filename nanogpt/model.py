@@ -6,7 +6,7 @@ see docs/concepts/modern-recipe.md). Each switch picks a layer once, in `__init_
 same for every choice.
 
 Nothing here knows about training loops, data, devices or ranks. Inference state (the KV cache) is an object
-passed in from outside (see generate.py); the model only knows how to read and extend it, through three calls:
+passed in from outside (see generate.py, which GPT.generate calls); the model only knows how to read and extend it, through three calls:
 
   kv_cache.positions(t, device)  -> LongTensor (B, t), or (1, t) when all rows agree: the absolute position of each
                                     row's t new tokens (rows of a batch may sit at different positions)
@@ -422,19 +422,12 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
-        """Sample max_new_tokens after idx (B, T), re-reading the whole (cropped) context each step.
-        This is the reference path; generate.py holds the fast KV-cache one."""
-        for _ in range(max_new_tokens):
-            idx_cond = idx if idx.size(1) <= self.config.block_size else idx[:, -self.config.block_size :]
-            logits, _ = self(idx_cond)
-            logits = logits[:, -1, :] / temperature
-            if top_k is not None:
-                v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-                logits[logits < v[:, [-1]]] = -float("Inf")
-            probs = F.softmax(logits, dim=-1)
-            idx_next = torch.multinomial(probs, num_samples=1)
-            idx = torch.cat((idx, idx_next), dim=1)
-        return idx
+        """Sample max_new_tokens after idx (B, T) and return idx with them appended, as nanoGPT's generate: the
+        window slides one token at a time, and torch.manual_seed makes the draws reproducible. A thin call of the
+        one generation engine (generate.py), which keeps a KV cache and samples on the device."""
+        from nanogpt.generate import generate_ids
+
+        return generate_ids(self, idx, max_new_tokens, temperature, top_k, window_shift=1)
 
 
 def adamw(params, weight_decay, learning_rate, betas, device_type):

@@ -1,8 +1,11 @@
-"""Where and how a command runs: the device, the number format, autocast and torch.compile.
+"""Where and how a command runs: the device, the number format, CPU threads, autocast and torch.compile.
 
-train, sample, serve and bench all resolve their `device`, `dtype` and `compile` settings here, the same way.
+train, sample, serve, eval and bench all start with `set_up` (device, dtype, TF32, threads, seed) and resolve
+`compile` here, the same way.
 """
 
+import importlib.util
+import os
 from contextlib import nullcontext
 
 import torch
@@ -45,9 +48,42 @@ def resolve_dtype(name, device_type):
     return name
 
 
+def set_up(device, dtype, seed=None, threads=0):
+    """The common start of every command: the device and number format resolved, TF32 on for CUDA, the CPU
+    threads set and torch seeded. Returns (device, device_type, dtype)."""
+    if threads < 0:
+        raise UserError(f"threads must be 0 (auto) or more, got {threads}")
+    device = resolve_device(device)
+    kind = device_type(device)
+    dtype = resolve_dtype(dtype, kind)
+    prepare_device(kind)
+    torch.set_num_threads(resolve_threads(threads))
+    if seed is not None:
+        torch.manual_seed(seed)
+    return device, kind, dtype
+
+
+def resolve_threads(threads, cores=None, load=None, current=None):
+    """PyTorch's intra-op CPU threads. 0 (auto) keeps PyTorch's own choice (one per core, or OMP_NUM_THREADS)
+    unless the machine is already busy (a one-minute load average of at least one per core), then one thread: on a
+    busy 2-core machine two threads waiting for each other made tiny models many times slower, while on a quiet one
+    two threads made the quick-start model's step 1.5x faster than one (benchmarks/threads.py)."""
+    if threads:
+        return threads
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if load is None:
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    current = torch.get_num_threads() if current is None else current
+    return 1 if load >= cores else current
+
+
 def resolve_compile(value, device_type):
-    # torch.compile pays for its start-up time on CUDA; on CPU and MPS it rarely does for small models
-    return device_type == "cuda" if value == "auto" else value
+    """Whether to torch.compile. 'auto' compiles on CUDA only where Triton, which compiles the kernels, can be
+    imported (it is missing on Windows, among others); on CPU and MPS compiling rarely pays for small models."""
+    if value != "auto":
+        return value
+    return device_type == "cuda" and importlib.util.find_spec("triton") is not None
 
 
 def autocast(device_type, dtype):

@@ -1,6 +1,6 @@
 """Sampling from a trained run: nanoGPT's sample.py as a function of a SampleConfig.
 
-All samples are generated as one batch with a KV cache (nanogpt/generate.py). The first sample streams to the
+All samples are generated as one batch by the generation engine (nanogpt/generate.py), the one `serve` runs. The first sample streams to the
 terminal token by token; each later one is printed from what it has generated so far once the one before it
 ends, then streams on, so the output reads exactly like nanoGPT's: prompt and sample, then a separator.
 """
@@ -31,12 +31,13 @@ class SampleConfig:
     top_k: int = 200  # sample only among the top_k most likely tokens (0: all)
     top_p: float = 1.0  # nucleus sampling: only the most likely tokens that together hold top_p of the mass
     stop: str = ""  # end a sample when it generates this text, cut off (escapes need quotes: --stop="'\n'")
-    seed: int = 1337  # seeds the sampling: the same seed and prompt give the same samples
+    seed: int = 1337  # sample i draws from seed + i, as choice i of a server request with this seed: same text
     kv_cache: bool = True  # False re-reads the whole context for every token (with window_shift=1: nanoGPT's sampler)
     window_shift: int = 0  # past block_size, drop this many oldest tokens at once: 0 = half the block; 1 = exact, slow
     device: str = "auto"  # 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'
     dtype: str = "auto"  # 'auto', 'float32', 'bfloat16', 'float16'
     compile: object = False  # torch.compile the model (True/False/'auto')
+    threads: int = 0  # CPU threads; 0: PyTorch's default, or 1 when the machine is already busy
 
     def to_dict(self):
         return asdict(self)
@@ -105,10 +106,7 @@ def sample(cfg: SampleConfig, write=write_stdout):
     """Draw cfg.num_samples samples, passing the text to write() as it is generated (pieces, newlines
     included); returns the samples, each prompt plus continuation, as a list of strings."""
     validate_sample_config(cfg)
-    device = runtime.resolve_device(cfg.device)
-    device_type = runtime.device_type(device)
-    dtype = runtime.resolve_dtype(cfg.dtype, device_type)
-    torch.manual_seed(cfg.seed)
+    device, device_type, dtype = runtime.set_up(cfg.device, cfg.dtype, cfg.seed, cfg.threads)
     prompt = read_prompt(cfg.start)
     model, tokenizer = load_model(cfg.init_from, cfg.out_dir, device, cfg.checkpoint)
     model.eval().to(device)

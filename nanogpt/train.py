@@ -12,6 +12,7 @@ decides what to save, `save` writes a checkpoint. SIGINT/SIGTERM stop the run wi
 any point (StopRequest), saving what it trained since its last checkpoint.
 """
 
+import difflib
 import math
 import os
 import signal
@@ -49,8 +50,7 @@ from nanogpt.distributed import (
 from nanogpt.errors import UserError
 from nanogpt.metrics import MetricsWriter, format_duration
 from nanogpt.model import GPT, GPTConfig
-from nanogpt.optim import get_lr  # noqa: F401 (nanogpt.train's API, as in nanoGPT)
-from nanogpt.optim import build_optimizer, set_lr, step_unless
+from nanogpt.optim import build_optimizer, get_lr, set_lr, step_unless
 from nanogpt.tokenizers import tokenizer_from_meta
 
 
@@ -143,6 +143,7 @@ class Session:
     saved_iter: int = None  # the iteration out_dir's checkpoint holds, if this run knows it
     metrics: MetricsWriter = None  # rank 0's writer of out_dir/metrics.jsonl (None on other ranks, and eval_only)
     guard: object = None  # the NonfiniteGuard of the steps since the last logging step
+    compiled: bool = False  # torch.compile is on, and has not compiled yet: the first step may fall back
 
     @property
     def device_type(self):
@@ -208,7 +209,7 @@ def run_loop(s, stop):
             if (logging or not s.dinfo.enabled) and stop_requested(stop, s.dinfo, s.device):
                 raise StopTraining
             with stop.abandonable():
-                loss, batch = forward_backward(s, batch)
+                loss, batch = first_step_or_uncompiled(s, batch) if s.compiled else forward_backward(s, batch)
             grad_norm = update(s, loss)
             if logging:
                 loss_value = all_reduce_mean(loss, s.dinfo, s.device)
@@ -309,8 +310,7 @@ def log_summary(s, result, meter):
 
 def set_up(cfg, device, dinfo, log, given=None):
     """Check the settings against this machine, load the data and build (or resume) the model and optimizer."""
-    dtype = runtime.resolve_dtype(cfg.dtype, runtime.device_type(device))
-    runtime.prepare_device(runtime.device_type(device))
+    device, _, dtype = runtime.set_up(device, cfg.dtype, threads=cfg.threads)
     check_parallel_settings(cfg, dinfo, dtype)
     if cfg.eval_only and cfg.init_from == "scratch":
         raise UserError("eval_only needs trained weights: add --init_from=resume to evaluate the run in out_dir, or "
@@ -324,6 +324,10 @@ def set_up(cfg, device, dinfo, log, given=None):
         ckpt = checkpoint.load_checkpoint(out_dir, weights=not uses_fsdp(cfg, dinfo))
         cfg = resumed_settings(cfg, ckpt, given, log)
     log(f"tokens per iteration will be: {cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size:,}")
+    if cfg.decay_lr and cfg.max_iters < cfg.lr_decay_iters and not cfg.eval_only:
+        log(f"note: max_iters ({cfg.max_iters}) is below lr_decay_iters ({cfg.lr_decay_iters}), so the learning rate "
+            f"ends at {get_lr(cfg.max_iters, cfg):.2e}, not min_lr {cfg.min_lr:.2e} (as nanoGPT does); set "
+            f"--lr_decay_iters={cfg.max_iters} to decay fully")
     peak = runtime.peak_flops(device, dtype)
     log(f"mfu is measured against the peak of {peak[0]}, {peak[1] / 1e12:.0f} TFLOPS" if peak else
         f"mfu: n/a on {device} (no known peak flop/s)")
@@ -343,6 +347,7 @@ def set_up(cfg, device, dinfo, log, given=None):
     s = Session(cfg, dinfo, device, dataset, out_dir, raw_model, model, without_ddp(model), optimizer, scaler,
                 runtime.autocast(runtime.device_type(device), dtype), log, peak)
     s.guard = NonfiniteGuard(device)
+    s.compiled = compile_model
     if ckpt:
         restore_training_state(s, ckpt)
     tasks.parse_tasks(cfg.eval_tasks)  # an unknown task name fails now, not at the first evaluation
@@ -355,9 +360,12 @@ def open_dataset(cfg):
     """The dataset to train on, with a message naming how to make it when it is missing."""
     folder = Path(cfg.data_dir) / cfg.dataset
     if not folder.is_dir():
-        from nanogpt.datasets import how_to_prepare
+        from nanogpt.datasets import RECIPES, how_to_prepare
 
-        raise UserError(f"dataset folder {folder} not found: {how_to_prepare(cfg.dataset, cfg.data_dir)}")
+        prepared = [p.name for p in Path(cfg.data_dir).iterdir() if p.is_dir()] if Path(cfg.data_dir).is_dir() else []
+        close = difflib.get_close_matches(cfg.dataset, prepared + sorted(RECIPES), n=1)
+        hint = f"did you mean --dataset={close[0]}? Otherwise " if close else ""
+        raise UserError(f"dataset folder {folder} not found: {hint}{how_to_prepare(cfg.dataset, cfg.data_dir)}")
     dataset = Dataset(folder)
     dataset.check_block_size(cfg.block_size)
     return dataset
@@ -383,11 +391,33 @@ def resumed_settings(cfg, ckpt, given, log):
                 "files, or start a new run in another --out_dir"
             )
     cfg = replace(cfg, **kept)
+    cfg = saved_settings_with_changes(cfg, saved, given, log)
     for key in ("batch_size", "gradient_accumulation_steps", "seed"):
         if key in saved and saved[key] != getattr(cfg, key):
             log(f"warning: {key} is {getattr(cfg, key)}, the run was trained with {saved[key]}: it goes on, but no "
                 "longer computes exactly what an uninterrupted run would")
     return cfg
+
+
+# settings that describe this command rather than the run: never taken from the saved config
+INVOCATION = ("out_dir", "init_from", "eval_only", "reset_optimizer")
+
+
+def saved_settings_with_changes(cfg, saved, given, log):
+    """A resumed run continues with the settings it saved, except those this command sets (config files and
+    --key=value), which are listed in one line; nanoGPT's config file plus overrides keeps working."""
+    names = {f.name for f in fields(TrainConfig)}
+    if not saved:
+        return cfg
+    if given is None:
+        defaults = TrainConfig()
+        given = {k for k in names if getattr(cfg, k) != getattr(defaults, k)}
+    kept = {k: v for k, v in saved.items() if k in names and k not in INVOCATION and k not in given}
+    changes = [f"{k}={getattr(cfg, k)!r} (was {saved[k]!r})" for k in sorted(given)
+               if k in saved and k not in INVOCATION and saved[k] != getattr(cfg, k)]
+    log("resuming with the run's saved settings" + (f"; changed by this command: {', '.join(changes)}" if changes
+                                                     else ", none changed by this command"))
+    return validate(replace(cfg, **kept))
 
 
 # the TrainConfig settings that shape the model: a resumed run keeps the checkpoint's (dropout may change)
@@ -422,7 +452,14 @@ def restore_training_state(s, ckpt):
                            lambda tensors: checkpoint.read_sharded(folder, tensors, whole=not fsdp), with_model=fsdp)
         return
     state = checkpoint.load_optimizer_state(s.out_dir, ckpt)
-    if state is not None:
+    if s.cfg.reset_optimizer:
+        s.log("reset_optimizer=True: the optimizer's moments start fresh; the weights and iteration are the checkpoint's")
+    elif state is None and not s.cfg.eval_only:
+        raise UserError(
+            f"the checkpoint in {s.out_dir} holds no optimizer state (e.g. best.pt copied to ckpt.pt, or a file from "
+            "another tool): resuming would restart the optimizer's moments; pass --reset_optimizer=True to do so"
+        )
+    elif state is not None:
         load_optimizer_state(s.raw_model, s.optimizer, state["optimizer"], s.cfg, s.dinfo)
         if "scaler" in state:
             s.scaler.load_state_dict(state["scaler"])
@@ -468,6 +505,26 @@ def forward_backward(s, batch):
         batch = train_batch(s, s.iter_num + (micro_step + 1) // accum, (micro_step + 1) % accum)
         s.scaler.scale(loss).backward()
     return loss_sum, batch
+
+
+def first_step_or_uncompiled(s, batch):
+    """The first step, where torch.compile compiles. If compiling fails (no Triton, an unsupported platform), a run
+    that left compile='auto' says so in one line and goes on uncompiled; compile=True asked for it: a one-line
+    error. Under torchrun every rank fails alike, and the wrapped model cannot be rebuilt in place: an error."""
+    try:
+        result = forward_backward(s, batch)
+    except StopTraining:
+        raise
+    except Exception as e:
+        reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        if s.cfg.compile is True or s.dinfo.enabled:
+            raise UserError(f"torch.compile failed at the first step ({reason}); run with --compile=False") from None
+        s.log(f"torch.compile failed at the first step ({reason}); continuing uncompiled (--compile=False skips it)")
+        s.optimizer.zero_grad(set_to_none=True)
+        s.model = s.eval_model = s.raw_model
+        result = forward_backward(s, batch)
+    s.compiled = False
+    return result
 
 
 def update(s, loss):
@@ -554,14 +611,15 @@ def evaluate(s, stop, trained, last):
     s.guard.report(s)  # a step skipped since the last logging step stops the run here, before anything is saved
     with stop.abandonable():
         losses = estimate_loss(s, stop)
-    s.log(f"step {s.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+    train_loss = f"{losses['train']:.4f}" if "train" in losses else "n/a"
+    s.log(f"step {s.iter_num}: train loss {train_loss}, val loss {losses['val']:.4f}")
     with stop.abandonable():
         task_figures = evaluate_tasks(s) if s.cfg.eval_tasks else {}
     if hasattr(s.raw_model, "reshard"):
         # FSDP leaves the root group's weights gathered after a forward with no backward; saving needs the shards
         s.raw_model.reshard()
     if s.metrics is not None:
-        s.metrics.write("eval", s.iter_num, train_loss=losses["train"], val_loss=losses["val"],
+        s.metrics.write("eval", s.iter_num, train_loss=losses.get("train"), val_loss=losses["val"],
                         tokens=tokens_seen(s.cfg, s.iter_num), **task_figures)
     if not s.cfg.eval_only and not math.isfinite(losses["val"]):
         raise UserError(
@@ -594,17 +652,18 @@ def tokens_seen(cfg, iter_num):
 
 @torch.no_grad()
 def estimate_loss(s, stop):
-    """Mean loss over eval_iters batches of each split, shared out over the ranks (batch k is rank k % world_size's)
-    and summed over them, so the figure is a single process's. It runs the model as training compiled it, without
-    the DDP wrapper (no collectives but the final sum; under FSDP each forward gathers the weights collectively,
-    so every rank runs the same number of forwards, a rank past the end counting its extra one for nothing).
-    A long evaluation reports its progress every ten seconds."""
+    """Mean loss over eval_iters batches of each split (val only without eval_train), shared out over the ranks
+    (batch k is rank k % world_size's) and summed over them, so the figure is a single process's. It runs the model
+    as training compiled it, without the DDP wrapper (no collectives but the final sum; under FSDP each forward
+    gathers the weights collectively, so every rank runs the same number of forwards, a rank past the end counting
+    its extra one for nothing). A long evaluation reports its progress every ten seconds."""
     cfg, rank, world = s.cfg, s.dinfo.rank, s.dinfo.world_size
     rounds = math.ceil(cfg.eval_iters / world)
     s.raw_model.eval()
-    sums = torch.zeros(2, dtype=torch.float64, device=s.device)
-    progress = Progress(s.log, 2 * rounds, "batches")
-    for i, (split, stream) in enumerate((("train", EVAL_TRAIN_STREAM), ("val", EVAL_VAL_STREAM))):
+    splits = (("train", EVAL_TRAIN_STREAM),) * cfg.eval_train + (("val", EVAL_VAL_STREAM),)
+    sums = torch.zeros(len(splits), dtype=torch.float64, device=s.device)
+    progress = Progress(s.log, len(splits) * rounds, "batches")
+    for i, (split, stream) in enumerate(splits):
         offsets = batch_offsets(cfg.seed, stream, s.iter_num, cfg.eval_iters * cfg.batch_size,
                                 s.dataset.lengths[split], cfg.block_size)
         for r in range(rounds):
@@ -621,7 +680,7 @@ def estimate_loss(s, stop):
             progress.advance(f"evaluating at step {s.iter_num}")
     all_reduce_sum(sums, s.dinfo)
     s.raw_model.train()
-    return dict(zip(("train", "val"), (sums / cfg.eval_iters).tolist()))
+    return dict(zip((split for split, _ in splits), (sums / cfg.eval_iters).tolist()))
 
 
 class Progress:
@@ -772,6 +831,7 @@ def wandb_log(cfg, iter_num, losses, lr, mfu):
         raise UserError("wandb_log=True needs the wandb package: pip install wandb") from None
     if wandb.run is None:
         wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=cfg.to_dict())
-    wandb.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr,
+    wandb.log({"iter": iter_num, **({"train/loss": losses["train"]} if "train" in losses else {}),
+               "val/loss": losses["val"], "lr": lr,
                **({"mfu": mfu * 100} if mfu is not None else {})})
 

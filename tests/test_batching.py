@@ -1,24 +1,38 @@
-"""Continuous batching (generate.BatchEngine): a completion's tokens do not depend on what else runs beside it."""
+"""Continuous batching (generate.BatchEngine): a completion's tokens do not depend on what else runs beside it.
+
+The expectation is computed here, without the engine: the plain model reads each completion's whole window at
+every step, and its token is drawn from the sampler with the completion's own seeded random numbers."""
 
 import torch
 
-from nanogpt.generate import BatchEngine, Completion, complete, next_token, pick_token
+from nanogpt.generate import BatchEngine, Completion, sample_tokens, window_start
 from nanogpt.tokenizers import CharTokenizer
 from tests.test_generate import CHARS, tiny_model
 
 TOKENIZER = CharTokenizer(CHARS)
+BLOCK = 16
 
 
-def solo(model, c):
-    """What c gives alone: (text, finish_reason). Greedy: from complete(), the one-request path `sample` uses;
-    sampled: from an engine running nothing else (it draws its random numbers differently from `sample`)."""
-    if c.temperature == 0:
-        events = list(complete(model, TOKENIZER, c.prompt, c.max_tokens, temperature=0, top_k=c.top_k,
-                               top_p=c.top_p, stop=c.stop))
-        return "".join(text for _, text, _ in events), events[-1][2]
-    copy = Completion(c.prompt, c.max_tokens, c.temperature, c.top_k, c.top_p, c.seed, c.stop)
-    results, _ = run(BatchEngine(model, TOKENIZER, max_batch=1), {0: [copy]})
-    return results[id(copy)]
+@torch.no_grad()
+def solo(model, c, stop_token=None):
+    """What c gives alone, by the plain path: (text, finish_reason). Past the block size the window moves by half
+    a block at a time, the engine's default."""
+    generator = torch.Generator().manual_seed(c.seed) if c.seed is not None else None
+    tokens, start = list(c.prompt), max(0, len(c.prompt) - BLOCK)
+    text = ""
+    for _ in range(c.max_tokens):
+        start = window_start(len(tokens), start, BLOCK, BLOCK // 2)
+        logits = model(torch.tensor([tokens[start:]]))[0][:, -1]
+        u = torch.rand(1, generator=generator) if generator else torch.zeros(1)
+        token = sample_tokens(logits, [c.temperature], [c.top_k], [c.top_p], u).item()
+        if token == stop_token:
+            return text, "stop"
+        tokens.append(token)
+        text = TOKENIZER.decode(tokens[len(c.prompt):])
+        cuts = [text.find(s) for s in c.stop if s in text]
+        if cuts:
+            return text[:min(cuts)], "stop"
+    return text, "length"
 
 
 def run(engine, arrivals):
@@ -77,6 +91,7 @@ def test_stop_token_ends_a_completion():
     free_run = Completion([1], max_tokens=20, temperature=0)
     text, _ = solo(model, free_run)
     stop_token = TOKENIZER.encode(text[5])[0]
+    assert text[5] not in text[:5]
     engine = BatchEngine(model, TOKENIZER, max_batch=1, stop_token=stop_token)
     results, _ = run(engine, {0: [Completion([1], max_tokens=20, temperature=0)]})
     assert list(results.values()) == [(text[:5], "stop")]
@@ -98,7 +113,7 @@ def test_rows_at_different_positions_match_the_plain_forward():
         engine.add(c)
     engine.step()  # prefill all three in one forward, the shorter ones left-padded
     first_tokens = [c.tokens[-1] for c in cs]
-    assert first_tokens == [next_token(model(torch.tensor([s]))[0][:, -1], temperature=0).item() for s in seqs]
+    assert first_tokens == [model(torch.tensor([s]))[0][0, -1].argmax().item() for s in seqs]
     captured = {}
     original = model.forward
 
@@ -115,14 +130,3 @@ def test_rows_at_different_positions_match_the_plain_forward():
     for c in cs:
         plain, _ = model(torch.tensor([c.tokens[:-1]]))
         torch.testing.assert_close(captured["logits"][c.row, -1], plain[0, -1], atol=1e-4, rtol=0)
-
-
-def test_pick_token_follows_the_distribution_and_never_picks_a_filtered_token():
-    logits = torch.tensor([0.0, 1.0, 2.0, -1.0, 9.0, 9.0])  # the last two ids are padding beyond a vocabulary of 4
-    generator = torch.Generator().manual_seed(0)
-    picks = [pick_token(logits, 1.0, 3, None, 4, generator) for _ in range(3000)]
-    counts = [picks.count(i) for i in range(6)]
-    assert counts[3] == counts[4] == counts[5] == 0  # filtered by top_k=3, and padding
-    expected = torch.softmax(logits[:3], -1) * 3000
-    assert all(abs(c - e) < 5 * e.sqrt() for c, e in zip(counts, expected))
-    assert pick_token(logits, 0, None, None, 4, generator) == 2

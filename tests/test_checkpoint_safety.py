@@ -7,6 +7,7 @@ import os
 import pickle
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +22,6 @@ from nanogpt import cli
 from nanogpt.checkpoint import load_checkpoint, load_optimizer_state
 from nanogpt.errors import UserError
 from nanogpt.legacy import read_meta_pkl
-from nanogpt.model import GPT, GPTConfig
 from nanogpt.sample import SampleConfig, sample
 from nanogpt.train import train
 from tests.conftest import CORPUS, tiny_config
@@ -139,9 +139,16 @@ def test_code_in_a_meta_pkl_is_refused(tmp_path):
     assert not marker.exists()
 
 
+REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "nanoGPT"
+
+
 def write_upstream_run(root):
-    """A run as upstream nanoGPT leaves it: data/tiny with meta.pkl (no meta.json) and one ckpt.pt holding the
-    optimizer, torch.compile's key prefix, a tensor best_val_loss and no tokenizer."""
+    """A run written by upstream nanoGPT's own train.py (a scratch copy of ../shared/reference/nanoGPT): data/tiny
+    as its prepare.py leaves it (train.bin, val.bin, meta.pkl; no meta.json), and one ckpt.pt with the optimizer
+    inside, a tensor best_val_loss and no tokenizer. Three steps, saved at iteration 3."""
+    if not (REFERENCE / "train.py").is_file():
+        pytest.skip(f"upstream nanoGPT is not at {REFERENCE}: no run of its own to check against")
+    shutil.copytree(REFERENCE, root, ignore=shutil.ignore_patterns(".git", "*.bin", "out*"))
     chars = sorted(set(CORPUS))
     stoi = {c: i for i, c in enumerate(chars)}
     ids = np.array([stoi[c] for c in CORPUS], dtype=np.uint16)
@@ -152,31 +159,22 @@ def write_upstream_run(root):
     ids[n:].tofile(data / "val.bin")
     (data / "meta.pkl").write_bytes(pickle.dumps({"vocab_size": len(chars), "itos": dict(enumerate(chars)),
                                                   "stoi": stoi}))
-    model_args = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, bias=False, vocab_size=len(chars), dropout=0.0)
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(**model_args))
-    optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu")
-    x = torch.from_numpy(ids[:65].astype(np.int64)).view(1, -1)
-    for _ in range(3):
-        _, loss = model(x[:, :16], x[:, 1:17])
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    (root / "run").mkdir()
-    torch.save({
-        "model": {"_orig_mod." + k: v for k, v in model.state_dict().items()},
-        "optimizer": optimizer.state_dict(),
-        "model_args": model_args,
-        "iter_num": 3,
-        "best_val_loss": torch.tensor(3.2),
-        "config": {"dataset": "tiny", "out_dir": "run", "batch_size": 4, "compile": True, "device": "cuda"},
-    }, root / "run" / "ckpt.pt")
+    settings = dict(dataset="tiny", out_dir="run", device="cpu", compile=False, dtype="float32", n_layer=2, n_head=2,
+                    n_embd=32, block_size=16, bias=False, dropout=0.0, batch_size=4, gradient_accumulation_steps=1,
+                    max_iters=3, lr_decay_iters=3, warmup_iters=1, eval_interval=3, eval_iters=1, log_interval=1,
+                    learning_rate=1e-3, always_save_checkpoint=True, wandb_log=False)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # upstream's own model.py, not ours
+    proc = subprocess.run([sys.executable, "train.py", *(f"--{k}={v}" for k, v in settings.items())], cwd=root,
+                          env=dict(env, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
     return chars
 
 
 def test_upstream_nanogpt_run_samples_and_resumes(tmp_path, monkeypatch):
-    chars = write_upstream_run(tmp_path)
-    monkeypatch.chdir(tmp_path)  # upstream checkpoints name their dataset, found under ./data as nanoGPT does
+    root = tmp_path / "nanoGPT"
+    chars = write_upstream_run(root)
+    monkeypatch.chdir(root)  # upstream checkpoints name their dataset, found under ./data as nanoGPT does
+    assert torch.load("run/ckpt.pt", weights_only=True)["iter_num"] == 3
     samples = sample(SampleConfig(out_dir="run", device="cpu", num_samples=2, max_new_tokens=20, start="All:"),
                      write=lambda *_: None)
     assert len(samples) == 2 and all(set(s) <= set(chars) and len(s) == 24 for s in samples)

@@ -5,8 +5,8 @@ import torch
 
 from nanogpt import checkpoint
 from nanogpt.cli import run
-from nanogpt.generate import (KVCache, TextStream, complete, generate_ids, mask_vocab, next_logits, next_token,
-                              top_k_filter, top_p_filter, window_start)
+from nanogpt.generate import (SlotCache, TextStream, complete, generate_ids, mask_vocab, sample_tokens, top_k_filter,
+                              top_p_filter, window_start)
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.sample import OrderedPrinter, SampleConfig, sample
 from nanogpt.tokenizers import CharTokenizer
@@ -28,8 +28,14 @@ def tiny_model(block_size=16, vocab_size=64, seed=1):
 
 
 def greedy(model, prompt, n, kv_cache, window_shift=1):
+    """Each row's n greedy tokens after its prompt, from the engine."""
     idx = torch.tensor(prompt, dtype=torch.long)
-    return list(generate_ids(model, idx, n, temperature=0, kv_cache=kv_cache, window_shift=window_shift))
+    return generate_ids(model, idx, n, temperature=0, kv_cache=kv_cache, window_shift=window_shift)[:, idx.size(1):].tolist()
+
+
+def argmax_token(logits):
+    return sample_tokens(logits, [0] * logits.size(0), [None] * logits.size(0), [None] * logits.size(0),
+                         torch.zeros(logits.size(0)))
 
 
 @pytest.mark.parametrize("window_shift", [1, 0])  # exact sliding window, and the default (half a block)
@@ -39,27 +45,24 @@ def test_cache_and_plain_path_agree_for_200_tokens_past_block_size(window_shift)
     with_cache = greedy(model, prompt, 200, True, window_shift)
     without = greedy(model, prompt, 200, False, window_shift)
     assert with_cache == without
-    assert len(set(t[0] for t in with_cache[-100:])) > 5, "a constant sequence would prove little"
+    assert len(set(with_cache[0][-100:])) > 5, "a constant sequence would prove little"
 
 
-@pytest.mark.parametrize("window_shift", [1, 5])
-def test_cache_logits_equal_plain_logits_at_every_step(window_shift):
-    model = tiny_model(block_size=16)
-    idx = torch.tensor([[7, 3, 9], [1, 1, 2]])
-    cache = KVCache.for_model(model)
-    generator = torch.Generator().manual_seed(0)
-    start = 0
+def test_cache_logits_equal_plain_logits_at_every_step_as_the_cache_grows():
+    """Prefill 5 tokens, then decode one at a time to position 150: the cache grows from 64 positions to 128 and
+    then to the block size, copying what it holds, and every step's logits equal a plain forward of the prefix."""
+    model = tiny_model(block_size=160)
+    torch.manual_seed(0)
+    x = torch.randint(0, 64, (2, 150))
+    cache = SlotCache.for_model(model, max_batch=4)
+    sizes = set()
     with torch.no_grad():
-        for _ in range(40):  # well past block_size: the window moves and the cache is refilled
-            new_start = window_start(idx.size(1), start, 16, window_shift)
-            if new_start != start:
-                cache.reset()
-            start = new_start
-            assert idx.size(1) - start <= 16
-            cached = next_logits(model, idx[:, start:], cache)
-            plain = next_logits(model, idx[:, -16:] if window_shift == 1 else idx[:, start:])
-            torch.testing.assert_close(cached, plain, atol=1e-5, rtol=0)
-            idx = torch.cat((idx, next_token(cached, 1.0, generator=generator)[:, None]), dim=1)
+        logits, _ = model(x[:, :5], kv_cache=cache.prefill([0, 1], [0, 0], "cpu"))
+        for t in range(5, 150):
+            torch.testing.assert_close(logits[:, -1], model(x[:, :t])[0][:, -1], atol=1e-4, rtol=0)
+            logits, _ = model(x[:, t:t + 1], kv_cache=cache.decode(2))
+            sizes.add(cache.k[0].shape)
+    assert sorted(s[2] for s in sizes) == [64, 128, 160] and {s[0] for s in sizes} == {2}
 
 
 def test_window_shift_prefills_only_every_shift_tokens():
@@ -74,14 +77,24 @@ def test_window_shift_prefills_only_every_shift_tokens():
     assert len(set(starts)) == 7  # 0, then a move at lengths 17, 25, 33, 41, 49 and 57: once every 8 tokens
 
 
-def test_plain_path_matches_model_generate():
+def nanogpt_greedy(model, idx, n):
+    """nanoGPT's generate loop, written out here as the reference: the whole cropped context read at every step."""
+    for _ in range(n):
+        logits, _ = model(idx[:, -model.config.block_size:])
+        idx = torch.cat((idx, logits[:, -1].argmax(-1, keepdim=True)), dim=1)
+    return idx
+
+
+def test_model_generate_is_the_engine_and_matches_nanogpts_loop():
     model = tiny_model()
-    idx = torch.tensor([[5, 6]])
+    idx = torch.tensor([[5, 6], [1, 9]])
+    with torch.no_grad():
+        assert torch.equal(model.generate(idx, 40, temperature=0), nanogpt_greedy(model, idx, 40))  # past block 16
     torch.manual_seed(3)
-    reference = model.generate(idx, 30, temperature=1.0)[0, 2:].tolist()
+    first = model.generate(idx, 30, temperature=1.0, top_k=10)
     torch.manual_seed(3)
-    ours = [t[0] for t in generate_ids(model, idx, 30, temperature=1.0, kv_cache=False, window_shift=1)]
-    assert ours == reference
+    assert torch.equal(model.generate(idx, 30, temperature=1.0, top_k=10), first)  # torch.manual_seed reproduces
+    assert first.shape == (2, 32) and torch.equal(first[:, :2], idx)
 
 
 def test_batched_greedy_rows_are_independent():
@@ -89,15 +102,37 @@ def test_batched_greedy_rows_are_independent():
     prompts = [[1, 2, 3], [9, 8, 7], [4, 4, 4]]
     batched = greedy(model, prompts, 40, True)
     for row, prompt in enumerate(prompts):
-        alone = greedy(model, [prompt], 40, True)
-        assert [t[row] for t in batched] == [t[0] for t in alone]
+        assert batched[row] == greedy(model, [prompt], 40, True)[0]
 
 
 def test_temperature_zero_is_argmax():
     logits = torch.tensor([[0.1, 3.0, -1.0, 2.9], [5.0, 0.0, 0.0, 0.0]])
-    assert next_token(logits, temperature=0).tolist() == [1, 0]
+    assert argmax_token(logits).tolist() == [1, 0]
     # filters do not change the greedy choice
-    assert next_token(logits, temperature=0, top_k=2, top_p=0.1).tolist() == [1, 0]
+    assert sample_tokens(logits, [0, 0], [2, 2], [0.1, 0.1], torch.rand(2)).tolist() == [1, 0]
+
+
+def test_sampler_follows_each_rows_filtered_distribution():
+    """3000 draws per row against the expected counts, worked out by hand: row 0 keeps its top 3 tokens (top_k),
+    row 1 the nucleus {0.5, 0.3} (top_p 0.7), row 2 everything at temperature 2; ids 4 and 5 are padding."""
+    logits = torch.tensor([[0.0, 1.0, 2.0, -1.0, 9.0, 9.0],
+                           [0.5, 0.3, 0.15, 0.05, 1.0, 1.0],
+                           [0.0, 2.0, 0.0, 0.0, 9.0, 9.0]])
+    logits[1, :4] = logits[1, :4].log()
+    logits = mask_vocab(logits, 4)
+    n = 3000
+    generator = torch.Generator().manual_seed(0)
+    draws = torch.stack([sample_tokens(logits, [1.0, 1.0, 2.0], [3, 0, None], [1.0, 0.7, None],
+                                       torch.rand(3, generator=generator)) for _ in range(n)])
+    e = torch.tensor(1.0).exp()
+    expected = [[1 / (1 + e + e * e), e / (1 + e + e * e), e * e / (1 + e + e * e), 0, 0, 0],
+                [0.5 / 0.8, 0.3 / 0.8, 0, 0, 0, 0],
+                [1 / (3 + e), e / (3 + e), 1 / (3 + e), 1 / (3 + e), 0, 0]]  # 2/2 = 1: exp(1) for id 1
+    for row in range(3):
+        counts = torch.bincount(draws[:, row], minlength=6).tolist()
+        for got, p in zip(counts, expected[row]):
+            p = float(p)
+            assert (got == 0) if p == 0 else abs(got - n * p) < 5 * (n * p * (1 - p)) ** 0.5, (row, counts)
 
 
 def test_top_k_keeps_the_k_largest():
@@ -126,11 +161,12 @@ def test_top_p_works_on_unsorted_rows_independently():
 
 
 def test_sampling_never_picks_a_filtered_or_padded_token():
-    logits = torch.zeros(1000, 8)
-    logits[:, 6:] = 10.0  # ids 6 and 7 are padding beyond a vocabulary of 6
-    ids = next_token(logits, temperature=1.0, top_k=3, vocab_size=6, generator=torch.Generator().manual_seed(0))
+    logits = mask_vocab(torch.zeros(1000, 8).index_fill(1, torch.tensor([6, 7]), 10.0), 6)  # 6, 7: padding
+    ids = sample_tokens(logits, [1.0] * 1000, [3] * 1000, [None] * 1000, torch.rand(1000))
     assert ids.max() < 6
-    assert torch.isinf(mask_vocab(logits, 6)[:, 6:]).all()
+    assert torch.isinf(logits[:, 6:]).all()
+    # a uniform number at the very top end still lands on a token of positive probability
+    assert sample_tokens(logits[:1], [1.0], [None], [None], torch.tensor([1.0 - 1e-8])).item() < 6
 
 
 def test_seed_reproduces_samples():

@@ -26,7 +26,8 @@ from aiohttp import web  # noqa: E402
 from nanogpt import checkpoint  # noqa: E402
 from nanogpt.model import GPT, GPTConfig  # noqa: E402
 from nanogpt.generate import BatchEngine  # noqa: E402
-from nanogpt.serve import ServeConfig, load_api, make_app, security_warnings  # noqa: E402
+from nanogpt.api import make_app  # noqa: E402
+from nanogpt.serve import ServeConfig, load_api, security_warnings  # noqa: E402
 from nanogpt.tokenizers import CharTokenizer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -171,6 +172,49 @@ def test_completion_is_reproducible_with_a_seed_and_honours_stop(server):
     assert stopped["choices"][0] == {"text": text[:cut], "index": 0, "logprobs": None, "finish_reason": "stop"}
     # usage counts the tokens generated, the stop string's included (one token per character here)
     assert stopped["usage"]["completion_tokens"] == cut + len(stop)
+
+
+def test_sample_and_the_server_give_the_same_text_for_the_same_seed(server, run_dir):
+    """`sample --seed=S --num_samples=N` and a request with seed=S, n=N and the same settings: one engine, one
+    sampler, sample i seeded S + i on both sides. 30 tokens pass the block size of 16, so the window moves too."""
+    from nanogpt.sample import SampleConfig, sample
+
+    settings = dict(temperature=0.9, top_k=20, top_p=0.95)
+    samples = sample(SampleConfig(out_dir=str(run_dir), device="cpu", start="To be", num_samples=3,
+                                  max_new_tokens=30, seed=5, **settings), write=lambda text: None)
+    status, body, _ = post(server, {"prompt": "To be", "max_tokens": 30, "n": 3, "seed": 5, **settings})
+    assert status == 200
+    assert ["To be" + c["text"] for c in body["choices"]] == samples
+    assert len(set(samples)) == 3
+
+
+def test_every_request_gets_an_access_log_line_4xx_included(server, caplog):
+    with caplog.at_level("INFO", logger="nanogpt.serve"):
+        assert post(server, {"prompt": "a", "max_tokens": -1})[0] == 400
+        assert get(server, "/nowhere")[0] == 404
+        assert post(server, {"prompt": "a", "max_tokens": 1})[0] == 200
+    lines = [r.getMessage() for r in caplog.records if r.name == "nanogpt.serve"]
+    for method, path, status in (("POST", "/v1/completions", 400), ("GET", "/nowhere", 404),
+                                 ("POST", "/v1/completions", 200)):
+        assert any(line.startswith(f"{method} {path} {status} ") and line.endswith(" ms") for line in lines), lines
+
+
+def test_the_playground_page_is_package_data_served_as_html(server, run_dir):
+    with urllib.request.urlopen(server.url + "/", timeout=30) as response:
+        assert response.headers["Content-Type"] == "text/html; charset=utf-8"
+        page = response.read().decode()
+    shipped = (REPO / "nanogpt" / "playground.html").read_text()
+    assert page == shipped.replace("{{MODEL}}", run_dir.name)
+    assert 'nanogpt = ["playground.html"]' in (REPO / "pyproject.toml").read_text()
+
+
+def test_max_batch_1_needs_no_other_setting(run_dir):
+    """No default contradicts another setting's legal value: max_n follows max_batch unless set."""
+    with serving(run_dir, max_batch=1) as running:
+        status, body, _ = post(running, {"prompt": "a", "max_tokens": 2})
+        assert status == 200
+        status, body, _ = post(running, {"prompt": "a", "max_tokens": 2, "n": 2})
+        assert status == 400 and "'n' must be at most 1" in body["error"]["message"]
 
 
 def test_streamed_completion(server):

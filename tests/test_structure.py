@@ -100,3 +100,43 @@ def long_functions():
 def test_no_function_longer_than_80_lines():
     offenders = long_functions()
     assert not offenders, "functions longer than 80 lines: " + ", ".join(f"{p} ({n} lines)" for p, n in offenders)
+
+
+ENGINE = "generate"  # the one module that turns logits into tokens, step after step
+# what picks a token from logits: torch's samplers, the inverse-CDF lookup, and the engine's own functions
+TOKEN_PICKERS = {"multinomial", "searchsorted", "argmax", "topk", "sample_tokens", "top_k_filter", "top_p_filter"}
+
+
+def decode_loops(trees):
+    """(module, line) of every loop outside the engine module that picks tokens from logits (a decode loop), and
+    of every loop in GPT.generate, which must stay a thin call of the engine."""
+    found = []
+    for name, tree in trees.items():
+        for node in ast.walk(tree):
+            if name == "model" and isinstance(node, ast.FunctionDef) and node.name == "generate":
+                found += [(name, n.lineno) for n in ast.walk(node) if isinstance(n, (ast.For, ast.While))]
+            if name == ENGINE or not isinstance(node, (ast.For, ast.While, ast.comprehension)):
+                continue
+            body = node if not isinstance(node, ast.comprehension) else node.iter
+            for call in ast.walk(body):
+                if isinstance(call, ast.Call):
+                    func = call.func
+                    called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+                    module = getattr(func.value, "id", "") if isinstance(func, ast.Attribute) else ""
+                    if called in TOKEN_PICKERS and module != "np":
+                        found.append((name, node.lineno))
+    return sorted(set(found))
+
+
+def test_the_decode_loop_finder_finds_one():
+    loop = "def gen(model, idx):\n    for _ in range(9):\n        idx = torch.multinomial(model(idx), 1)\n"
+    thin = "class GPT:\n    def generate(self, idx):\n        while True:\n            pass\n"
+    assert decode_loops({"sample": ast.parse(loop), "model": ast.parse(thin)}) == [("model", 3), ("sample", 2)]
+    assert decode_loops({ENGINE: ast.parse(loop)}) == []
+
+
+def test_only_the_engine_module_has_a_decode_loop():
+    trees = modules()
+    assert ENGINE in trees and "generate" in {n.name for n in ast.walk(trees["model"]) if isinstance(n, ast.FunctionDef)}
+    assert decode_loops(trees) == [], "decode loops outside nanogpt/generate.py: sample, serve, evaluation and " \
+                                      "GPT.generate all call its engine"

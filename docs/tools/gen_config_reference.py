@@ -97,7 +97,12 @@ NOTES = {
                        "GPU; needs bfloat16 or float32. Ignored without torchrun.",
         "device": "'cpu' to force the CPU, 'cuda:N' for a specific GPU in a single-process run.",
         "dtype": "'float32' to rule out precision problems; 'float16' only on GPUs without bfloat16.",
-        "compile": "False while debugging or for short runs; True to try it on CPU/MPS.",
+        "compile": "False while debugging or for short runs; True to try it on CPU/MPS. 'auto' falls back to "
+                   "uncompiled, with one line, if compiling fails at the first step; True makes that an error.",
+        "eval_train": "False to halve each evaluation's cost: the log line then reads 'train loss n/a'.",
+        "reset_optimizer": "True to resume from a checkpoint without optimizer state (best.pt copied to ckpt.pt, "
+                           "another tool's file): the moments restart; the weights and iteration are kept.",
+        "threads": "A number to pin the CPU threads (e.g. 1 for tiny models on a shared machine); 0 takes PyTorch's default, or 1 thread when the load average already reaches the core count.",
     },
     "SampleConfig": {
         "init_from": "'gpt2' … 'gpt2-xl' or an HF folder to sample pretrained GPT-2 (out_dir is then not read).",
@@ -119,6 +124,7 @@ NOTES = {
         "device": "'cpu' to sample on the CPU although a GPU is present.",
         "dtype": "'float32' for bit-stable output across devices.",
         "compile": "True only for long sampling runs on CUDA.",
+        "threads": "A number to pin the CPU threads (e.g. 1 for tiny models on a shared machine); 0 takes PyTorch's default, or 1 thread when the load average already reaches the core count.",
     },
     "ServeConfig": {
         "out_dir": "Always (unless init_from names pretrained weights): the run to serve.",
@@ -128,9 +134,11 @@ NOTES = {
         "device": "'cuda' on a GPU machine ('auto' already picks it); 'cpu' to leave the GPU free.",
         "dtype": "'float32' on a GPU to rule out precision effects ('auto' is bfloat16 there, float32 on CPU).",
         "max_tokens_limit": "Lower to bound how long one request can hold a place in the batch.",
-        "max_n": "Lower to keep one request from taking most of the batch.",
-        "max_batch": "Higher on a GPU (64+) while memory lasts; the cache holds max_batch x block_size positions per "
-                     "layer. 1 to serve one completion at a time.",
+        "max_n": "Lower to keep one request from taking most of the batch; 0 (default) allows max_batch.",
+        "max_batch": "Higher on a GPU (64+) while memory lasts: the cache grows with the running completions and "
+                     "their length, up to max_batch x block_size positions per layer, and is freed when idle. 1 to "
+                     "serve one completion at a time.",
+        "threads": "A number to pin the CPU threads (e.g. 1 for tiny models on a shared machine); 0 takes PyTorch's default, or 1 thread when the load average already reaches the core count.",
         "max_queue": "Lower to fail fast (429) rather than make clients wait; higher behind a patient proxy.",
         "timeout": "Lower for interactive use; 0 for no limit (long batch jobs).",
         "max_body_kb": "Higher only for very long prompts of a large-block model.",
@@ -166,6 +174,7 @@ NOTES = {
         "device": "To time a specific device.",
         "dtype": "To compare precisions.",
         "compile": "To measure what torch.compile gains.",
+        "threads": "A number to pin the CPU threads (e.g. 1 for tiny models on a shared machine); 0 takes PyTorch's default, or 1 thread when the load average already reaches the core count.",
         "profile": "True to see where the time goes.",
         "profile_dir": "Where to write the trace.",
     },
@@ -195,6 +204,7 @@ NOTES = {
         "batch_size": "Larger on a GPU; smaller when out of memory. Results do not depend on it.",
         "device": "'cpu' to leave the GPU free.",
         "dtype": "'float32' for figures that match across devices.",
+        "threads": "A number to pin the CPU threads (e.g. 1 for tiny models on a shared machine); 0 takes PyTorch's default, or 1 thread when the load average already reaches the core count.",
     },
     "PlotConfig": {
         "out_dir": "Always: one run, or several to compare (`--out_dir=RUN1 RUN2`).",
