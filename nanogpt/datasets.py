@@ -115,7 +115,8 @@ MAX_WORKERS = 8  # tiktoken stops scaling well before this on most machines; eac
 
 def load_hf_dataset(source, log=print, name=None, streaming=False):
     """A Hugging Face dataset (its 'train' split when it has several) from a name on the hub (streamed when asked),
-    a folder written by `save_to_disk`, or a local folder or file of parquet/jsonl/... data files."""
+    a folder written by `save_to_disk` (memory-mapped), or a local folder or file of parquet/jsonl/... data files
+    (streamed)."""
     try:
         import datasets
     except ImportError:
@@ -124,11 +125,11 @@ def load_hf_dataset(source, log=print, name=None, streaming=False):
     try:
         if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
             ds = datasets.load_from_disk(str(path))
-        elif path.is_file():
+        elif path.is_file():  # data files are streamed: no Arrow copy of the corpus in the cache, bounded memory
             kind = {".jsonl": "json"}.get(path.suffix.lower(), path.suffix.lower().lstrip("."))
-            ds = datasets.load_dataset(kind, data_files=str(path))
+            ds = datasets.load_dataset(kind, data_files=str(path), streaming=True)
         elif path.exists():
-            ds = datasets.load_dataset(str(path))
+            ds = datasets.load_dataset(str(path), streaming=True)
         else:
             ds = datasets.load_dataset(str(source), name=name, streaming=streaming)
     except Exception as e:  # the hub client raises errors of many kinds for a missing dataset or no network
@@ -344,8 +345,11 @@ def tokenize_corpus(corpus, encode, writer, threads, piece_bytes, max_tokens):
         def write_oldest():
             index, split, ids, advance, documents = pending.popleft()
             ids = ids.result()
-            if split == "train" and max_tokens is not None:
-                ids = ids[:max_tokens - writer.lengths["train"]]
+            if max_tokens is not None:  # the corpus ends where train is full, however many tasks were in flight
+                if writer.lengths["train"] >= max_tokens:
+                    return
+                if split == "train":
+                    ids = ids[:max_tokens - writer.lengths["train"]]
             writer.append(split, ids)
             writer.task_done(index)
             tokens[split] += len(ids)
@@ -544,6 +548,9 @@ class HFCorpus(Corpus):
         import datasets
 
         self.ds, self.name, self.what = ds, name, "the dataset"
+        path = Path(name)
+        self.files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else (
+            [path] if path.is_file() else [])  # a local copy: a resumed prepare checks they are unchanged
         self.streamed = not isinstance(ds, datasets.Dataset)
         self.total, self.unit = (None if self.streamed else len(ds)), "documents"
 
@@ -551,7 +558,7 @@ class HFCorpus(Corpus):
         return self.total
 
     def identity(self):
-        return f"{self.name} {getattr(self.ds, '_fingerprint', '')} {self.total}"
+        return f"{self.name} {file_identity(self.files)} {self.total}"
 
     def split(self, val_fraction, val_split, seed):
         if not self.streamed:

@@ -120,6 +120,10 @@ def test_web_recipes_on_a_local_copy(tmp_path, recipe, fixture):
     assert decoded[-1] == "" and sorted(decoded[:-1]) == sorted(docs)
     val_docs = tok.decode(ds.tokens("val").tolist()).split(ENDOFTEXT)[:-1]
     assert 0 < len(val_docs) < 15 and sum(s["documents"] for s in meta["shards"]["val"]) == len(val_docs)
+    if recipe == "fineweb_edu":  # --max_tokens: train stops there, val keeps the documents drawn before it
+        assert cli.main(["prepare", recipe, f"--source={source}", "--max_tokens=700", "--overwrite=True",
+                         f"--data_dir={tmp_path / 'data'}"]) == 0
+        assert Dataset(tmp_path / "data" / recipe).lengths["train"] == 700
 
 
 def test_hub_unreachable_is_one_line(tmp_path, monkeypatch, capsys):
