@@ -106,7 +106,6 @@ def prepare_shakespeare(folder, log=print, overwrite=False):
 
 OWT_SOURCE = "Skylion007/openwebtext"  # the hub's OpenWebText (8,013,769 documents), streamed
 OWT_VAL_FRACTION = 0.0005  # nanoGPT's choice: ~4,000 of OpenWebText's documents held out for validation
-OWT_SEED = 2357  # nanoGPT's split seed
 FINEWEB_EDU_SOURCE = "HuggingFaceFW/fineweb-edu"
 FINEWEB_EDU_SAMPLE = "sample-10BT"  # the smallest named sample: ~10B GPT-2 tokens
 SHARD_TOKENS = 100_000_000  # 200 MB of uint16 per shard, as llm.c's and modded-nanogpt's FineWeb shards
@@ -155,13 +154,12 @@ def first_line(error):
     return lines[0] if lines else type(error).__name__
 
 
-def prepare_web_corpus(folder, source, log, overwrite, sample=None, val_fraction=OWT_VAL_FRACTION,
-                       seed=OWT_SEED, **settings):
+def prepare_web_corpus(folder, source, log, overwrite, sample=None, val_fraction=OWT_VAL_FRACTION, **settings):
     """A web corpus with GPT-2 BPE into shards: streamed from the hub, or read from a local copy (`source`)."""
     local = Path(source).exists()
     ds = load_hf_dataset(source, log, name=None if local else sample, streaming=not local)
     return prepare_corpus(HFCorpus(ds, str(source) + (f":{sample}" if sample and not local else "")), folder,
-                          log=log, overwrite=overwrite, val_fraction=val_fraction, seed=seed, **settings)
+                          log=log, overwrite=overwrite, val_fraction=val_fraction, **settings)
 
 
 def prepare_openwebtext(folder, log=print, overwrite=False, source=OWT_SOURCE, **settings):
@@ -724,9 +722,9 @@ class PrepareConfig:
     pattern: str = TEXT_PATTERNS  # with a folder input: which files are text, comma-separated globs (e.g. '*.py')
     tokenizer: str = "gpt2"  # with input: 'gpt2' (GPT-2 BPE), 'char' (one token per character) or 'bpe' (trained on it)
     vocab_size: int = 0  # with tokenizer=bpe: the trained tokenizer's size, at least 257 (0: gpt2 and char, fixed)
-    val_fraction: float = VAL_FRACTION  # with input: the share of documents held out for validation
+    val_fraction: float = 0.0  # the share of documents held out for validation (0: 0.1; web recipes 0.0005)
     val_split: str = "random"  # with input: 'random' (val documents drawn with seed) or 'tail' (the last ones)
-    seed: int = SPLIT_SEED  # with input: draws the val documents
+    seed: int = SPLIT_SEED  # draws the val documents
     source: str = ""  # openwebtext/fineweb_edu: a local copy (parquet/jsonl files, a saved dataset) instead of the hub
     sample: str = FINEWEB_EDU_SAMPLE  # fineweb_edu: the named sample to stream (sample-10BT, sample-100BT, ...)
     max_tokens: int = 0  # stop once the train split holds this many tokens (0: the whole corpus)
@@ -747,7 +745,7 @@ def prepare_dataset(cfg, log=print):
     given = {key for key in OWN_TEXT_SETTINGS + STREAM_SETTINGS if getattr(cfg, key) != getattr(PrepareConfig, key)}
     streaming = dict(max_tokens=cfg.max_tokens or None, threads=cfg.workers or None, shard_tokens=cfg.shard_tokens)
     if cfg.recipe:
-        allowed = STREAM_SETTINGS if cfg.recipe in WEB_RECIPES else ()
+        allowed = STREAM_SETTINGS + ("val_fraction", "seed") if cfg.recipe in WEB_RECIPES else ()
         for key in sorted(given - set(allowed)):
             raise UserError(f"--{key} is not a setting of the {cfg.recipe} recipe"
                             + (" (it is for your own text: --input=...)" if key in OWN_TEXT_SETTINGS else ""))
@@ -755,7 +753,8 @@ def prepare_dataset(cfg, log=print):
             raise UserError("--sample is for fineweb_edu: openwebtext has no named samples")
         if cfg.recipe not in WEB_RECIPES:
             return prepare(cfg.recipe, cfg.data_dir, log, overwrite=cfg.overwrite)
-        settings = dict(streaming, **({"source": cfg.source} if cfg.source else {}))
+        settings = dict(streaming, **{key: getattr(cfg, key) for key in ("source", "val_fraction", "seed")
+                                      if key in given})  # else the recipe's own: nanoGPT's for openwebtext
         if cfg.recipe == "fineweb_edu":
             settings["sample"] = cfg.sample
         return prepare(cfg.recipe, cfg.data_dir, log, overwrite=cfg.overwrite, **settings)
@@ -764,6 +763,6 @@ def prepare_dataset(cfg, log=print):
     for key in ("source", "sample"):
         if key in given:
             raise UserError(f"--{key} is for the openwebtext and fineweb_edu recipes; your own text is --input")
-    return prepare_text(cfg.input, cfg.name, tokenizer=cfg.tokenizer, val_fraction=cfg.val_fraction,
+    return prepare_text(cfg.input, cfg.name, tokenizer=cfg.tokenizer, val_fraction=cfg.val_fraction or VAL_FRACTION,
                         data_dir=cfg.data_dir, log=log, overwrite=cfg.overwrite, vocab_size=cfg.vocab_size or None,
                         val_split=cfg.val_split, seed=cfg.seed, pattern=cfg.pattern, **streaming)

@@ -121,9 +121,10 @@ def test_web_recipes_on_a_local_copy(tmp_path, recipe, fixture):
     val_docs = tok.decode(ds.tokens("val").tolist()).split(ENDOFTEXT)[:-1]
     assert 0 < len(val_docs) < 15 and sum(s["documents"] for s in meta["shards"]["val"]) == len(val_docs)
     if recipe == "fineweb_edu":  # --max_tokens: train stops there, val keeps the documents drawn before it
-        assert cli.main(["prepare", recipe, f"--source={source}", "--max_tokens=700", "--overwrite=True",
+        assert cli.main(["prepare", recipe, f"--source={source}", "--max_tokens=2000", "--val_fraction=0.1",
+                         "--overwrite=True",
                          f"--data_dir={tmp_path / 'data'}"]) == 0
-        assert Dataset(tmp_path / "data" / recipe).lengths["train"] == 700
+        assert Dataset(tmp_path / "data" / recipe).lengths["train"] == 2000
 
 
 def test_hub_unreachable_is_one_line(tmp_path, monkeypatch, capsys):
@@ -294,7 +295,7 @@ def test_bad_corpus_is_one_line_and_writes_nothing(tmp_path, capsys, make_input,
 
 @pytest.mark.parametrize("args, message", [
     (["bogus"], "unknown dataset recipe 'bogus'"),
-    (["--input=x.txt", "--name=mine", "--val_fraction=0"], "val_fraction must be between 0 and 1"),
+    (["--input=x.txt", "--name=mine", "--val_fraction=-0.1"], "val_fraction must be between 0 and 1"),
     (["--input=x.txt", "--name=mine", "--val_fraction=1.5"], "val_fraction must be between 0 and 1"),
     (["--input=x.txt", "--name=mine", "--tokenizer=wordpiece"], "unknown tokenizer 'wordpiece'"),
     (["--input=x.txt", "--name=mine", "--vocab_size=300"], "vocab_size is for --tokenizer=bpe"),
