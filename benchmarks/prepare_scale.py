@@ -20,7 +20,7 @@ today's on a cold page cache.
 6. upstream's approach on the same corpus (last: the longest): load_dataset('json') (an Arrow copy in the cache), train_test_split,
    .map(num_proc=--workers) into int64 id lists (cached on disk), then nanoGPT's write pass into train.bin/val.bin.
 Figures go to benchmarks/results/prepare_scale.json after every stage; the corpus and datasets are deleted at the end
-(--keep keeps them).
+(--keep keeps them). `--corpus_only` makes the corpus and stops, so it can be made before taking the bench lock.
 """
 
 import argparse
@@ -250,6 +250,7 @@ def main():
     parser.add_argument("--loader_seconds", type=float, default=20.0)
     parser.add_argument("--work", default="/tmp/nanogpt-prepare-scale")
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--corpus_only", action="store_true", help="make the corpus and stop (no measurement)")
     parser.add_argument("--upstream_child", nargs=3, help=argparse.SUPPRESS)  # corpus, out, num_proc
     args = parser.parse_args()
     if args.upstream_child:
@@ -266,10 +267,17 @@ def main():
         print(f"{stage}: {json.dumps(result)}", flush=True)
         write_results("prepare_scale", figures, notes=notes)
 
-    shutil.rmtree(work, ignore_errors=True)
-    try:
+    made = work / "corpus.json"  # a corpus made by an earlier --corpus_only run with the same --gb is reused
+    if not (made.is_file() and json.loads(made.read_text())["gb"] == args.gb):
+        shutil.rmtree(work, ignore_errors=True)
         t = time.time()
-        save("corpus", dict(make_corpus(corpus, int(args.gb * 1e9)), seconds=round(time.time() - t)))
+        made_now = dict(make_corpus(corpus, int(args.gb * 1e9)), seconds=round(time.time() - t), gb=args.gb)
+        made.write_text(json.dumps(made_now))
+    if args.corpus_only:
+        return
+    shutil.rmtree(data, ignore_errors=True)
+    try:
+        save("corpus", json.loads(made.read_text()))
         run = ours(corpus, data, "ours", args.workers, args.shard_tokens)
         meta = json.loads((data / "ours" / "meta.json").read_text())
         save("ours", dict(run, disk_mb=round(du(data / "ours") / 1e6), workers=args.workers,
