@@ -89,11 +89,14 @@ class DatasetWriter:
         self.sharded = shard_tokens is not None
         self.next_task = 0  # the first task of the corpus whose tokens are not in the files yet
         self.last_checkpoint = time.monotonic()
-        self.splits = {split: SplitWriter(self.stage, split, self.dtype, shard_tokens, eot) for split in SPLITS}
+        self.new_splits = lambda: {split: SplitWriter(self.stage, split, self.dtype, shard_tokens, eot)
+                                   for split in SPLITS}
+        self.splits = self.new_splits()
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             if not self.resume():
-                shutil.rmtree(self.stage, ignore_errors=True)
+                self.abort()
+                self.splits, self.next_task = self.new_splits(), 0
                 self.stage.mkdir()
         except OSError as e:
             raise UserError(f"cannot write to dataset folder {self.folder}: {e.strerror}") from None
@@ -244,6 +247,7 @@ class SplitWriter:
         self.shards = []  # finished: {"file", "tokens", "documents", "crc32"}
         self.file, self.open_tokens, self.crc = None, 0, 0
         self.at_document_start = True  # whether the next token begins a document (the last one written is EOT)
+        self.starts_document = True  # whether the open shard's first token begins a document
         self.finished_since_checkpoint = False
 
     @property
@@ -274,8 +278,9 @@ class SplitWriter:
                 self.finish()
 
     def finish(self, name=None):
-        """Close the open shard (an empty one when the split has no tokens yet) as a finished shard."""
-        if self.file is None and (self.shards or name is None and self.open_tokens == 0 and self.shards):
+        """Close the open shard as a finished one: an empty one when the split has no tokens yet; nothing when it
+        has finished shards and no open one."""
+        if self.file is None and self.shards:
             return
         if self.file is None:
             self.file = open(self.tmp_path(), "ab")
@@ -285,7 +290,7 @@ class SplitWriter:
         self.file.close()
         self.file = None
         name = name or shard_name(self.split, len(self.shards))
-        documents = self.write_index(name) if self.eot is not None else None
+        documents = self.write_index(name) if self.eot is not None and self.shard_tokens is not None else None
         os.replace(self.tmp_path(), self.stage / name)
         self.shards.append({"file": name, "tokens": self.open_tokens, "documents": documents, "crc32": self.crc})
         self.open_tokens, self.crc = 0, 0
@@ -294,13 +299,12 @@ class SplitWriter:
     def write_index(self, name):
         """Write the shard's document starts (uint32 positions) beside it for document-aligned batches; returns
         how many documents end in it. Single-file splits get none (nanoGPT's layout): readers find their EOTs."""
-        tokens = np.fromfile(self.tmp_path(), dtype=self.dtype)
+        tokens = np.fromfile(self.tmp_path(), dtype=self.dtype)  # at most shard_tokens
         ends = np.flatnonzero(tokens == self.eot) + 1
-        if self.shard_tokens is not None:
-            starts = ends[ends < tokens.size]
-            if self.starts_document:
-                starts = np.concatenate([[0], starts])
-            starts.astype(np.uint32).tofile(self.stage / index_name(name))
+        starts = ends[ends < tokens.size]
+        if self.starts_document:
+            starts = np.concatenate([[0], starts])
+        starts.astype(np.uint32).tofile(self.stage / index_name(name))
         return int(ends.size)
 
     def files(self):
@@ -316,7 +320,7 @@ class SplitWriter:
             os.fsync(self.file.fileno())
         self.finished_since_checkpoint = False
         return {"shards": self.shards, "open_tokens": self.open_tokens, "crc32": self.crc,
-                "starts_document": getattr(self, "starts_document", True), "at_document_start": self.at_document_start}
+                "starts_document": self.starts_document, "at_document_start": self.at_document_start}
 
     def restore(self, state):
         """Take up the split's files as a checkpoint left them; False when they are not what it says."""
@@ -325,6 +329,14 @@ class SplitWriter:
                 return False
         nbytes = state["open_tokens"] * self.dtype.itemsize
         tmp = self.tmp_path()
+        # shards finished after the checkpoint (a kill before the next one): the first began as the open shard
+        later = sorted(self.stage.glob(f"{self.split}-*"))
+        later = [p for p in later if int(p.stem.split("-")[1]) >= len(state["shards"])]
+        for path in later:
+            if path.name == shard_name(self.split, len(state["shards"])):
+                os.replace(path, tmp)
+            else:
+                path.unlink()
         if nbytes and crc_of(tmp, nbytes, exact=False) != state["crc32"]:
             return False
         with open(tmp, "ab") as f:

@@ -12,7 +12,7 @@ import pytest
 from nanogpt import cli
 from nanogpt import datasets as datasets_module
 from nanogpt.bpe import ENDOFTEXT
-from nanogpt.data import Batches, Dataset, batch_offsets, write_dataset
+from nanogpt.data import Batches, Dataset, DatasetWriter, batch_offsets, write_dataset
 from nanogpt.datasets import prepare_text
 from nanogpt.errors import UserError
 from nanogpt.tokenizers import tokenizer_from_meta
@@ -188,3 +188,34 @@ def test_val_documents_are_drawn_across_the_corpus_with_a_seed(tmp_path):
         assert sorted((train + val[name]).splitlines()) == sorted((tmp_path / "two.txt").read_text().splitlines())
     assert "prose" not in val["tail1"]
     assert "prose" in val["random1"] and "code" in val["random1"] and val["random1"] != val["random2"]
+
+
+def test_a_kill_between_a_finished_shard_and_its_checkpoint_resumes_from_the_checkpoint(tmp_path):
+    ids = np.random.default_rng(1).integers(0, 1000, 1000)
+    meta, identity = {"tokenizer": "fake", "vocab_size": 1000}, {"corpus": "ids"}
+
+    def write(folder, tasks, kill_after=None):
+        """Append ids in tasks of 70 tokens (train) and 30 (val), checkpointing after each task; a 'kill' leaves
+        without cleaning up, as SIGKILL does."""
+        writer = DatasetWriter(folder, meta, shard_tokens=100, identity=identity, eot=999, log=lambda *_: None)
+        start = writer.next_task
+        for task in range(start, tasks):
+            writer.append("train", ids[task * 100:task * 100 + 70])
+            writer.append("val", ids[task * 100 + 70:task * 100 + 100])
+            if task == kill_after:  # the shard it finished is on disk, its checkpoint is not
+                for w in writer.splits.values():
+                    w.close()
+                return start
+            writer.task_done(task)
+        writer.commit()
+        return start
+
+    write(tmp_path / "whole", 10)
+    write(tmp_path / "killed", 10, kill_after=4)
+    assert (tmp_path / "killed" / ".partial" / "train-000002.bin").is_file()  # finished after the checkpoint
+    assert write(tmp_path / "killed", 10) == 4  # resumed after the last checkpointed task, not from the start
+    assert file_bytes(tmp_path / "whole") == file_bytes(tmp_path / "killed")
+
+
+def file_bytes(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
