@@ -198,7 +198,7 @@ class DatasetWriter:
                                                        for s in SPLITS))]
 
     def write_upstream_meta(self):
-        if self.meta["tokenizer"] == "char" and not self.sharded:
+        if self.meta["tokenizer"] == "char":  # upstream's sample.py reads only its vocabulary, whatever the layout
             from nanogpt.legacy import meta_pkl_bytes
 
             write_bytes_atomically(self.folder / "meta.pkl", meta_pkl_bytes(self.meta))
