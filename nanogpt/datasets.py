@@ -16,6 +16,7 @@ import json
 import os
 import re
 import sys
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -335,13 +336,12 @@ def tokenize_corpus(corpus, encode, writer, threads, piece_bytes, max_tokens):
     """Encode the corpus's tasks on a pool of threads, writing them in order, from the writer's next task (a resumed
     prepare skips what its files hold without encoding it); whether any task held non-space text."""
     saw_text = False
-    progress = progress_bar("tokenizing", corpus.total, corpus.unit)
-    tokens = dict.fromkeys(SPLITS, 0)
-    with progress, ThreadPoolExecutor(threads) as pool:
+    progress = PrepareProgress(corpus, writer, max_tokens)
+    with progress.bar, ThreadPoolExecutor(threads) as pool:
         pending = collections.deque()
 
         def write_oldest():
-            index, split, ids, advance, documents = pending.popleft()
+            index, split, ids, task = pending.popleft()
             ids = ids.result()
             if max_tokens is not None:  # the corpus ends where train is full, however many tasks were in flight
                 if writer.lengths["train"] >= max_tokens:
@@ -350,26 +350,41 @@ def tokenize_corpus(corpus, encode, writer, threads, piece_bytes, max_tokens):
                     ids = ids[:max_tokens - writer.lengths["train"]]
             writer.append(split, ids)
             writer.task_done(index)
-            tokens[split] += len(ids)
-            progress.update(advance)
-            progress.documents += documents if corpus.documents else 0
-            progress.set_postfix_str(f"{progress.documents:,} documents, {sum(tokens.values()):,} tokens",
-                                     refresh=False)
+            progress.update(task, len(ids) if split == "train" else 0)
 
-        progress.documents = 0
         for index, (split, task) in enumerate(corpus.tasks(piece_bytes)):
             saw_text = saw_text or any(text and not text.isspace() for text, _ in task.pieces)
             if index < writer.next_task:  # in the files already
-                progress.update(task.advance)
+                progress.update(task, 0)
                 continue
             if max_tokens is not None and writer.lengths["train"] >= max_tokens:
                 break
-            pending.append((index, split, pool.submit(encode, task.pieces), task.advance, task.documents))
+            pending.append((index, split, pool.submit(encode, task.pieces), task))
             if len(pending) >= 2 * threads:  # keep every thread busy while bounding the text held in memory
                 write_oldest()
         while pending:
             write_oldest()
     return saw_text
+
+
+class PrepareProgress:
+    """The prepare's tqdm bar: over the corpus's bytes (or documents) when their total is known, else over train's
+    tokens up to max_tokens (a streamed corpus), so there is an ETA; documents, tokens and MB/s beside it."""
+
+    def __init__(self, corpus, writer, max_tokens):
+        self.corpus, self.writer, self.documents, self.nbytes = corpus, writer, 0, 0
+        self.by_tokens = corpus.total is None and max_tokens is not None
+        total, unit = (max_tokens, "tokens") if self.by_tokens else (corpus.total, corpus.unit)
+        self.bar = progress_bar("tokenizing", total, unit)
+        self.started = time.monotonic()
+
+    def update(self, task, train_tokens):
+        self.bar.update(train_tokens if self.by_tokens else task.advance)
+        self.documents += task.documents if self.corpus.documents else 0
+        self.nbytes += task.nbytes
+        rate = self.nbytes / 1e6 / max(time.monotonic() - self.started, 1e-9)
+        self.bar.set_postfix_str(f"{self.documents:,} documents, {sum(self.writer.lengths.values()):,} tokens, "
+                                 f"{rate:.1f} MB/s", refresh=False)
 
 
 def bpe_encoder(enc, documents):
