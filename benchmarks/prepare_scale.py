@@ -241,6 +241,36 @@ def file_digests(folder):
             if p.is_file()}
 
 
+# the full corpora, for the extrapolated costs: GPT-2 train tokens (nanoGPT's train.bin for OpenWebText; the
+# sample's name for FineWeb-Edu) and their text in GB (as the datasets' cards give it)
+FULL_CORPORA = {"openwebtext": (9.0e9, 40.0), "fineweb_edu sample-10BT": (10.0e9, 45.0)}
+
+
+def cost_table(figures):
+    """The docs' table of what each web recipe costs: measured on the proxy corpus, extrapolated by bytes of text
+    (time) and tokens (disk); memory is bounded, so the proxy's peak is the recipe's."""
+    ours, up = figures["ours"], figures.get("upstream")
+    gb = figures["corpus"]["corpus_bytes"] / 1e9
+    lines = ["| | proxy (measured) | openwebtext (extrapolated) | fineweb_edu sample-10BT (extrapolated) |",
+             "|---|---|---|---|",
+             f"| text | {gb:.2f} GB ({ours['tokens'] / 1e9:.2f}B tokens) | "
+             + " | ".join(f"~{text:.0f} GB (~{tokens / 1e9:.0f}B tokens)" for tokens, text in FULL_CORPORA.values())
+             + " |"]
+    for label, run in (("nanogpt prepare", ours), ("upstream's approach", up)):
+        if run is None:
+            continue
+        cpu_h = [run["cpu_s"] / gb * text / 3600 for _, text in FULL_CORPORA.values()]
+        disk = [run["disk_mb"] / 1e3 / run["tokens"] * tokens for tokens, _ in FULL_CORPORA.values()]
+        lines.append(f"| {label}: CPU time | {run['cpu_s'] / 60:.0f} min | "
+                     + " | ".join(f"~{h:.0f} CPU-hours" for h in cpu_h) + " |")
+        lines.append(f"| {label}: peak memory | {run['peak_rss_mb'] / 1e3:.2f} GB | "
+                     + " | ".join("the same (bounded)" if run is ours else "not extrapolated" for _ in cpu_h)
+                     + " |")
+        lines.append(f"| {label}: disk | {run['disk_mb'] / 1e3:.1f} GB | "
+                     + " | ".join(f"~{d:.0f} GB" for d in disk) + " |")
+    return "\n".join(lines)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gb", type=float, default=3.05)
@@ -251,8 +281,13 @@ def main():
     parser.add_argument("--work", default="/tmp/nanogpt-prepare-scale")
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--corpus_only", action="store_true", help="make the corpus and stop (no measurement)")
+    parser.add_argument("--doc_table", action="store_true", help="print the docs' cost table from the results")
     parser.add_argument("--upstream_child", nargs=3, help=argparse.SUPPRESS)  # corpus, out, num_proc
     args = parser.parse_args()
+    if args.doc_table:
+        from results import read_results
+
+        return print(cost_table(read_results("prepare_scale")["figures"]))
     if args.upstream_child:
         corpus, out, num_proc = args.upstream_child
         return upstream_prepare(corpus, out, int(num_proc))
