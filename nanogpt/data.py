@@ -106,6 +106,8 @@ class DatasetWriter:
 
     def __exit__(self, kind, error, traceback):
         if kind is KeyboardInterrupt and self.identity is not None and self.stage.is_dir():
+            for writer in self.splits.values():
+                writer.close()
             self.log(f"interrupted: the finished shards are kept in {self.stage}; the same command resumes")
             return
         self.abort()
@@ -113,10 +115,6 @@ class DatasetWriter:
     @property
     def lengths(self):
         return {split: w.tokens for split, w in self.splits.items()}
-
-    @property
-    def documents(self):
-        return {split: w.documents for split, w in self.splits.items()}
 
     def resume(self):
         """Take up a killed prepare of the same corpus and settings; whether there was one."""
@@ -253,10 +251,6 @@ class SplitWriter:
     @property
     def tokens(self):
         return sum(s["tokens"] for s in self.shards) + self.open_tokens
-
-    @property
-    def documents(self):
-        return sum(s["documents"] or 0 for s in self.shards)
 
     def tmp_path(self):
         return self.stage / f"{self.split}.open.tmp"
