@@ -524,11 +524,12 @@ class Batches:
     The global batch of step N (gradient_accumulation_steps x batch_size rows) is drawn by batch_offsets from
     (seed, N) alone; rank r takes micro-batches r*micro_steps ... (r+1)*micro_steps - 1 of it and reads only those
     rows. So 1 rank or 8, a fresh run or a resumed one, step N trains on the same rows. The thread reads the steps
-    in order; a request out of that order (a resumed run, a test) is read at once and the thread starts over from it.
+    in order from start_step, as soon as it is built (while the model is built and compiled); a request out of that
+    order (a test, a run that changed its mind) is read at once and the thread starts over from it.
     """
 
     def __init__(self, dataset, seed, batch_size, accumulation, rank, world_size, block_size, device,
-                 document_aligned=False, ahead=4, split="train", stream=TRAIN_STREAM):
+                 document_aligned=False, start_step=0, ahead=8, split="train", stream=TRAIN_STREAM):
         self.dataset, self.seed, self.split, self.stream = dataset, seed, split, stream
         self.batch_size, self.accumulation, self.block_size = batch_size, accumulation, block_size
         self.micro_steps = accumulation // world_size
@@ -537,6 +538,7 @@ class Batches:
         self.starts = dataset.document_starts(split, block_size) if document_aligned else None
         self.ahead = ahead
         self.thread, self.queue, self.stop = None, None, None
+        self.start((start_step, 0))
 
     def rows(self, step):
         """This rank's row offsets for all its micro-steps of a step."""

@@ -319,7 +319,8 @@ def set_up(cfg, device, dinfo, log, given=None):
     scaler = torch.amp.GradScaler(runtime.device_type(device), enabled=(dtype == "float16"))
     optimizer = build_optimizer(raw_model, cfg, runtime.device_type(device), sharded=uses_fsdp(cfg, dinfo))
     batches = Batches(dataset, cfg.seed, cfg.batch_size, cfg.gradient_accumulation_steps, dinfo.rank,
-                      dinfo.world_size, cfg.block_size, device, cfg.document_aligned)
+                      dinfo.world_size, cfg.block_size, device, cfg.document_aligned,
+                      start_step=ckpt["iter_num"] if ckpt else 0)
     s = Session(cfg, dinfo, device, dataset, out_dir, raw_model, model, optimizer, scaler,
                 runtime.autocast(runtime.device_type(device), dtype), log, peak, batches)
     if ckpt:
