@@ -31,7 +31,7 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
+import tempfile
 import time
 from pathlib import Path
 
@@ -122,8 +122,10 @@ def measured(command, kill_when=None):
     """Run a command; its wall time, CPU time (descendants included), peak tree RSS and per-thread CPU."""
     before = os.times()
     start = time.time()
+    # stderr to a file, not a pipe: a child's progress bars fill an unread pipe and block it
+    err_file = tempfile.TemporaryFile("w+")
     child = subprocess.Popen(command, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True)
+                             stderr=err_file, text=True)
     peak, threads = 0, {}
     while child.poll() is None:
         peak = max(peak, tree_rss(child.pid))
@@ -132,7 +134,8 @@ def measured(command, kill_when=None):
             child.send_signal(signal.SIGKILL)
         time.sleep(0.1)
     after = os.times()
-    err = child.stderr.read()
+    err_file.seek(0)
+    err = err_file.read()
     if child.returncode not in (0, -signal.SIGKILL):
         raise SystemExit(f"{' '.join(map(str, command))} failed:\n{err[-3000:]}")
     main_cpu = threads.pop(child.pid, 0.0)
@@ -251,6 +254,7 @@ def cost_table(figures):
     """The docs' table of what each web recipe costs: measured on the proxy corpus, extrapolated by bytes of text
     (time) and tokens (disk); memory is bounded, so the proxy's peak is the recipe's."""
     ours, up = figures["ours"], figures.get("upstream")
+    up = up if up and up.get("finished", True) else None  # an unfinished run has only lower bounds
     gb = figures["corpus"]["corpus_bytes"] / 1e9
     lines = ["| | proxy (measured) | openwebtext (extrapolated) | fineweb_edu sample-10BT (extrapolated) |",
              "|---|---|---|---|",
