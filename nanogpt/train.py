@@ -29,7 +29,7 @@ import torch
 from nanogpt import checkpoint, evaluate as tasks, runtime
 from nanogpt.bpe import VOCAB_SIZE as GPT2_VOCAB_SIZE
 from nanogpt.config import TrainConfig, validate
-from nanogpt.data import EVAL_TRAIN_STREAM, EVAL_VAL_STREAM, TRAIN_STREAM, Dataset, batch_offsets, move_batch
+from nanogpt.data import EVAL_TRAIN_STREAM, EVAL_VAL_STREAM, Batches, Dataset, batch_offsets, move_batch
 from nanogpt.distributed import (
     Dist,
     all_reduce_mean,
@@ -138,6 +138,7 @@ class Session:
     autocast: object  # the context manager the forward passes run in
     log: object
     peak: tuple  # (what it is of, flop/s) that MFU is measured against; None where no peak is known
+    batches: Batches  # this rank's training batches, read ahead
     iter_num: int = 0
     best_val_loss: float = float("inf")
     saved_iter: int = None  # the iteration out_dir's checkpoint holds, if this run knows it
@@ -178,6 +179,7 @@ def train(cfg: TrainConfig, log=print, given=None):
                     raise KeyboardInterrupt from None
                 raise
             finally:
+                session.batches.close()
                 if session.metrics is not None:
                     session.metrics.close()
     finally:
@@ -344,8 +346,11 @@ def set_up(cfg, device, dinfo, log, given=None):
     model = parallelize(raw_model, cfg, dinfo, device, compile_model, dtype)
     scaler = torch.amp.GradScaler(runtime.device_type(device), enabled=(dtype == "float16"))
     optimizer = build_optimizer(raw_model, cfg, runtime.device_type(device), sharded=uses_fsdp(cfg, dinfo))
+    batches = Batches(dataset, cfg.seed, cfg.batch_size, cfg.gradient_accumulation_steps, dinfo.rank,
+                      dinfo.world_size, cfg.block_size, device, cfg.document_aligned,
+                      start_step=ckpt["iter_num"] if ckpt else 0)
     s = Session(cfg, dinfo, device, dataset, out_dir, raw_model, model, without_ddp(model), optimizer, scaler,
-                runtime.autocast(runtime.device_type(device), dtype), log, peak)
+                runtime.autocast(runtime.device_type(device), dtype), log, peak, batches)
     s.guard = NonfiniteGuard(device)
     s.compiled = compile_model
     if ckpt:
@@ -469,13 +474,9 @@ def restore_training_state(s, ckpt):
 
 
 def train_batch(s, step, micro_step):
-    """This rank's (inputs, targets) for one micro-step of an optimizer step, on the device."""
-    cfg = s.cfg
-    offsets = batch_offsets(cfg.seed, TRAIN_STREAM, step, cfg.gradient_accumulation_steps * cfg.batch_size,
-                            s.dataset.lengths["train"], cfg.block_size)
-    index = s.dinfo.rank * s.micro_steps + micro_step
-    mine = offsets[index * cfg.batch_size:(index + 1) * cfg.batch_size]
-    return move_batch(*s.dataset.batch("train", mine, cfg.block_size), torch.device(s.device))
+    """This rank's (inputs, targets) for one micro-step of an optimizer step, on the device (read ahead by
+    data.Batches)."""
+    return s.batches.get(step, micro_step)
 
 
 def forward_backward(s, batch):

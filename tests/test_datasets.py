@@ -13,7 +13,7 @@ from nanogpt import cli, shakespeare
 from nanogpt import datasets as datasets_module
 from nanogpt.bpe import ENDOFTEXT, GPT2Tokenizer
 from nanogpt.data import Dataset, write_dataset
-from nanogpt.datasets import prepare, prepare_openwebtext, prepare_text
+from nanogpt.datasets import prepare, prepare_text
 from nanogpt.errors import UserError
 from nanogpt.tokenizers import tokenizer_from_meta
 from nanogpt.train import train
@@ -49,7 +49,7 @@ def test_text_file_round_trip(tmp_path, tokenizer):
     (tmp_path / "corpus.txt").write_text(CORPUS)
     # small pieces, so the file is read and tokenized in many pieces on two threads
     n_train, n_val = prepare_text(tmp_path / "corpus.txt", "mine", tokenizer=tokenizer, data_dir=tmp_path / "data",
-                                  threads=2, piece_bytes=500, vocab_size=vocab(tokenizer), **quiet)
+                                  threads=2, piece_bytes=500, vocab_size=vocab(tokenizer), val_split="tail", **quiet)
     ds, ids, tok = tokens(tmp_path / "data" / "mine")
     assert tok.decode(ids) == CORPUS
     assert (ds.lengths["train"], ds.lengths["val"]) == (n_train, n_val)
@@ -71,7 +71,8 @@ def test_folder_round_trip(tmp_path, tokenizer):
     for path, doc in zip(paths, DOCS):
         path.write_text(doc)
     (root / "notes.json").write_text("{}")  # not text: skipped
-    prepare_text(root, "mine", tokenizer=tokenizer, data_dir=tmp_path / "data", vocab_size=vocab(tokenizer), **quiet)
+    prepare_text(root, "mine", tokenizer=tokenizer, data_dir=tmp_path / "data", vocab_size=vocab(tokenizer),
+                 val_split="tail", **quiet)
     ds, ids, tok = tokens(tmp_path / "data" / "mine")
     if tokenizer != "char":
         assert tok.decode(ids) == "".join(doc + ENDOFTEXT for doc in DOCS)
@@ -83,26 +84,50 @@ def test_folder_round_trip(tmp_path, tokenizer):
 def test_local_hf_dataset_round_trip(tmp_path):
     datasets = pytest.importorskip("datasets")
     datasets.Dataset.from_dict({"text": DOCS, "id": list(range(10))}).save_to_disk(str(tmp_path / "hf"))
-    prepare_text(tmp_path / "hf", "mine", data_dir=tmp_path / "data", **quiet)
+    prepare_text(tmp_path / "hf", "mine", data_dir=tmp_path / "data", val_split="tail", **quiet)
     ds, ids, tok = tokens(tmp_path / "data" / "mine")
     assert tok.decode(ids) == "".join(doc + ENDOFTEXT for doc in DOCS)
     assert tok.decode(ds.tokens("val").tolist()) == DOCS[-1] + ENDOFTEXT
 
 
-def test_openwebtext_pipeline_on_a_local_dataset(tmp_path):
-    datasets = pytest.importorskip("datasets")
-    datasets.Dataset.from_dict({"text": DOCS}).save_to_disk(str(tmp_path / "owt"))
-    n_train, n_val = prepare_openwebtext(tmp_path / "data" / "owt", source=tmp_path / "owt", num_proc=1, **quiet)
-    ds, ids, tok = tokens(tmp_path / "data" / "owt")
-    assert ds.meta == {"tokenizer": "gpt2", "vocab_size": 50257, "dtype": "uint16"}
+def write_fixture(path, docs):
+    """A local copy of a web corpus in one of the hub's file formats: parquet or jsonl."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({"text": docs, "url": ["u"] * len(docs)}), path)
+    else:
+        path.write_text("".join(json.dumps({"text": doc, "score": 3.1}) + "\n" for doc in docs))
+
+
+@pytest.mark.parametrize("recipe, fixture", [("openwebtext", "owt/data/train-0.parquet"),
+                                             ("fineweb_edu", "fineweb/sample/000.jsonl")])
+def test_web_recipes_on_a_local_copy(tmp_path, recipe, fixture):
+    pytest.importorskip("datasets")
+    docs = [f"Web page {i}: {CORPUS[i * 37:i * 37 + 200]}" for i in range(60)]
+    write_fixture(tmp_path / fixture, docs)
+    source = tmp_path / fixture.split("/")[0]
+    n_train, n_val = prepare(recipe, tmp_path / "data", source=str(source), shard_tokens=1000, threads=2,
+                             val_fraction=0.1, **quiet)
+    ds, ids, tok = tokens(tmp_path / "data" / recipe)
+    meta = ds.meta
+    assert (meta["tokenizer"], meta["dtype"]) == ("gpt2", "uint16") and len(meta["shards"]["train"]) > 1
     assert (n_train, n_val) == (ds.lengths["train"], ds.lengths["val"])
-    # the split is shuffled, so compare documents as a set: each is its tokens then <|endoftext|>
+    # every document once, each followed by <|endoftext|>; val is a seeded draw of whole documents
     decoded = tok.decode(ids).split(ENDOFTEXT)
-    assert decoded[-1] == "" and sorted(decoded[:-1]) == sorted(DOCS)
-    assert ds.tokens("val")[-1] == tok.eot_token
+    assert decoded[-1] == "" and sorted(decoded[:-1]) == sorted(docs)
+    val_docs = tok.decode(ds.tokens("val").tolist()).split(ENDOFTEXT)[:-1]
+    assert 0 < len(val_docs) < 15 and sum(s["documents"] for s in meta["shards"]["val"]) == len(val_docs)
+    if recipe == "fineweb_edu":  # --max_tokens: train stops there, val keeps the documents drawn before it
+        assert cli.main(["prepare", recipe, f"--source={source}", "--max_tokens=2000", "--val_fraction=0.1",
+                         "--overwrite=True",
+                         f"--data_dir={tmp_path / 'data'}"]) == 0
+        assert Dataset(tmp_path / "data" / recipe).lengths["train"] == 2000
 
 
-def test_hub_unreachable_is_one_line(tmp_path, monkeypatch):
+def test_hub_unreachable_is_one_line(tmp_path, monkeypatch, capsys):
     datasets = pytest.importorskip("datasets")
 
     def offline(*args, **kwargs):
@@ -110,10 +135,13 @@ def test_hub_unreachable_is_one_line(tmp_path, monkeypatch):
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
     for run in (lambda: prepare("openwebtext", tmp_path / "data", **quiet),
+                lambda: prepare("fineweb_edu", tmp_path / "data", **quiet),
                 lambda: prepare_text("someone/corpus", "mine", data_dir=tmp_path / "data", **quiet)):
         with pytest.raises(UserError, match="cannot be downloaded here.*--input=PATH") as e:
             run()
         assert "\n" not in str(e.value)
+    assert cli.main(["prepare", "fineweb_edu", "--max_tokens=1000", f"--data_dir={tmp_path / 'data'}"]) == 1
+    assert_one_line_error(capsys.readouterr().err, "the Hugging Face hub is unreachable")
     assert_nothing_written(tmp_path / "data")
 
 
@@ -267,7 +295,7 @@ def test_bad_corpus_is_one_line_and_writes_nothing(tmp_path, capsys, make_input,
 
 @pytest.mark.parametrize("args, message", [
     (["bogus"], "unknown dataset recipe 'bogus'"),
-    (["--input=x.txt", "--name=mine", "--val_fraction=0"], "val_fraction must be between 0 and 1"),
+    (["--input=x.txt", "--name=mine", "--val_fraction=-0.1"], "val_fraction must be between 0 and 1"),
     (["--input=x.txt", "--name=mine", "--val_fraction=1.5"], "val_fraction must be between 0 and 1"),
     (["--input=x.txt", "--name=mine", "--tokenizer=wordpiece"], "unknown tokenizer 'wordpiece'"),
     (["--input=x.txt", "--name=mine", "--vocab_size=300"], "vocab_size is for --tokenizer=bpe"),

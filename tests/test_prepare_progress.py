@@ -21,7 +21,7 @@ def prepare_with_stderr(monkeypatch, tmp_path, stream):
 
 def test_progress_bar_on_a_terminal(monkeypatch, tmp_path):
     shown = prepare_with_stderr(monkeypatch, tmp_path, Terminal())
-    assert "tokenizing train" in shown and "tokenizing val" in shown and "100%" in shown
+    assert "tokenizing" in shown and "100%" in shown and "tokens" in shown
 
 
 def test_no_progress_bar_in_a_log_file(monkeypatch, tmp_path):

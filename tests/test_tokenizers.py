@@ -104,7 +104,8 @@ def test_same_tokenizer_and_ids_from_file_folder_and_dataset(tmp_path):
     datasets.Dataset.from_dict({"text": docs}).save_to_disk(str(tmp_path / "hf"))
     results = {}
     for source in ("one.txt", "folder", "hf"):
-        prepare_text(tmp_path / source, source, tokenizer="bpe", vocab_size=300, data_dir=tmp_path / "data", **quiet)
+        prepare_text(tmp_path / source, source, tokenizer="bpe", vocab_size=300, data_dir=tmp_path / "data",
+                     val_split="tail", **quiet)
         ds = Dataset(tmp_path / "data" / source)
         results[source] = ds.meta["tokenizer_json"], [ds.tokens(s).tolist() for s in ("train", "val")]
     tok = BPETokenizer(results["folder"][0])
@@ -120,7 +121,7 @@ def test_trained_on_the_train_split_only(tmp_path):
     """A word that only the validation text holds, however often, never becomes a token."""
     (tmp_path / "corpus.txt").write_text(CORPUS * 9 + "Zyzzyva quoth Xanthippe.\n" * 250)  # all in the last tenth
     prepare_text(tmp_path / "corpus.txt", "mine", tokenizer="bpe", vocab_size=330, data_dir=tmp_path / "data",
-                 **quiet)
+                 val_split="tail", **quiet)
     tok = tokenizer_from_meta(Dataset(tmp_path / "data" / "mine").meta)
     assert len(tok.encode(" Xanthippe")) >= 5 and len(tok.encode(" resolved")) == 1
     (tmp_path / "all.txt").write_text("Zyzzyva quoth Xanthippe.\n" * 250 + CORPUS * 2)  # now in train
@@ -138,7 +139,8 @@ def test_run_decodes_without_its_dataset(tmp_path):
     prepare_text(tmp_path / "corpus.txt", "tiny", tokenizer="bpe", vocab_size=300, data_dir=tmp_path / "data",
                  **quiet)
     meta = json.loads((tmp_path / "data" / "tiny" / "meta.json").read_text())
-    assert meta == {"tokenizer": "bpe", "vocab_size": 300, "eot_token": 299, "dtype": "uint16"}
+    assert dict(meta, shards=None) == {"tokenizer": "bpe", "vocab_size": 300, "eot_token": 299, "dtype": "uint16",
+                                       "shards": None}
     expected = (tmp_path / "data" / "tiny" / "tokenizer.json").read_text()
     train(tiny_config(tmp_path / "data", tmp_path / "run", max_iters=4, lr_decay_iters=4), **quiet)
     shutil.rmtree(tmp_path / "data")
@@ -187,7 +189,7 @@ def test_vocab_size_is_only_for_bpe(tmp_path):
 def test_blank_train_split_says_no_text(tmp_path):
     with pytest.raises(UserError, match="holds no text"):
         prepare_text(write_corpus(tmp_path, " \n" * 500 + "x\n" * 40), "mine", tokenizer="bpe", vocab_size=300,
-                     data_dir=tmp_path / "data", **quiet)
+                     data_dir=tmp_path / "data", val_split="tail", **quiet)
     assert not (tmp_path / "data").exists()
 
 
@@ -207,7 +209,7 @@ def test_preparing_again_and_switching_tokenizer(tmp_path):
     prepare_text(path, "mine", tokenizer="bpe", vocab_size=300, data_dir=tmp_path / "data", **quiet)  # no change
     with pytest.raises(UserError, match="already holds a different dataset"):
         prepare_text(path, "mine", tokenizer="bpe", vocab_size=290, data_dir=tmp_path / "data", **quiet)
-    prepare_text(path, "mine", tokenizer="char", data_dir=tmp_path / "data", overwrite=True, **quiet)
+    prepare_text(path, "mine", tokenizer="char", data_dir=tmp_path / "data", overwrite=True, val_split="tail", **quiet)
     assert not (tmp_path / "data" / "mine" / "tokenizer.json").exists()
     ds = Dataset(tmp_path / "data" / "mine")
     ids = np.concatenate([ds.tokens("train"), ds.tokens("val")]).tolist()
@@ -222,7 +224,7 @@ def test_literal_end_of_text_in_a_document_is_text(tmp_path):
     docs[3] = docs[3].replace("All:", f"All {ENDOFTEXT}:")
     for i, doc in enumerate(docs):
         (root / f"{i}.txt").write_text(doc)
-    prepare_text(root, "mine", tokenizer="bpe", vocab_size=300, data_dir=tmp_path / "data", **quiet)
+    prepare_text(root, "mine", tokenizer="bpe", vocab_size=300, data_dir=tmp_path / "data", val_split="tail", **quiet)
     ds = Dataset(tmp_path / "data" / "mine")
     tok = tokenizer_from_meta(ds.meta)
     train_ids = ds.tokens("train").tolist()

@@ -1,5 +1,6 @@
-"""nanoGPT's `python data/openwebtext/prepare.py`: downloads OpenWebText from the Hugging Face hub, tokenizes it with
-GPT-2 BPE and writes train.bin (~17 GB), val.bin and meta.json beside this file."""
+"""nanoGPT's `python data/openwebtext/prepare.py`: streams OpenWebText from the Hugging Face hub, tokenizes it with
+GPT-2 BPE and writes shards (train-000000.bin, ..., ~17 GB in all), val shards and meta.json beside this file; run
+again after an interruption, it resumes."""
 
 import sys
 from pathlib import Path

@@ -55,6 +55,8 @@ NOTES = {
                       "at every evaluation (slow on a CPU).",
         "dataset": "Always, unless you train on OpenWebText: the name of a prepared folder, e.g. shakespeare_char.",
         "data_dir": "When your prepared data lives elsewhere.",
+        "document_aligned": "True to train on rows that each begin a document (needs a BPE dataset, whose documents "
+                            "end in <|endoftext|>); evaluation keeps random windows.",
         "gradient_accumulation_steps": "To reach a target tokens-per-step on fewer GPUs or less memory; must be "
                                        "divisible by the number of processes.",
         "batch_size": "Lower when out of memory (raise gradient_accumulation_steps to compensate); raise to fill a big "
@@ -179,8 +181,8 @@ NOTES = {
         "profile_dir": "Where to write the trace.",
     },
     "PrepareConfig": {
-        "recipe": "shakespeare_char for the quick start, shakespeare to finetune GPT-2, openwebtext (~17 GB, needs "
-                  "pip install -e '.[hf]') to pretrain GPT-2.",
+        "recipe": "shakespeare_char for the quick start, shakespeare to finetune GPT-2, openwebtext (~17 GB) or "
+                  "fineweb_edu with --max_tokens (needs pip install -e '.[hf]') to pretrain GPT-2.",
         "input": "To train on your own text (then give --name too).",
         "name": "Always with --input: the name you then give train as --dataset.",
         "tokenizer": "'char' for a small corpus and model (the vocabulary is the characters seen); 'gpt2' to "
@@ -188,6 +190,14 @@ NOTES = {
         "vocab_size": "With --tokenizer=bpe: a few thousand for a few MB of text (2,048–8,192 on tiny Shakespeare, "
                       "see docs/concepts/data-pipeline.md); more text affords more.",
         "val_fraction": "Smaller (0.01–0.05) on a big corpus, where 10 % is more validation text than needed.",
+        "pattern": "When your folder's text is not *.txt/*.md, e.g. '*.py' for code.",
+        "val_split": "tail only to reproduce nanoGPT's split (the end of the text); random keeps train and val alike.",
+        "seed": "To draw another set of val documents.",
+        "source": "When you have a local copy of the corpus (parquet or jsonl files, a saved dataset).",
+        "sample": "sample-100BT or sample-350BT for longer runs than sample-10BT's ~10B tokens.",
+        "max_tokens": "To prepare only as much as a run will read (e.g. 2e9 tokens for a 124M model).",
+        "workers": "Lower on a shared machine; more than the cores gains nothing.",
+        "shard_tokens": "Smaller for a small corpus you want split across files; the default suits web corpora.",
         "data_dir": "When your datasets live elsewhere; give train the same --data_dir.",
         "overwrite": "True to replace a dataset made from other text or with another tokenizer (runs trained on it "
                      "then no longer match their data); preparing the same dataset again needs no flag.",
