@@ -9,6 +9,7 @@ site) and everything between the markers is this program's output:
     <!-- BEGIN GENERATED benchmarks -->                            one row per benchmark: its script, its results
     <!-- BEGIN GENERATED excerpt:train -->                         what a real command prints, run on tiny settings
     <!-- BEGIN GENERATED TrainConfig -->                           a settings table (gen_config_reference.py)
+    <!-- BEGIN GENERATED api -->                                   a mkdocstrings entry for every module of nanogpt/
 
 Run from the repository root:
 
@@ -37,7 +38,7 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 RESULTS = ROOT / "benchmarks" / "results"
 EXCERPTS_DIGEST = Path(__file__).with_name("excerpts.sha256")  # the excerpts' inputs when last generated
 REGION = re.compile(r"(<!-- BEGIN GENERATED (\S+) -->\n)(.*?)(<!-- END GENERATED \2 -->)", re.S)
-KINDS = ("code", "figures", "benchmarks", "excerpt", "settings")
+KINDS = ("code", "figures", "benchmarks", "excerpt", "settings", "api")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -147,6 +148,19 @@ def render_benchmarks(arg, page):
             last = "not run yet"
         rows.append(f"| [{script.name}]({link(page, script)}) | {value(what)} | {last} |")
     return "\n".join(rows) + "\n"
+
+
+def render_api(arg, page):
+    """One section per module of the package, in name order, which mkdocstrings fills from the docstrings."""
+    out = []
+    for path in sorted((ROOT / "nanogpt").glob("*.py")):
+        if path.stem == "__init__":
+            continue
+        doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+        first = doc.strip().splitlines()[0] if doc.strip() else ""
+        out += [f"## nanogpt.{path.stem}", "", first, "", f"::: nanogpt.{path.stem}", "    options:",
+                "      show_root_heading: false", ""]
+    return "\n".join(out)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -293,7 +307,7 @@ def load_config_reference():
 
 
 def kind_of(key):
-    return key.split(":", 1)[0] if ":" in key or key == "benchmarks" else "settings"
+    return key.split(":", 1)[0] if ":" in key or key in ("benchmarks", "api") else "settings"
 
 
 def regions(text):
@@ -310,7 +324,7 @@ def generate(kinds, pages=PAGES, check=False):
         kinds = set(kinds) - {"excerpt"}  # neither they nor anything they follow from changed since generated
     excerpts = run_excerpts(wanted) if wanted and "excerpt" in kinds else {}
     config_reference = load_config_reference() if "settings" in kinds else None
-    renderers = {"code": render_code, "figures": render_figures, "benchmarks": render_benchmarks,
+    renderers = {"code": render_code, "figures": render_figures, "benchmarks": render_benchmarks, "api": render_api,
                  "excerpt": lambda arg, page: render_excerpt(arg, page, excerpts)}
     result = {}
     for page, old in found.items():
