@@ -10,6 +10,7 @@ site) and everything between the markers is this program's output:
     <!-- BEGIN GENERATED excerpt:train -->                         what a real command prints, run on tiny settings
     <!-- BEGIN GENERATED TrainConfig -->                           a settings table (gen_config_reference.py)
     <!-- BEGIN GENERATED api -->                                   a mkdocstrings entry for every module of nanogpt/
+    <!-- BEGIN GENERATED glossary -->                              a link to every term of docs/glossary.md
 
 Run from the repository root:
 
@@ -38,7 +39,7 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 RESULTS = ROOT / "benchmarks" / "results"
 EXCERPTS_DIGEST = Path(__file__).with_name("excerpts.sha256")  # the excerpts' inputs when last generated
 REGION = re.compile(r"(<!-- BEGIN GENERATED (\S+) -->\n)(.*?)(<!-- END GENERATED \2 -->)", re.S)
-KINDS = ("code", "figures", "benchmarks", "excerpt", "settings", "api")
+KINDS = ("code", "figures", "benchmarks", "excerpt", "settings", "api", "glossary")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -161,6 +162,16 @@ def render_api(arg, page):
         out += [f"## nanogpt.{path.stem}", "", first, "", f"::: nanogpt.{path.stem}", "    options:",
                 "      show_root_heading: false", ""]
     return "\n".join(out)
+
+
+def render_glossary(arg, page):
+    """Every term of the glossary (its ### headings), linked, in its order: the concept index's way back to it."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from slugs import slug
+
+    glossary = ROOT / "docs" / "glossary.md"
+    terms = re.findall(r"^### (.+)$", glossary.read_text(encoding="utf-8"), re.M)
+    return " ·\n".join(f"[{t}]({link(page, glossary)}#{slug(t)})" for t in terms) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -307,7 +318,7 @@ def load_config_reference():
 
 
 def kind_of(key):
-    return key.split(":", 1)[0] if ":" in key or key in ("benchmarks", "api") else "settings"
+    return key.split(":", 1)[0] if ":" in key or key in ("benchmarks", "api", "glossary") else "settings"
 
 
 def regions(text):
@@ -325,6 +336,7 @@ def generate(kinds, pages=PAGES, check=False):
     excerpts = run_excerpts(wanted) if wanted and "excerpt" in kinds else {}
     config_reference = load_config_reference() if "settings" in kinds else None
     renderers = {"code": render_code, "figures": render_figures, "benchmarks": render_benchmarks, "api": render_api,
+                 "glossary": render_glossary,
                  "excerpt": lambda arg, page: render_excerpt(arg, page, excerpts)}
     result = {}
     for page, old in found.items():
