@@ -11,6 +11,7 @@ site) and everything between the markers is this program's output:
     <!-- BEGIN GENERATED TrainConfig -->                           a settings table (gen_config_reference.py)
     <!-- BEGIN GENERATED api -->                                   a mkdocstrings entry for every module of nanogpt/
     <!-- BEGIN GENERATED glossary -->                              a link to every term of docs/glossary.md
+    <!-- BEGIN GENERATED presets -->                               every config file with its opening comment
 
 Run from the repository root:
 
@@ -39,7 +40,7 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 RESULTS = ROOT / "benchmarks" / "results"
 EXCERPTS_DIGEST = Path(__file__).with_name("excerpts.sha256")  # the excerpts' inputs when last generated
 REGION = re.compile(r"(<!-- BEGIN GENERATED (\S+) -->\n)(.*?)(<!-- END GENERATED \2 -->)", re.S)
-KINDS = ("code", "figures", "benchmarks", "excerpt", "settings", "api", "glossary")
+KINDS = ("code", "figures", "benchmarks", "excerpt", "settings", "api", "glossary", "presets")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -172,6 +173,22 @@ def render_glossary(arg, page):
     glossary = ROOT / "docs" / "glossary.md"
     terms = re.findall(r"^### (.+)$", glossary.read_text(encoding="utf-8"), re.M)
     return " ·\n".join(f"[{t}]({link(page, glossary)}#{slug(t)})" for t in terms) + "\n"
+
+
+def render_presets(arg, page):
+    """One row per config file: its path and the first sentence of the comment it opens with."""
+    rows = ["| preset | what it trains |", "|---|---|"]
+    for path in sorted((ROOT / "config").glob("*.py")):
+        comment = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if not line.startswith("#"):
+                break
+            comment.append(line.lstrip("#").strip())
+        what = " ".join(comment)
+        # the first sentence, without a command line it may quote after a colon
+        what = re.split(r"\.\s|:\s+(?:torchrun|python)\b", what)[0].rstrip(".:;") if what else "—"
+        rows.append(f"| [`config/{path.name}`]({link(page, path)}) | {value(what)} |")
+    return "\n".join(rows) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -318,7 +335,7 @@ def load_config_reference():
 
 
 def kind_of(key):
-    return key.split(":", 1)[0] if ":" in key or key in ("benchmarks", "api", "glossary") else "settings"
+    return key.split(":", 1)[0] if ":" in key or key in ("benchmarks", "api", "glossary", "presets") else "settings"
 
 
 def regions(text):
@@ -336,7 +353,7 @@ def generate(kinds, pages=PAGES, check=False):
     excerpts = run_excerpts(wanted) if wanted and "excerpt" in kinds else {}
     config_reference = load_config_reference() if "settings" in kinds else None
     renderers = {"code": render_code, "figures": render_figures, "benchmarks": render_benchmarks, "api": render_api,
-                 "glossary": render_glossary,
+                 "glossary": render_glossary, "presets": render_presets,
                  "excerpt": lambda arg, page: render_excerpt(arg, page, excerpts)}
     result = {}
     for page, old in found.items():
