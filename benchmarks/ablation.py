@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import write_results  # noqa: E402
 from recipe import README_ARGS, REPO, loss_within, prepare, timed_run  # noqa: E402
 
 SWITCHES = {
@@ -70,6 +71,11 @@ def main():
         print(f"{'switch':<12}" + "".join(f"{k:>22}" for k in keys))
         for name in names:
             print(f"{name:<12}" + "".join(f"{statistics.median(r[k] for r in rows[name]):>22.3f}" for k in keys))
+        figures = {"runs": {name: {k: (round(v, 3) if v == v else None)  # nan (never reached) as null
+                                   for k in keys for v in [statistics.median(r[k] for r in rows[name])]}
+                            for name in names}}
+        notes = f"{args.repeats} repetition(s), medians; {args.max_iters} iterations (preset: its own); wall clock"
+        print(f"results written to {write_results('ablation', figures, notes=notes)}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

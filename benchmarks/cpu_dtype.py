@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import write_results  # noqa: E402
 from recipe import README_ARGS, REPO, prepare, timed_run  # noqa: E402
 
 
@@ -55,6 +56,12 @@ def main():
                   f"{statistics.median(v for _, v in runs):.4f}")
         ratio = statistics.median(ms for ms, _ in rows["bfloat16"]) / statistics.median(ms for ms, _ in rows["float32"])
         print(f"bfloat16/float32 ms/iter: {ratio:.2f}")
+        figures = {"runs": {dtype: {"ms/iter": round(statistics.median(ms for ms, _ in runs), 2),
+                                    f"val loss at step {args.max_iters}": round(statistics.median(v for _, v in runs), 4)}
+                            for dtype, runs in rows.items()},
+                   "bfloat16/float32 ms/iter": round(ratio, 3)}
+        path = write_results("cpu_dtype", figures, notes=f"{describe_cpu()}; {args.repeats} repetition(s), medians")
+        print(f"results written to {path}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -5,9 +5,8 @@
 Prepares character-level tiny Shakespeare into a temporary folder (the canonical input.txt from ../shared when it is
 there, else whatever the recipe finds), runs `python train.py config/train_shakespeare_char.py --device=cpu ...`
 with the exact README arguments, then `python sample.py`, and prints median ms/iter, final val loss and sample
-time. The developers' guide's figures for upstream nanoGPT are printed beside them for orientation only: they were
-measured at another time on a machine whose speed varies by 30%, so no ratio is taken against them. The measured
-comparisons run upstream side by side: benchmarks/recipe.py (training) and benchmarks/sample_speed.py (sampling).
+time, and saves them in benchmarks/results/quickstart.json. Comparisons with upstream nanoGPT run it side by side:
+benchmarks/recipe.py (training) and benchmarks/sample_speed.py (sampling).
 """
 
 import argparse
@@ -21,9 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from recipe import CANONICAL, README_ARGS, REPO, step_times, val_losses  # noqa: E402
-
-# quoted from the developers' guide (upstream nanoGPT, this command, the 2-core machine type): orientation only
-REFERENCE = {"ms_per_iter": 45.0, "val_loss": 1.874, "train_s": 100.0, "sample_s": 11.0}
+from results import write_results  # noqa: E402
 
 
 def run(cmd, cwd):
@@ -68,11 +65,13 @@ def main():
         ours = {"ms_per_iter": statistics.median(medians), "val_loss": statistics.median(final_vals),
                 "train_s": statistics.median(train_times), "sample_s": statistics.median(sample_times)}
         print(f"\ndata: {source}; {args.max_iters} iterations; medians over {args.repeats} run(s)")
-        print(f"{'figure':<28}{'nanogpt':>12}{'guide quote':>14}")
-        for key, label in (("ms_per_iter", "median ms/iter"), ("val_loss", "final val loss"),
-                           ("train_s", "train.py wall time (s)"), ("sample_s", "sample.py wall time (s)")):
-            print(f"{label:<28}{ours[key]:>12.3f}{REFERENCE[key]:>14.3f}")
-        print("(guide quotes are not measured here; for ratios run benchmarks/recipe.py and sample_speed.py)")
+        labels = {"ms_per_iter": "median ms/iter", "val_loss": "final val loss", "train_s": "train.py wall time (s)",
+                  "sample_s": "sample.py wall time (s)"}
+        for key, label in labels.items():
+            print(f"{label:<28}{ours[key]:>12.3f}")
+        notes = f"data: {source}; {args.max_iters} iterations; medians over {args.repeats} run(s); wall clock"
+        path = write_results("quickstart", {labels[k]: round(v, 4) for k, v in ours.items()}, notes=notes)
+        print(f"results written to {path}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

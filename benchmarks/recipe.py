@@ -24,6 +24,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import write_results  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 CANONICAL = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 UPSTREAM = REPO.parent / "shared" / "reference" / "nanoGPT"  # the default --reference
@@ -181,7 +184,11 @@ def main():
         else:
             for job in jobs:
                 run(job)
-        report(results, names, args.clock)
+        figures = report(results, names, args.clock)
+        notes = (f"{args.repeats} repetition(s), medians; seconds of {args.clock} time"
+                 + ("; one thread per run, all runs started at once" if args.clock == "cpu" else "")
+                 + "; data: the canonical tiny Shakespeare; machine shared with other work")
+        print(f"results written to {write_results('recipe', figures, notes=notes)}")
         plot(results, args.png, "CPU time, one thread (s)" if args.clock == "cpu" else "wall time (s)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -212,6 +219,8 @@ def report(results, names, clock):
             bound = ""
         print(f"fast/upstream time to {TARGET}: {table['fast'][key] / upstream_needs:.3f}{bound} (acceptance: <= 0.4)")
         print(f"fast val loss within upstream's wall time: {table['fast']['val @ (a) wall']:.3f} (acceptance: <= 1.65)")
+    # nan (never reached) is stored as null: JSON has no nan
+    return {"runs": {name: {k: (round(v, 4) if v == v else None) for k, v in table[name].items()} for name in names}}
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-# The quick start: a small character-level Shakespeare model that trains on a laptop CPU in about two minutes
+# The quick start: a small character-level Shakespeare model that trains on a laptop CPU in a few minutes
 # (nanoGPT's README CPU command as a preset). Reaches a validation loss near 1.88.
 
 out_dir = 'out-shakespeare-char'

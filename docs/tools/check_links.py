@@ -7,22 +7,18 @@ import re
 import sys
 from pathlib import Path
 
+from slugs import slug  # the site's rule too (mkdocs_hooks.py), so both agree on every anchor
+
 DOCS = Path(__file__).resolve().parents[1]
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
 # pages other engineers own may be linked before they exist
 EXPECTED_ELSEWHERE = {DOCS / "distributed.md"}
 
 
-def slug(heading):
-    """GitHub's anchor for a heading."""
-    text = heading.strip().lower()
-    text = re.sub(r"[^\w\- ]", "", text)
-    return text.replace(" ", "-")
-
-
 def anchors(path):
     text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
-    return {slug(m.group(1)) for m in re.finditer(r"^#+\s+(.*)$", text, re.M)}
+    # the heading's text as rendered: a link shows its words only
+    return {slug(re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", m.group(1))) for m in re.finditer(r"^#+\s+(.*)$", text, re.M)}
 
 
 def main():
