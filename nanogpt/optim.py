@@ -78,7 +78,9 @@ def step_unless(optimizer, found_inf):
         step_unless(optimizer.adamw, found_inf)
         step_unless(optimizer.muon, found_inf)
         return
-    if getattr(optimizer, "_step_supports_amp_scaling", False):
+    # the flag is set when the optimizer is built fused; a state dict loaded from a non-fused one (upstream
+    # nanoGPT's CPU checkpoints) turns fusion off in its groups, and then the kernel cannot take found_inf
+    if getattr(optimizer, "_step_supports_amp_scaling", False) and all(g.get("fused") for g in optimizer.param_groups):
         optimizer.found_inf = found_inf
         try:
             optimizer.step()
