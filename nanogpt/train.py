@@ -144,7 +144,7 @@ class Session:
     saved_iter: int = None  # the iteration out_dir's checkpoint holds, if this run knows it
     metrics: MetricsWriter = None  # rank 0's writer of out_dir/metrics.jsonl (None on other ranks, and eval_only)
     guard: object = None  # the NonfiniteGuard of the steps since the last logging step
-    compiled: bool = False  # torch.compile is on, and has not compiled yet: the first step may fall back
+    compiled: bool = False  # torch.compile is on, and training has not compiled yet: a failure may fall back
 
     @property
     def device_type(self):
@@ -211,7 +211,11 @@ def run_loop(s, stop):
             if (logging or not s.dinfo.enabled) and stop_requested(stop, s.dinfo, s.device):
                 raise StopTraining
             with stop.abandonable():
-                loss, batch = first_step_or_uncompiled(s, batch) if s.compiled else forward_backward(s, batch)
+                if s.compiled:  # the training graph compiles at the first step
+                    loss, batch = compiled_or_uncompiled(s, lambda: forward_backward(s, batch))
+                    s.compiled = False
+                else:
+                    loss, batch = forward_backward(s, batch)
             grad_norm = update(s, loss)
             if logging:
                 loss_value = all_reduce_mean(loss, s.dinfo, s.device)
@@ -508,12 +512,13 @@ def forward_backward(s, batch):
     return loss_sum, batch
 
 
-def first_step_or_uncompiled(s, batch):
-    """The first step, where torch.compile compiles. If compiling fails (no Triton, an unsupported platform), a run
-    that left compile='auto' says so in one line and goes on uncompiled; compile=True asked for it: a one-line
-    error. Under torchrun every rank fails alike, and the wrapped model cannot be rebuilt in place: an error."""
+def compiled_or_uncompiled(s, work):
+    """work() — the first evaluation or training step, where torch.compile compiles — and, if compiling fails (no
+    Triton, an unsupported platform), a run that left compile='auto' says so in one line and does the work again
+    uncompiled from then on; compile=True asked for it: a one-line error. Under torchrun every rank fails alike,
+    and the wrapped model cannot be rebuilt in place: an error."""
     try:
-        result = forward_backward(s, batch)
+        return work()
     except StopTraining:
         raise
     except Exception as e:
@@ -522,10 +527,10 @@ def first_step_or_uncompiled(s, batch):
             raise UserError(f"torch.compile failed at the first step ({reason}); run with --compile=False") from None
         s.log(f"torch.compile failed at the first step ({reason}); continuing uncompiled (--compile=False skips it)")
         s.optimizer.zero_grad(set_to_none=True)
+        s.raw_model.train()  # a failed evaluation leaves it in eval mode
         s.model = s.eval_model = s.raw_model
-        result = forward_backward(s, batch)
-    s.compiled = False
-    return result
+        s.compiled = False
+        return work()
 
 
 def update(s, loss):
@@ -611,7 +616,8 @@ def evaluate(s, stop, trained, last):
     always_save_checkpoint, or this is the run's last iteration). Returns the losses."""
     s.guard.report(s)  # a step skipped since the last logging step stops the run here, before anything is saved
     with stop.abandonable():
-        losses = estimate_loss(s, stop)
+        # the first evaluation compiles the evaluation graph
+        losses = compiled_or_uncompiled(s, lambda: estimate_loss(s, stop)) if s.compiled else estimate_loss(s, stop)
     train_loss = f"{losses['train']:.4f}" if "train" in losses else "n/a"
     s.log(f"step {s.iter_num}: train loss {train_loss}, val loss {losses['val']:.4f}")
     with stop.abandonable():
