@@ -4,7 +4,6 @@ the API key, shutdown, the official openai client, the playground page."""
 import asyncio
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +21,8 @@ import torch
 
 pytest.importorskip("aiohttp")
 from aiohttp import web  # noqa: E402
+
+from tests.chromium import devtools_port, find_chromium  # noqa: E402
 
 from nanogpt import checkpoint  # noqa: E402
 from nanogpt.model import GPT, GPTConfig  # noqa: E402
@@ -463,31 +464,12 @@ def test_serve_command_errors_are_one_line(tmp_path):
 # the playground page, in a real browser
 
 
-def find_chromium():
-    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
-        if shutil.which(name):
-            return shutil.which(name)
-    return None
-
-
 async def page_result(browser, url, user_data_dir):
     """Open url in headless Chromium through the DevTools protocol; wait for the playground's output to finish
     and return (state, text)."""
     import aiohttp
 
-    proc = await asyncio.create_subprocess_exec(
-        browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={user_data_dir}", "--remote-debugging-port=0", "about:blank",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        port_file = Path(user_data_dir) / "DevToolsActivePort"  # Chromium writes its debugging port here
-        for _ in range(300):
-            if port_file.is_file() and port_file.read_text().strip():
-                break
-            await asyncio.sleep(0.1)
-        port = port_file.read_text().split()[0]
+    async with devtools_port(browser, user_data_dir, "--disable-quic") as port:
         async with aiohttp.ClientSession() as session:
             async with session.put(f"http://127.0.0.1:{port}/json/new?{quote(url, safe='')}") as response:
                 target = await response.json(content_type=None)
@@ -506,9 +488,6 @@ async def page_result(browser, url, user_data_dir):
                         return tuple(value)
                     await asyncio.sleep(0.1)
         raise AssertionError("the playground never finished generating")
-    finally:
-        proc.kill()
-        await proc.wait()
 
 
 def test_playground_page_streams_a_completion(server, tmp_path):

@@ -9,7 +9,6 @@ import base64
 import functools
 import http.server
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -17,6 +16,8 @@ import warnings
 from pathlib import Path
 
 import pytest
+
+from tests.chromium import devtools_port, find_chromium
 
 REPO = Path(__file__).resolve().parents[1]
 SCREENSHOTS = os.environ.get("NANOGPT_SCREENSHOTS")  # a folder to keep the screenshots in, to look at them
@@ -70,10 +71,7 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 
 def chromium():
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if shutil.which(name):
-            return shutil.which(name)
-    missing("no chromium binary installed (apt-get install -y chromium)")
+    return find_chromium() or missing("no chromium binary installed (apt-get install -y chromium)")
 
 
 async def in_browser(browser, user_data_dir, visits):
@@ -81,20 +79,10 @@ async def in_browser(browser, user_data_dir, visits):
     condition gives a value, and return [(value, PNG screenshot)]. The browser has no network beyond 127.0.0.1."""
     import aiohttp
 
-    proc = await asyncio.create_subprocess_exec(
-        browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--window-size=1280,1000",
-        "--proxy-server=http://0.0.0.0:9", "--proxy-bypass-list=127.0.0.1",  # anything off this machine fails
-        f"--user-data-dir={user_data_dir}", "--remote-debugging-port=0", "about:blank",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
     results = []
-    try:
-        port_file = Path(user_data_dir) / "DevToolsActivePort"
-        for _ in range(600):
-            if port_file.is_file() and port_file.read_text().strip():
-                break
-            await asyncio.sleep(0.1)
-        port = port_file.read_text().split()[0]
+    # the proxy makes anything off this machine fail
+    async with devtools_port(browser, user_data_dir, "--window-size=1280,1000", "--proxy-server=http://0.0.0.0:9",
+                             "--proxy-bypass-list=127.0.0.1", wait_s=60) as port:
         async with aiohttp.ClientSession() as session:
             for url, condition in visits:
                 async with session.put(f"http://127.0.0.1:{port}/json/new?{url}") as response:
@@ -120,9 +108,6 @@ async def in_browser(browser, user_data_dir, visits):
                     # the whole DOM, shadow roots included (Material draws diagrams in a closed one)
                     dom = await call("DOM.getDocument", depth=-1, pierce=True)
                     results.append((value, base64.b64decode(shot["data"]), dom["root"]))
-    finally:
-        proc.kill()
-        await proc.wait()
     return results
 
 
