@@ -187,6 +187,50 @@ def upstream_prepare(corpus, out, num_proc):
         arr.flush()
 
 
+SMALL_SHARDS = 1_000_000  # tokens per shard for the subset stages: enough shards to kill a prepare half-way
+
+
+def make_subset(corpus, subset, mb):
+    """The first ~mb MB of the corpus's first file, for the stages that run the prepare several times."""
+    shutil.rmtree(subset, ignore_errors=True)
+    subset.mkdir(parents=True)
+    lines = 0
+    with open(sorted(corpus.glob("*.jsonl"))[0]) as src, open(subset / "part.jsonl", "w") as dst:
+        for line in src:
+            if dst.tell() > mb * 1e6:
+                break
+            dst.write(line)
+            lines += 1
+    return subset, lines
+
+
+def workers_stage(subset, data, rounds=2):
+    """The same prepare with 1 and with 2 encoding workers, alternating: wall time and the encoding threads' CPU."""
+    scaling = {}
+    for workers in (1, 2) * rounds:  # alternating, so a busy moment on the shared machine hits both
+        shutil.rmtree(data, ignore_errors=True)
+        r = ours(subset, data, "sub", workers, SMALL_SHARDS)
+        scaling.setdefault(workers, []).append(r)
+    mb = (subset / "part.jsonl").stat().st_size / 1e6
+    summary = {}
+    for workers, runs in scaling.items():
+        per_worker_cpu = np.median([r["other_threads_cpu_s"] for r in runs])  # the encoding threads
+        summary[f"{workers}_workers"] = {"wall_s": float(np.median([r["wall_s"] for r in runs])),
+                                         "runs_wall_s": [r["wall_s"] for r in runs],
+                                         "encoding_threads_cpu_s": float(per_worker_cpu),
+                                         "main_thread_cpu_s": float(np.median([r["main_thread_cpu_s"]
+                                                                               for r in runs])),
+                                         "mb_per_encoding_cpu_s": round(mb / per_worker_cpu, 2)}
+    one, two = summary["1_workers"], summary["2_workers"]
+    # in CPU time: two workers each encoding at their measured rate, against one at its rate
+    summary["speedup_in_cpu_time"] = round(2 * two["mb_per_encoding_cpu_s"] / one["mb_per_encoding_cpu_s"], 2)
+    summary["speedup_wall"] = round(one["wall_s"] / two["wall_s"], 2)
+    summary["subset_mb"] = round(mb)
+    summary["load_average_at_end"] = round(os.getloadavg()[0], 2)
+    shutil.rmtree(data, ignore_errors=True)
+    return summary
+
+
 def evict(paths):
     for path in paths:
         fd = os.open(path, os.O_RDONLY)
@@ -302,8 +346,13 @@ def main():
     parser.add_argument("--loader_seconds", type=float, default=15.0)
     parser.add_argument("--work", default="/tmp/nanogpt-prepare-scale")
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--notes", default="machine shared with other jobs on 2 cores: wall times are not an idle "
+                        "machine's", help="how the machine was loaded, stored with the results")
     parser.add_argument("--corpus_only", action="store_true", help="make the corpus and stop (no measurement)")
     parser.add_argument("--doc_table", action="store_true", help="print the docs' cost table from the results")
+    parser.add_argument("--workers_only", action="store_true",
+                        help="only the 1-vs-2-workers stage, on the corpus's first --subset_mb MB (best on an idle "
+                             "machine); results in prepare_scale_workers")
     parser.add_argument("--loader_only", help="a folder of jsonl: prepare it into ≥100 shards, run the loader stage")
     parser.add_argument("--upstream_child", nargs=3, help=argparse.SUPPRESS)  # corpus, out, num_proc
     args = parser.parse_args()
@@ -313,14 +362,22 @@ def main():
         return print(cost_table(read_results("prepare_scale")["figures"]))
     if args.loader_only:
         return loader_only(Path(args.loader_only), Path(args.work) / "loader", args.loader_seconds)
+    if args.workers_only:
+        work = Path(args.work)
+        if not (work / "corpus").is_dir():
+            make_corpus(work / "corpus", int(args.gb * 1e9))
+        subset, _ = make_subset(work / "corpus", work / "workers-subset", args.subset_mb)
+        summary = workers_stage(subset, work / "workers-data", rounds=3)
+        print(json.dumps(summary))
+        return write_results("prepare_scale_workers", summary, notes=args.notes)
     if args.upstream_child:
         corpus, out, num_proc = args.upstream_child
         return upstream_prepare(corpus, out, int(num_proc))
     work = Path(args.work)
     corpus, data = work / "corpus", work / "data"
     figures = {"load_average_at_start": os.getloadavg()[0]}
-    notes = ("machine shared with three other jobs on 2 cores: wall times are not an idle machine's; memory is "
-             "the whole process tree's summed RSS; throughput compared in CPU time")
+    notes = (f"{args.notes}; memory is the whole process tree's summed RSS; throughput compared in CPU time and "
+             "in wall time")
 
     def save(stage, result):
         figures[stage] = result
@@ -352,35 +409,8 @@ def main():
         single.unlink()
         shutil.rmtree(data / "ours", ignore_errors=True)
 
-        subset = work / "subset"
-        subset.mkdir()
-        lines = 0
-        with open(sorted(corpus.glob("*.jsonl"))[0]) as src, open(subset / "part.jsonl", "w") as dst:
-            for line in src:
-                if dst.tell() > args.subset_mb * 1e6:
-                    break
-                dst.write(line)
-                lines += 1
-        small_shards = 1_000_000
-        scaling = {}
-        for workers in (1, 2, 1, 2):  # alternating, so a busy moment on the shared machine hits both
-            shutil.rmtree(data, ignore_errors=True)
-            r = ours(subset, data, "sub", workers, small_shards)
-            scaling.setdefault(workers, []).append(r)
-        mb = (subset / "part.jsonl").stat().st_size / 1e6
-        summary = {}
-        for workers, runs in scaling.items():
-            per_worker_cpu = np.median([r["other_threads_cpu_s"] for r in runs])  # the encoding threads
-            summary[f"{workers}_workers"] = {"wall_s": float(np.median([r["wall_s"] for r in runs])),
-                                             "encoding_threads_cpu_s": float(per_worker_cpu),
-                                             "main_thread_cpu_s": float(np.median([r["main_thread_cpu_s"]
-                                                                                   for r in runs])),
-                                             "mb_per_encoding_cpu_s": round(mb / per_worker_cpu, 2)}
-        one, two = summary["1_workers"], summary["2_workers"]
-        summary["speedup_in_cpu_time"] = round(2 * two["mb_per_encoding_cpu_s"] / one["mb_per_encoding_cpu_s"], 2)
-        summary["speedup_wall_shared_machine"] = round(one["wall_s"] / two["wall_s"], 2)
-        summary["subset_mb"] = round(mb)
-        save("workers", summary)
+        subset, lines = make_subset(corpus, work / "subset", args.subset_mb)
+        save("workers", workers_stage(subset, data))
 
         reference = file_digests(data / "sub")
         shutil.rmtree(data, ignore_errors=True)
@@ -393,9 +423,9 @@ def main():
             except OSError:
                 return False
 
-        killed = ours(subset, data, "killed", 2, small_shards, kill_when=half_way)
+        killed = ours(subset, data, "killed", 2, SMALL_SHARDS, kill_when=half_way)
         finished_before_kill = json.loads(state.read_text())
-        resumed = ours(subset, data, "killed", 2, small_shards)
+        resumed = ours(subset, data, "killed", 2, SMALL_SHARDS)
         again = file_digests(data / "killed")
         meta = json.loads((data / "killed" / "meta.json").read_text())
         documents = sum(s["documents"] for split in meta["shards"].values() for s in split)

@@ -35,7 +35,7 @@ class BenchConfig:
     steps: int = 20  # timed steps
     device: str = "auto"  # 'auto' picks cuda > mps > cpu; or 'cpu', 'cuda', 'cuda:1', 'mps'
     dtype: str = "auto"  # 'auto' picks bfloat16 where supported, else float16 on CUDA, else float32
-    threads: int = 0  # CPU threads; 0: PyTorch's default, or 1 when the machine is already busy
+    threads: int = 0  # CPU threads; 0: PyTorch's default, capped at the idle cores
     compile: object = "auto"  # True/False, or 'auto': torch.compile on CUDA where it pays off
     profile: bool = False  # write a torch profiler trace (open in chrome://tracing or Perfetto)
     profile_dir: str = "bench_trace"  # where the profiler trace goes

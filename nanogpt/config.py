@@ -94,7 +94,7 @@ class TrainConfig:
     device: str = "auto"  # 'auto' picks cuda > mps > cpu; or 'cpu', 'cuda', 'cuda:1', 'mps'
     dtype: str = "auto"  # 'auto' picks bfloat16 where supported, else float16 on CUDA, else float32
     compile: object = "auto"  # True/False, or 'auto': torch.compile on CUDA where Triton is installed
-    threads: int = 0  # CPU threads; 0: PyTorch's default, or 1 when the machine is already busy
+    threads: int = 0  # CPU threads; 0: PyTorch's default, capped at the idle cores
 
     def to_dict(self):
         return asdict(self)

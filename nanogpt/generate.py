@@ -232,7 +232,8 @@ class SlotCache:
                 self.v[layer_idx][:r, :, :n] = old_v[:r, :, :n]
         return self.k[layer_idx], self.v[layer_idx]
 
-    def move(self, src, dst):
+    @torch.inference_mode()  # the buffers are made inside the engine's inference-mode step; a server may move
+    def move(self, src, dst):  # a row when a client leaves, outside it
         """Copy row src's cached keys and values into row dst."""
         n = self.lengths[src]
         for k, v in zip(self.k, self.v):
@@ -296,15 +297,24 @@ class _DecodeView:
         self.width = max(lengths) + 1
         self.cache.reserve(self.n, self.width)
         self.pos = torch.tensor(lengths, dtype=torch.long, device=device)
-        self.rows = torch.arange(self.n, device=device)
-        # row i sees its own keys 0..lengths[i] (the new one included), not the longer rows' keys beyond
-        self.mask = (torch.arange(self.width, device=device)[None, :] <= self.pos[:, None])[:, None, None, :]
+        self.slots = None  # where the new keys go in a layer's buffer, flattened; the same for every layer
+        # row i sees its own keys 0..lengths[i] (the new one included), not the longer rows' keys beyond; rows all
+        # of one length (the samples of one prompt) see every key, and attention without a mask is faster
+        self.mask = None
+        if min(lengths) != max(lengths):
+            self.mask = (torch.arange(self.width, device=device)[None, :] <= self.pos[:, None])[:, None, None, :]
         return self.pos[:, None]
 
     def extend(self, layer_idx, k, v):
         k_buf, v_buf = self.cache.buffers(layer_idx, k)
-        k_buf[self.rows, :, self.pos] = k[:, :, 0]
-        v_buf[self.rows, :, self.pos] = v[:, :, 0]
+        rows, heads, length, head_size = k_buf.shape
+        if self.slots is None:
+            # row r, head h, position p is row (r * heads + h) * length + p of the buffer seen as (-1, head_size):
+            # one index_copy_ per buffer is far cheaper than indexing with (rows, :, positions) on every step
+            first = torch.arange(self.n * heads, device=k.device) * length
+            self.slots = first + self.pos.repeat_interleave(heads)
+        k_buf.view(-1, head_size).index_copy_(0, self.slots, k[:, :, 0].reshape(-1, head_size))
+        v_buf.view(-1, head_size).index_copy_(0, self.slots, v[:, :, 0].reshape(-1, head_size))
         return k_buf[:self.n, :, :self.width], v_buf[:self.n, :, :self.width], self.mask
 
     def advance(self, t):
@@ -429,7 +439,7 @@ class BatchEngine:
         self.rows, self.arrived = [], []
         self.cache.shrink(0)
 
-    @torch.no_grad()
+    @torch.inference_mode()  # cheaper per operation than no_grad; the cache never meets autograd
     def step(self):
         """Advance every running completion by one token; returns its events, (completion, text, finish_reason)
         with finish_reason 'stop', 'length' or None. Finished completions have left the batch already."""

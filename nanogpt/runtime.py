@@ -64,10 +64,12 @@ def set_up(device, dtype, seed=None, threads=0):
 
 
 def resolve_threads(threads, cores=None, load=None, current=None):
-    """PyTorch's intra-op CPU threads. 0 (auto) keeps PyTorch's own choice (one per core, or OMP_NUM_THREADS)
-    unless the machine is already busy (a one-minute load average of at least one per core), then one thread: on a
-    busy 2-core machine two threads waiting for each other made tiny models many times slower, while on a quiet one
-    two threads made the quick-start model's step 1.5x faster than one (benchmarks/threads.py)."""
+    """PyTorch's intra-op CPU threads. 0 (auto) keeps PyTorch's own choice (one per core, or OMP_NUM_THREADS) but
+    never more than the idle cores (cores less the one-minute load average, rounded), and at least one. A thread
+    that shares its core with another busy process makes every other thread wait for it at each operation: on a
+    2-core machine with one other job running, two threads sampled the quick-start model 6x slower than one (17 s
+    against 2.9 s), and with two other jobs 15-70x slower; on a quiet machine two threads made the quick-start
+    model's training step 1.5x faster than one (benchmarks/threads.py)."""
     if threads:
         return threads
     if cores is None:
@@ -75,7 +77,7 @@ def resolve_threads(threads, cores=None, load=None, current=None):
     if load is None:
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     current = torch.get_num_threads() if current is None else current
-    return 1 if load >= cores else current
+    return max(1, min(current, cores - int(load + 0.5)))
 
 
 def resolve_compile(value, device_type):

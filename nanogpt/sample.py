@@ -37,7 +37,7 @@ class SampleConfig:
     device: str = "auto"  # 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'
     dtype: str = "auto"  # 'auto', 'float32', 'bfloat16', 'float16'
     compile: object = False  # torch.compile the model (True/False/'auto')
-    threads: int = 0  # CPU threads; 0: PyTorch's default, or 1 when the machine is already busy
+    threads: int = 0  # CPU threads; 0: PyTorch's default, capped at the idle cores
 
     def to_dict(self):
         return asdict(self)

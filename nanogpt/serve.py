@@ -31,7 +31,7 @@ class ServeConfig:
     port: int = 8000  # 0 picks a free port
     device: str = "auto"  # 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'
     dtype: str = "auto"  # 'auto', 'float32', 'bfloat16', 'float16'
-    threads: int = 0  # CPU threads; 0: PyTorch's default, or 1 when the machine is already busy
+    threads: int = 0  # CPU threads; 0: PyTorch's default, capped at the idle cores
     max_batch: int = 16  # completions generated together in one batch; 1 serves one at a time
     max_queue: int = 64  # requests that may wait for a place in the batch; past it, 429 with Retry-After
     timeout: float = 600.0  # seconds a request may take, waiting included, before it is cancelled (504)

@@ -33,7 +33,9 @@ def logged(cfg, **kw):
 
 def test_auto_threads_take_the_idle_cores_and_an_explicit_count_wins():
     assert runtime.resolve_threads(0, cores=2, load=8.9, current=2) == 1  # a busy two-core machine: one thread
-    assert runtime.resolve_threads(0, cores=2, load=1.0, current=2) == 2  # a quiet one: PyTorch's own choice
+    assert runtime.resolve_threads(0, cores=2, load=0.3, current=2) == 2  # a quiet one: PyTorch's own choice
+    assert runtime.resolve_threads(0, cores=2, load=1.0, current=2) == 1  # one core busy: only the idle one
+    assert runtime.resolve_threads(0, cores=8, load=5.2, current=8) == 3
     assert runtime.resolve_threads(0, cores=8, load=9.0, current=8) == 1
     assert runtime.resolve_threads(0, cores=8, load=0.0, current=3) == 3  # OMP_NUM_THREADS=3 is kept
     assert runtime.resolve_threads(2, cores=1, load=5.0, current=1) == 2

@@ -104,7 +104,7 @@ NOTES = {
         "eval_train": "False to halve each evaluation's cost: the log line then reads 'train loss n/a'.",
         "reset_optimizer": "True to resume from a checkpoint without optimizer state (best.pt copied to ckpt.pt, "
                            "another tool's file): the moments restart; the weights and iteration are kept.",
-        "threads": "A number to pin the CPU threads (e.g. 1 for tiny models on a shared machine); 0 takes PyTorch's default, or 1 thread when the load average already reaches the core count.",
+        "threads": "A number to pin the CPU threads (e.g. 1 for tiny models on a shared machine); 0 takes PyTorch's default, but no more threads than idle cores (cores less the one-minute load average, rounded; at least one).",
     },
     "SampleConfig": {
         "init_from": "'gpt2' … 'gpt2-xl' or an HF folder to sample pretrained GPT-2 (out_dir is then not read).",
@@ -126,7 +126,7 @@ NOTES = {
         "device": "'cpu' to sample on the CPU although a GPU is present.",
         "dtype": "'float32' for bit-stable output across devices.",
         "compile": "True only for long sampling runs on CUDA.",
-        "threads": "A number to pin the CPU threads (e.g. 1 for tiny models on a shared machine); 0 takes PyTorch's default, or 1 thread when the load average already reaches the core count.",
+        "threads": "A number to pin the CPU threads (e.g. 1 for tiny models on a shared machine); 0 takes PyTorch's default, but no more threads than idle cores (cores less the one-minute load average, rounded; at least one).",
     },
     "ServeConfig": {
         "out_dir": "Always (unless init_from names pretrained weights): the run to serve.",
@@ -140,7 +140,7 @@ NOTES = {
         "max_batch": "Higher on a GPU (64+) while memory lasts: the cache grows with the running completions and "
                      "their length, up to max_batch x block_size positions per layer, and is freed when idle. 1 to "
                      "serve one completion at a time.",
-        "threads": "A number to pin the CPU threads (e.g. 1 for tiny models on a shared machine); 0 takes PyTorch's default, or 1 thread when the load average already reaches the core count.",
+        "threads": "A number to pin the CPU threads (e.g. 1 for tiny models on a shared machine); 0 takes PyTorch's default, but no more threads than idle cores (cores less the one-minute load average, rounded; at least one).",
         "max_queue": "Lower to fail fast (429) rather than make clients wait; higher behind a patient proxy.",
         "timeout": "Lower for interactive use; 0 for no limit (long batch jobs).",
         "max_body_kb": "Higher only for very long prompts of a large-block model.",
@@ -176,7 +176,7 @@ NOTES = {
         "device": "To time a specific device.",
         "dtype": "To compare precisions.",
         "compile": "To measure what torch.compile gains.",
-        "threads": "A number to pin the CPU threads (e.g. 1 for tiny models on a shared machine); 0 takes PyTorch's default, or 1 thread when the load average already reaches the core count.",
+        "threads": "A number to pin the CPU threads (e.g. 1 for tiny models on a shared machine); 0 takes PyTorch's default, but no more threads than idle cores (cores less the one-minute load average, rounded; at least one).",
         "profile": "True to see where the time goes.",
         "profile_dir": "Where to write the trace.",
     },
@@ -214,7 +214,7 @@ NOTES = {
         "batch_size": "Larger on a GPU; smaller when out of memory. Results do not depend on it.",
         "device": "'cpu' to leave the GPU free.",
         "dtype": "'float32' for figures that match across devices.",
-        "threads": "A number to pin the CPU threads (e.g. 1 for tiny models on a shared machine); 0 takes PyTorch's default, or 1 thread when the load average already reaches the core count.",
+        "threads": "A number to pin the CPU threads (e.g. 1 for tiny models on a shared machine); 0 takes PyTorch's default, but no more threads than idle cores (cores less the one-minute load average, rounded; at least one).",
     },
     "PlotConfig": {
         "out_dir": "Always: one run, or several to compare (`--out_dir=RUN1 RUN2`).",
