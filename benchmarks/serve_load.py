@@ -1,7 +1,7 @@
 """Load on `nanogpt serve`: concurrent clients against the batched server and against one-at-a-time (--max_batch=1).
 
     python benchmarks/serve_load.py [--out_dir=RUN] [--clients=16] [--tokens=128] [--runs=3] [--max_batch=16]
-                                    [--threads=1] [--skip=load|soak]
+                                    [--threads=0] [--skip=load|soak]
 
 Without --out_dir, a model of GPT-2 124M's shape (12 layers, 12 heads, 768 wide, block 1024, GPT-2 BPE) with random
 weights is saved to a temporary run. Every measurement starts a fresh server process on 127.0.0.1 (a free port),
@@ -190,7 +190,7 @@ def show(label, m):
 
 def bench_load(out_dir, args):
     print(f"load: {args.clients} concurrent clients x {args.tokens} tokens, batched (--max_batch={args.max_batch}) "
-          f"against --max_batch=1, {args.runs} alternating runs, OMP_NUM_THREADS={args.threads or 'default'}")
+          f"against --max_batch=1, {args.runs} alternating runs, OMP_NUM_THREADS={args.threads or 'unset (the server picks)'}")
     runs = {"batched": [], "one at a time": []}
     for i in range(args.runs):
         for label, batch in (("batched", args.max_batch), ("one at a time", 1)):
@@ -293,7 +293,8 @@ def main():
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--max_batch", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the server (0: torch's default)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="OMP_NUM_THREADS of the server (0: unset, the server's own choice: its idle cores)")
     parser.add_argument("--skip", choices=["load", "soak"])
     parser.add_argument("--notes", default="", help="free text saved with the figures (e.g. 'machine shared')")
     args = parser.parse_args()
