@@ -397,6 +397,8 @@ def export(model, to, tokenizer_meta, log=print):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log(f"exported to {to} as {HF_NAMES[arch]} ({CLASSES[arch]})")
+    if model.config.position == "learned":
+        log(context_limit(model.config.block_size))
     if not tokenizer_meta:
         log("no tokenizer is known for this model: wrote config and weights only")
     return to
@@ -459,7 +461,8 @@ def architecture_for(config):
     raise UserError(
         f"cannot export to Hugging Face: no transformers architecture computes this model's switches together; the "
         f"nearest, {HF_NAMES[nearest]}, cannot hold {stops} (exportable: GPT-2, Llama, Qwen3, Nemotron, VaultGemma; "
-        "see docs/code-analysis/hf-interop.md)"
+        "config/train_shakespeare_char_cpu_export.py is the fast preset with only exportable switches; see "
+        "docs/code-analysis/hf-interop.md)"
     )
 
 
@@ -559,6 +562,14 @@ def generation_config(config, tokenizer_meta):
         # pipeline from adding its default of 256 new tokens; an explicit max_new_tokens still overrides it.
         settings["max_length"] = config.block_size
     return settings
+
+
+def context_limit(block_size):
+    """What a user of a learned-position export must know before calling transformers: nothing in a standard config
+    stops a `max_new_tokens` past the position table (see docs/code-analysis/hf-interop.md)."""
+    return (f"learned positions end at {block_size} tokens: in transformers keep prompt + max_new_tokens within "
+            f"{block_size}, or pass handle_long_generation='hole' to the text-generation pipeline (a longer call fails "
+            "there with an IndexError; rotary runs, such as config/train_shakespeare_char_cpu_export.py's, carry on)")
 
 
 def ours_to_hf(model, arch="gpt2"):

@@ -1,0 +1,124 @@
+"""The best exportable preset beside the best overall: config/train_shakespeare_char_cpu_export.py against
+config/train_shakespeare_char_cpu_fast.py on tiny Shakespeare, and a run of the first exported and checked.
+
+    python benchmarks/export_preset.py [--repeats=2] [--clock=cpu]
+
+Trains both presets on the canonical tiny Shakespeare, alternating within each repetition (or, with --clock=cpu, all
+runs at once on one thread each, timed by the CPU time each used: on a machine busy with other work that is close
+to what each would take alone). Prints per run and as medians: the final val loss (equal iterations: both presets
+run the same steps), the time taken, ms per step, and the val loss the exportable preset had reached within the
+fast preset's time (equal time). Then exports the last run of the exportable preset with `nanogpt export` and
+checks it with transformers alone, offline, without remote code: the class it loads as, the largest difference
+between its logits and ours on a validation window, whether greedy text to the end of the context equals
+`nanogpt sample --temperature=0`, and how many tokens the text-generation pipeline gives when asked past the context.
+"""
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from recipe import REPO, loss_within, prepare, timed_run  # noqa: E402
+from results import write_results  # noqa: E402
+
+PRESETS = {"fast": "config/train_shakespeare_char_cpu_fast.py", "export": "config/train_shakespeare_char_cpu_export.py"}
+PROMPT = "ROMEO:\n"
+
+
+def train(name, data, out, clock):
+    cmd = [sys.executable, "train.py", PRESETS[name], f"--data_dir={data}", f"--out_dir={out}"]
+    return timed_run(cmd, REPO, clock)
+
+
+def figures(run, budget):
+    _, final, steps = run["curve"][-1]
+    return {"steps": steps, "final val": final, "seconds": run["wall_s"],
+            "ms/step": statistics.median(run["ms"]) if run["ms"] else float("nan"),
+            "val within fast's time": loss_within(run["curve"], budget)}
+
+
+def check_export(run_dir, data, folder):
+    """Export a run and check it with transformers alone (offline, no remote code); returns the figures."""
+    import numpy as np
+    import torch
+    import transformers
+
+    sys.path.insert(0, str(REPO))
+    from nanogpt.runs import load_run
+    from nanogpt.sample import SampleConfig, sample
+
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    subprocess.run([sys.executable, "-m", "nanogpt.cli", "export", f"--out_dir={run_dir}", f"--to={folder}"],
+                   cwd=REPO, check=True, env=env)
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    ours, tokenizer = load_run(run_dir, "cpu")
+    block = ours.config.block_size
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=False).eval()
+    val = np.memmap(data / "shakespeare_char" / "val.bin", dtype=np.uint16, mode="r")
+    idx = torch.from_numpy(val[:block].astype(np.int64))[None]
+    with torch.no_grad():
+        diff = (ours(idx, targets=idx)[0] - theirs(idx).logits).abs().max().item()
+    n = block - len(tokenizer.encode(PROMPT))  # greedy text to the end of the context, where the two must agree
+    (text,) = sample(SampleConfig(out_dir=str(run_dir), start=PROMPT, num_samples=1, max_new_tokens=n, temperature=0,
+                                  device="cpu", dtype="float32"), write=lambda *a: None)
+    generate = transformers.pipeline("text-generation", model=str(folder), device="cpu")
+    their_text = generate(PROMPT, max_new_tokens=n, do_sample=False)[0]["generated_text"]
+    past = generate(PROMPT, max_new_tokens=2 * block, do_sample=False)[0]["generated_text"]
+    return {"class": type(theirs).__name__, "max |logit difference|": diff, "greedy tokens compared": n,
+            "greedy text equal": their_text == text,
+            "pipeline tokens asked past the context": 2 * block,
+            "pipeline tokens given": len(tokenizer.encode(past)) - len(tokenizer.encode(PROMPT))}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=2, help="repetitions; medians are over these")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="'cpu': one thread per run, all started at once, timed by the CPU time each used")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="nanogpt-export-preset-"))
+    try:
+        _, data = prepare(work)
+        jobs = [(r, name) for r in range(args.repeats) for name in PRESETS]
+        results = {name: [None] * args.repeats for name in PRESETS}
+
+        def run(job):
+            r, name = job
+            results[name][r] = train(name, data, work / f"{name}-{r}", args.clock)
+
+        if args.clock == "cpu":
+            with ThreadPoolExecutor(len(jobs)) as pool:
+                list(pool.map(run, jobs))
+        else:
+            for job in jobs:
+                run(job)
+        budgets = [run["wall_s"] for run in results["fast"]]
+        per_run = {name: [figures(run, b) for run, b in zip(results[name], budgets)] for name in PRESETS}
+        for r in range(args.repeats):
+            for name in PRESETS:
+                print(f"repeat {r + 1} {name:<7}" + "  ".join(f"{k} {v:.3f}" for k, v in per_run[name][r].items()))
+        table = {name: {k: statistics.median(f[k] for f in runs) for k in runs[0]} for name, runs in per_run.items()}
+        print(f"\nmedians over {args.repeats} repetition(s), seconds of {args.clock} time")
+        for name in PRESETS:
+            print(f"{name:<7} " + "  ".join(f"{k} {v:.3f}" for k, v in table[name].items()))
+        check = check_export(work / f"export-{args.repeats - 1}", data, work / "hf")
+        print("\nexported run checked with transformers: " + ", ".join(f"{k} {v}" for k, v in check.items()))
+        notes = (f"{args.repeats} repetition(s), medians; seconds of {args.clock} time"
+                 + ("; one thread per run, all runs started at once" if args.clock == "cpu" else "")
+                 + "; data: the canonical tiny Shakespeare; machine shared with other work")
+        rounded = {name: {k: round(v, 4) if v == v else None for k, v in row.items()} for name, row in table.items()}
+        check = {k: f"{v:.2e}" if isinstance(v, float) else v for k, v in check.items()}
+        print(f"results written to {write_results('export_preset', {'runs': rounded, 'export': check}, notes=notes)}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
