@@ -23,9 +23,13 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+BENCHMARKS = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCHMARKS))
 from recipe import REPO, loss_within, prepare, timed_run  # noqa: E402
 from results import write_results  # noqa: E402
+
+# benchmarks/tokenizers.py would shadow Hugging Face's tokenizers package, which transformers imports
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCHMARKS]
 
 PRESETS = {"fast": "config/train_shakespeare_char_cpu_fast.py", "export": "config/train_shakespeare_char_cpu_export.py"}
 PROMPT = "ROMEO:\n"
