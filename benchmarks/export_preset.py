@@ -7,11 +7,12 @@ Trains both presets on the canonical tiny Shakespeare, alternating within each r
 runs at once on one thread each, timed by the CPU time each used: on a machine busy with other work that is close
 to what each would take alone), and, --variants times each, the fast preset with the other sets of switches that
 export (VARIANTS), to show why the exportable preset keeps the ones it does. Prints per run and as medians: the
-final val loss (equal iterations: every run takes the same steps), the time taken, ms per step, and the val loss each
-had reached within the fast preset's time (equal time). Then exports the last run of the exportable preset with `nanogpt export` and
-checks it with transformers alone, offline, without remote code: the class it loads as, the largest difference
-between its logits and ours on a validation window, whether greedy text to the end of the context equals
-`nanogpt sample --temperature=0`, and how many tokens the text-generation pipeline gives when asked past the context.
+final val loss (equal iterations: every run takes the same steps), the time taken, ms per step, and the val loss
+each had reached at the fast preset's time (equal time). Then exports the last run of the exportable preset with
+`nanogpt export` and checks it with transformers alone, offline, without remote code: the class it loads as, the
+largest difference between its logits and ours on a validation window, whether greedy text to the end of the
+context equals `nanogpt sample --temperature=0`, and how many tokens the text-generation pipeline gives when asked
+past the context.
 """
 
 import argparse

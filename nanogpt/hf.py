@@ -164,7 +164,8 @@ def gpt_config_from_hf(hf, source):
     return settings
 
 
-DECODERS = ("llama", "qwen3", "nemotron", "olmo", "vaultgemma")  # the rotary architectures export writes (see ARCHITECTURES)
+# the rotary architectures export writes (see ARCHITECTURES)
+DECODERS = ("llama", "qwen3", "nemotron", "olmo", "vaultgemma")
 # (transformers' activation name, gated MLP?) -> our (activation, gelu_approximate); see hf_activation
 DECODER_ACTIVATIONS = {("silu", True): ("swiglu", "none"), ("relu", True): ("relu2", "none"),
                        ("relu2", False): ("relu2", "none"), ("gelu", False): ("gelu", "none"),
@@ -471,9 +472,8 @@ def architecture_for(config):
     raise UserError(
         f"cannot export to Hugging Face: no transformers architecture computes this model's switches together; the "
         f"nearest, {HF_NAMES[nearest]}, cannot hold {stops} (exportable: GPT-2, Llama, Qwen3, Nemotron, OLMo, "
-        "VaultGemma; "
-        "config/train_shakespeare_char_cpu_export.py is the fast preset with only exportable switches; see "
-        "docs/code-analysis/hf-interop.md)"
+        "VaultGemma; config/train_shakespeare_char_cpu_export.py is the fast preset with only exportable switches; "
+        "see docs/code-analysis/hf-interop.md)"
     )
 
 
