@@ -90,7 +90,7 @@ def check_export(run_dir, data, folder):
     generate = transformers.pipeline("text-generation", model=str(folder), device="cpu")
     their_text = generate(PROMPT, max_new_tokens=n, do_sample=False)[0]["generated_text"]
     past = generate(PROMPT, max_new_tokens=2 * block, do_sample=False)[0]["generated_text"]
-    return {"class": type(theirs).__name__, "max |logit difference|": diff, "greedy tokens compared": n,
+    return {"class": type(theirs).__name__, "largest logit difference": diff, "greedy tokens compared": n,
             "greedy text equal": their_text == text,
             "pipeline tokens asked past the context": 2 * block,
             "pipeline tokens given": len(tokenizer.encode(past)) - len(tokenizer.encode(PROMPT))}
