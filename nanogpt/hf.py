@@ -1,7 +1,7 @@
 """Hugging Face weights in and out: read gpt2 … gpt2-xl (or any GPT-2 on the hub, or a local folder) for
 `GPT.from_pretrained`, and write a model as a folder that `transformers.AutoModelForCausalLM.from_pretrained` reads
 offline, without remote code: as GPT-2, or for the modern recipe's switches as the standard architecture that
-computes the same function (Llama, Qwen3, Nemotron, VaultGemma; see ARCHITECTURES). This is the one module that
+computes the same function (Llama, Qwen3, Nemotron, OLMo, VaultGemma; see ARCHITECTURES). This is the one module that
 knows Hugging Face's names and formats; it builds no model itself (model.py calls in here), so the two never import
 each other.
 
@@ -125,7 +125,7 @@ def gpt_config_from_hf(hf, source):
         return decoder_config_from_hf(hf, source)
     if model_type != "gpt2":
         raise UserError(f"{source} is a '{model_type}' model, not GPT-2: only GPT-2 weights (and the Llama, Qwen3, "
-                        "Nemotron or VaultGemma folders nanogpt export writes) can be loaded")
+                        "Nemotron, OLMo or VaultGemma folders nanogpt export writes) can be loaded")
     activation = hf.get("activation_function", "gelu_new")
     if activation not in ACTIVATIONS and activation != "relu2":  # relu2: what export writes for ReLU² runs
         raise UserError(
@@ -164,7 +164,8 @@ def gpt_config_from_hf(hf, source):
     return settings
 
 
-DECODERS = ("llama", "qwen3", "nemotron", "vaultgemma")  # the rotary architectures export writes (see ARCHITECTURES)
+# the rotary architectures export writes (see ARCHITECTURES)
+DECODERS = ("llama", "qwen3", "nemotron", "olmo", "vaultgemma")
 # (transformers' activation name, gated MLP?) -> our (activation, gelu_approximate); see hf_activation
 DECODER_ACTIVATIONS = {("silu", True): ("swiglu", "none"), ("relu", True): ("relu2", "none"),
                        ("relu2", False): ("relu2", "none"), ("gelu", False): ("gelu", "none"),
@@ -172,7 +173,7 @@ DECODER_ACTIVATIONS = {("silu", True): ("swiglu", "none"), ("relu", True): ("rel
 
 
 def decoder_config_from_hf(hf, source):
-    """Our GPTConfig's settings for a Llama, Qwen3, Nemotron or VaultGemma config that computes what one of our
+    """Our GPTConfig's settings for a Llama, Qwen3, Nemotron, OLMo or VaultGemma config that computes what one of our
     models can (what export writes); refuses the rest, naming the setting. The weights are checked later, in
     decoder_to_gpt2_layout and hf_to_ours."""
     arch = hf["model_type"]
@@ -187,6 +188,8 @@ def decoder_config_from_hf(hf, source):
     gated = arch != "nemotron"
     act = hf.get("hidden_activation" if arch == "vaultgemma" else "hidden_act")
     eps_name, eps = ("norm_eps", LAYER_NORM_EPS) if arch == "nemotron" else ("rms_norm_eps", RMS_NORM_EPS)
+    if arch == "olmo":  # its LayerNorm's eps is fixed at 1e-5, ours
+        eps_name = None
     bias = bool(hf.get("attention_bias", False))
     full_attention = all(t == "full_attention" for t in hf.get("layer_types") or ["full_attention"])
     unsupported = [
@@ -194,12 +197,13 @@ def decoder_config_from_hf(hf, source):
         (hf.get("head_dim") not in (None, n_embd // n_head),
          f"head_dim={hf.get('head_dim')} (must be hidden_size/num_attention_heads)"),
         (not isinstance(n_kv_head, int) or n_head % n_kv_head != 0, f"num_key_value_heads={n_kv_head}"),
-        (abs(hf.get(eps_name, -1.0) - eps) > 1e-12, f"{eps_name}={hf.get(eps_name)} (must be {eps})"),
+        (eps_name and abs(hf.get(eps_name, -1.0) - eps) > 1e-12, f"{eps_name}={hf.get(eps_name)} (must be {eps})"),
         (rope.get("rope_type", "default") != "default" or hf.get("rope_scaling"), "rope scaling"),
         (rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 0.5 if arch == "nemotron" else 1.0)) != 1.0,
          "partial rotary"),
         (arch in ("llama", "nemotron") and bool(hf.get("mlp_bias", False)) != bias, "mlp_bias unlike attention_bias"),
-        (arch in ("qwen3", "vaultgemma") and bias, "attention_bias=true"),
+        (arch in ("qwen3", "olmo", "vaultgemma") and bias, "attention_bias=true"),
+        (arch == "olmo" and hf.get("clip_qkv") is not None, "clip_qkv"),
         (hf.get("use_sliding_window", False) or not full_attention, "sliding-window attention"),
         (arch == "vaultgemma" and hf.get("query_pre_attn_scalar") != n_embd // n_head,
          "query_pre_attn_scalar other than head_dim"),
@@ -213,7 +217,7 @@ def decoder_config_from_hf(hf, source):
         n_layer=hf["num_hidden_layers"], n_head=n_head, n_embd=n_embd, block_size=hf["max_position_embeddings"],
         vocab_size=hf["vocab_size"], bias=bias, dropout=0.0, gelu_approximate=approximate, position="rope",
         rope_base=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
-        norm="layernorm" if arch == "nemotron" else "rmsnorm", qk_norm=arch == "qwen3", activation=activation,
+        norm="layernorm" if arch in ("nemotron", "olmo") else "rmsnorm", qk_norm=arch == "qwen3", activation=activation,
         tie_embeddings=bool(hf.get("tie_word_embeddings", arch == "vaultgemma")),
         logit_softcap=float(hf.get("final_logit_softcapping") or 0.0) if arch == "vaultgemma" else 0.0,
         n_kv_head=0 if n_kv_head == n_head else n_kv_head,
@@ -247,6 +251,9 @@ def decoder_to_gpt2_layout(hf_state, settings, arch, source):
         state["lm_head.weight"] = get("lm_head.weight")
 
     def norm(theirs, ours):
+        if arch == "olmo":  # gain-free norms: export moved our gains into the matrices that follow
+            state[f"{ours}.weight"] = torch.ones(n_embd)
+            return
         state[f"{ours}.weight"] = get(f"{theirs}.weight") + gain_offset
         if arch == "nemotron" and settings["bias"]:
             state[f"{ours}.bias"] = get(f"{theirs}.bias")
@@ -361,7 +368,7 @@ def hf_to_ours(hf_state, own, source):
 
 def export(model, to, tokenizer_meta, log=print):
     """Write `model` as a Hugging Face folder `to` of the standard architecture that computes what it does (GPT-2,
-    Llama, Qwen3, Nemotron or VaultGemma: see ARCHITECTURES): config.json, model.safetensors and the tokenizer's
+    Llama, Qwen3, Nemotron, OLMo or VaultGemma: see ARCHITECTURES): config.json, model.safetensors and the tokenizer's
     files (see write_tokenizer), so AutoModelForCausalLM and AutoTokenizer load it offline, without remote code. The
     folder appears complete or not at all: everything is written to a temporary sibling that is renamed into place."""
     try:
@@ -397,6 +404,8 @@ def export(model, to, tokenizer_meta, log=print):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log(f"exported to {to} as {HF_NAMES[arch]} ({CLASSES[arch]})")
+    if model.config.position == "learned":
+        log(context_limit(model.config.block_size))
     if not tokenizer_meta:
         log("no tokenizer is known for this model: wrote config and weights only")
     return to
@@ -411,8 +420,9 @@ def export(model, to, tokenizer_meta, log=print):
 # - ReLU² is a gated MLP with ReLU and the same matrix on both sides: relu(a)·a = relu(a)², to the bit;
 # - RMSNorm-based ones have one eps for every norm, ours is F.rms_norm's default, float32's machine epsilon;
 # - Nemotron's LayerNorm computes with weight+1 and VaultGemma's RMSNorm with 1+weight: gains are exported minus 1;
+# - OLMo's LayerNorm has no parameters: a bias-free one's gains move into the matrices after it (fold_gains);
 # - VaultGemma multiplies the embedding by sqrt(n_embd): it is exported divided by it, so its head cannot be tied;
-# - Qwen3 and VaultGemma have no MLP biases; GPT-2 has no grouped-query attention and no gated MLP.
+# - Qwen3, OLMo and VaultGemma have no MLP biases; GPT-2 has no grouped-query attention and no gated MLP.
 ARCHITECTURES = {
     "gpt2": dict(position={"learned"}, norm={"layernorm"}, qk_norm={False}, activation={"gelu", "relu2"},
                  logit_softcap={False}, grouped_kv={False}),
@@ -422,12 +432,15 @@ ARCHITECTURES = {
                   logit_softcap={False}, bias={False}),
     "nemotron": dict(position={"rope"}, norm={"layernorm"}, qk_norm={False}, activation={"gelu", "relu2"},
                      logit_softcap={False}),
+    "olmo": dict(position={"rope"}, norm={"layernorm"}, qk_norm={False}, activation={"swiglu", "relu2"},
+                 logit_softcap={False}, bias={False}),
     "vaultgemma": dict(position={"rope"}, norm={"rmsnorm"}, qk_norm={False}, activation={"swiglu", "relu2"},
                        logit_softcap={True}, bias={False}, tie_embeddings={False}),
 }
-HF_NAMES = {"gpt2": "GPT-2", "llama": "Llama", "qwen3": "Qwen3", "nemotron": "Nemotron", "vaultgemma": "VaultGemma"}
+HF_NAMES = {"gpt2": "GPT-2", "llama": "Llama", "qwen3": "Qwen3", "nemotron": "Nemotron", "olmo": "OLMo",
+            "vaultgemma": "VaultGemma"}
 CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM",
-           "nemotron": "NemotronForCausalLM", "vaultgemma": "VaultGemmaForCausalLM"}
+           "nemotron": "NemotronForCausalLM", "olmo": "OlmoForCausalLM", "vaultgemma": "VaultGemmaForCausalLM"}
 RMS_NORM_EPS = torch.finfo(torch.float32).eps  # what F.rms_norm uses on float32 when given no eps, as ours is
 
 
@@ -458,7 +471,8 @@ def architecture_for(config):
     stops = ", ".join(describe_switch(config, k) for k in lacking[nearest])
     raise UserError(
         f"cannot export to Hugging Face: no transformers architecture computes this model's switches together; the "
-        f"nearest, {HF_NAMES[nearest]}, cannot hold {stops} (exportable: GPT-2, Llama, Qwen3, Nemotron, VaultGemma; "
+        f"nearest, {HF_NAMES[nearest]}, cannot hold {stops} (exportable: GPT-2, Llama, Qwen3, Nemotron, OLMo, "
+        "VaultGemma; config/train_shakespeare_char_cpu_export.py is the fast preset with only exportable switches; "
         "see docs/code-analysis/hf-interop.md)"
     )
 
@@ -494,6 +508,8 @@ def hf_config(model, tokenizer_meta, arch="gpt2"):
     if arch == "nemotron":
         return common | decoder | {"hidden_act": activation, "norm_eps": LAYER_NORM_EPS, "mlp_bias": config.bias,
                                    "partial_rotary_factor": 1.0}
+    if arch == "olmo":  # the final norm's gain is in the head (see fold_gains), so the head is never tied
+        return common | decoder | {"hidden_act": activation, "clip_qkv": None, "tie_word_embeddings": False}
     decoder |= {"rms_norm_eps": RMS_NORM_EPS}
     full = ["full_attention"] * config.n_layer
     if arch == "llama":
@@ -561,13 +577,21 @@ def generation_config(config, tokenizer_meta):
     return settings
 
 
+def context_limit(block_size):
+    """What a user of a learned-position export must know before calling transformers: nothing in a standard config
+    stops a `max_new_tokens` past the position table (see docs/code-analysis/hf-interop.md)."""
+    return (f"learned positions end at {block_size} tokens: in transformers keep prompt + max_new_tokens within "
+            f"{block_size}, or pass handle_long_generation='hole' to the text-generation pipeline (a longer call fails "
+            "there with an IndexError; rotary runs, such as config/train_shakespeare_char_cpu_export.py's, carry on)")
+
+
 def ours_to_hf(model, arch="gpt2"):
     """Our weights under `arch`'s names and layouts, float32, every tensor contiguous and owning its memory
     (safetensors refuses views and shared tensors). A tied head is left out: transformers ties it."""
     state = {name: tensor.detach().to("cpu", torch.float32) for name, tensor in model.state_dict().items()}
     hf = gpt2_weights(model, state) if arch == "gpt2" else decoder_weights(model.config, state, arch)
     if not model.config.tie_embeddings:
-        hf["lm_head.weight"] = state["lm_head.weight"]
+        hf.setdefault("lm_head.weight", state["lm_head.weight"])
     return {name: tensor.contiguous().clone() for name, tensor in hf.items()}
 
 
@@ -583,9 +607,24 @@ def gpt2_weights(model, state):
     return hf
 
 
+def fold_gains(config, state):
+    """For OLMo, whose LayerNorms have neither gain nor bias: each of our (bias-free) norms' gains moved into the
+    matrix that reads the norm's output, W·(g⊙x) = (W·diag(g))·x: ln_1's into q, k and v, ln_2's into the MLP's
+    input, ln_f's into the head (which is therefore written even where ours is tied); the norms' gains become one."""
+    state = dict(state)
+    for i in range(config.n_layer):
+        for norm, matrix in (("ln_1", "attn.c_attn"), ("ln_2", "mlp.c_fc")):
+            gain = state[f"transformer.h.{i}.{norm}.weight"]
+            state[f"transformer.h.{i}.{matrix}.weight"] = state[f"transformer.h.{i}.{matrix}.weight"] * gain
+    state["lm_head.weight"] = state["lm_head.weight"] * state["transformer.ln_f.weight"]
+    return state
+
+
 def decoder_weights(config, state, arch):
-    """The Llama family's layout (Llama, Qwen3, Nemotron, VaultGemma): q, k, v and the MLP's matrices apart, and
-    each head's query and key channels reordered from our neighbouring rotary pairs to their halves."""
+    """The Llama family's layout (Llama, Qwen3, Nemotron, OLMo, VaultGemma): q, k, v and the MLP's matrices apart,
+    and each head's query and key channels reordered from our neighbouring rotary pairs to their halves."""
+    if arch == "olmo":
+        state = fold_gains(config, state)
     head_size = config.n_embd // config.n_head
     kv_size = config.kv_heads * head_size
     # our rotary turns channels (2i, 2i+1) together, theirs (i, i + head_size/2): evens first, then odds
@@ -593,8 +632,12 @@ def decoder_weights(config, state, arch):
     gain_offset = 1.0 if arch in ("nemotron", "vaultgemma") else 0.0  # they compute with weight+1 / 1+weight
     embedding = state["transformer.wte.weight"]
     hf = {"model.embed_tokens.weight": embedding / config.n_embd**0.5 if arch == "vaultgemma" else embedding}
+    if arch == "olmo":
+        hf["lm_head.weight"] = state["lm_head.weight"]
 
     def norm(ours, theirs):
+        if arch == "olmo":  # no parameters: fold_gains moved the gains
+            return
         hf[f"{theirs}.weight"] = state[f"{ours}.weight"] - gain_offset
         if arch == "nemotron":  # Nemotron's LayerNorm always has a bias; zero where ours has none
             hf[f"{theirs}.bias"] = state.get(f"{ours}.bias", torch.zeros(config.n_embd))

@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from nanogpt.train import train  # noqa: E402
 from tests.conftest import tiny_config  # noqa: E402
 
 TOL = 1e-4
+CONFIGS = Path(__file__).resolve().parents[1] / "config"
 
 
 def tiny_hf_model(seed=0, **overrides):
@@ -162,6 +164,8 @@ EXPORTABLE = {
                            tie_embeddings=False, zero_init_proj=True, bias=False), "Qwen3ForCausalLM"),
     "nemotron-layernorm": (dict(position="rope", activation="gelu", bias=True, tie_embeddings=False),
                            "NemotronForCausalLM"),
+    "olmo-layernorm-swiglu-tied": (dict(position="rope", activation="swiglu", n_kv_head=2, bias=False),
+                                   "OlmoForCausalLM"),
     "vaultgemma-softcap": (dict(position="rope", norm="rmsnorm", activation="swiglu", n_kv_head=2,
                                 logit_softcap=5.0, tie_embeddings=False, bias=False), "VaultGemmaForCausalLM"),
 }
@@ -199,6 +203,8 @@ def test_export_each_architecture_matches_ours(tmp_path, monkeypatch, switches, 
     assert len(set(greedy)) > 1  # a model stuck on one token would make the comparison weak
     again = GPT.from_pretrained(tmp_path / "hf")  # and the folder loads back here, as the same model
     architecture_switches = {k: v for k, v in switches.items() if k != "zero_init_proj"}  # only initialisation
+    if architecture == "OlmoForCausalLM":  # its final norm's gain went into the head, which is no longer tied
+        architecture_switches["tie_embeddings"] = False
     assert {k: getattr(again.config, k) for k in architecture_switches} == architecture_switches
     assert max_diff_to_hf(again, theirs, len(CHARS), length=32) < TOL
 
@@ -220,27 +226,52 @@ def test_export_refuses_what_no_architecture_holds(tmp_path):
     assert not (tmp_path / "hf").exists()
 
 
-def test_exported_modern_run_generates_past_its_context(tmp_path, monkeypatch):
-    """A run trained with the modern switches (rotary, RMSNorm, QK-norm, ReLU², untied head) exports as Qwen3;
-    the text-generation pipeline continues greedily as `nanogpt sample` does, and asked for more tokens than the
-    context holds, it carries on (rotary positions have no table to run out of)."""
+def preset_switches(name):
+    """The architecture switches a preset in config/ sets (its sizes left to the test)."""
+    from nanogpt.config import load_config
+    from nanogpt.train import ARCHITECTURE
+
+    cfg = load_config([str(CONFIGS / f"{name}.py")])
+    sizes = {"block_size", "vocab_size", "n_layer", "n_head", "n_embd"}
+    return {k: getattr(cfg, k) for k in ARCHITECTURE if k not in sizes}
+
+
+def test_export_preset_is_the_fast_preset_with_exportable_switches():
+    """config/train_shakespeare_char_cpu_export.py differs from the fast preset only in architecture switches, and
+    only it exports."""
+    from nanogpt.config import load_config
+    from nanogpt.train import ARCHITECTURE
+
+    fast, export = (load_config([str(CONFIGS / f"train_shakespeare_char_cpu_{name}.py")]).to_dict()
+                    for name in ("fast", "export"))
+    assert {k for k in fast if fast[k] != export[k]} - {"out_dir"} <= set(ARCHITECTURE)
+    assert hf.architecture_for(random_model(**preset_switches("train_shakespeare_char_cpu_export")).config)
+    with pytest.raises(UserError, match="cpu_export.py is the fast preset with only exportable switches"):
+        hf.architecture_for(random_model(**preset_switches("train_shakespeare_char_cpu_fast")).config)
+
+
+def test_exportable_preset_run_exports_and_generates_past_its_context(tmp_path, monkeypatch):
+    """A run of the exportable preset's architecture exports to a standard architecture that transformers loads
+    offline without remote code; the text-generation pipeline continues greedily as `nanogpt sample` does, and
+    asked for more tokens than the context holds, it carries on (rotary positions have no table to run out of)."""
     from nanogpt.sample import SampleConfig, sample
 
-    run = prepare_run(tmp_path, "char", position="rope", norm="rmsnorm", qk_norm=True, activation="relu2",
-                      tie_embeddings=False, zero_init_proj=True)
+    run = prepare_run(tmp_path, "char", **preset_switches("train_shakespeare_char_cpu_export"))
     assert cli.main(["export", f"--out_dir={run}", f"--to={tmp_path / 'hf'}"]) == 0
+    assert "auto_map" not in json.loads((tmp_path / "hf" / "config.json").read_text())
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     prompt, n = "First Citizen:\nYou", 24
     (ours,) = sample(SampleConfig(out_dir=str(run), start=prompt, num_samples=1, max_new_tokens=n, temperature=0,
                                   device="cpu", dtype="float32"), write=lambda *a: None)
-    generate = transformers.pipeline("text-generation", model=str(tmp_path / "hf"), device="cpu")
-    assert type(generate.model).__name__ == "Qwen3ForCausalLM"
+    generate = transformers.pipeline("text-generation", model=str(tmp_path / "hf"), device="cpu",
+                                     trust_remote_code=False)
+    assert type(generate.model).__name__ in hf.CLASSES.values()
     assert generate(prompt, max_new_tokens=n, do_sample=False)[0]["generated_text"] == ours
     past = generate(prompt, max_new_tokens=60, do_sample=False)[0]["generated_text"]  # 18 + 60 > 64
     assert past.startswith(ours) and len(past) == len(prompt) + 60
     (again,) = sample(SampleConfig(init_from=str(tmp_path / "hf"), start=prompt, num_samples=1, max_new_tokens=n,
                                    temperature=0, device="cpu", dtype="float32"), write=lambda *a: None)
-    assert again == ours  # `nanogpt sample --init_from=FOLDER` reads the Qwen3 folder back
+    assert again == ours  # `nanogpt sample --init_from=FOLDER` reads the exported folder back
 
 
 def test_import_refuses_decoders_it_cannot_compute(tmp_path):
@@ -269,9 +300,11 @@ def test_learned_position_export_stops_at_its_context(tmp_path, monkeypatch):
     """GPT-2's position table ends at the block size: a pipeline call that names no length stops there (rather
     than adding the pipeline's default 256 tokens and indexing past the table), and handle_long_generation="hole"
     keeps a longer request within it."""
-    ours = random_model()
+    ours, logged = random_model(), []
     hf.export(ours, tmp_path / "hf", {"tokenizer": "char", "vocab_size": len(CHARS), "chars": CHARS},
-              log=lambda *a: None)
+              log=logged.append)
+    # nothing in a standard config stops an explicit max_new_tokens past the table: the export says so
+    assert logged[1].startswith("learned positions end at 32 tokens") and "handle_long_generation='hole'" in logged[1]
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     generate = transformers.pipeline("text-generation", model=str(tmp_path / "hf"), device="cpu")
     prompt = "hello world"

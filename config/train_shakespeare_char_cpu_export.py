@@ -1,0 +1,42 @@
+# The fast CPU quick start with only switches a standard Hugging Face architecture holds: `nanogpt export` writes
+# its runs as Qwen3, which transformers loads without remote code. Measured beside the fast preset by
+# benchmarks/export_preset.py; why these switches, in docs/code-analysis/hf-interop.md.
+
+out_dir = 'out-shakespeare-char-export'
+eval_interval = 50
+eval_iters = 10
+log_interval = 10
+always_save_checkpoint = False
+
+dataset = 'shakespeare_char'
+gradient_accumulation_steps = 1
+batch_size = 24
+block_size = 64
+
+n_layer = 4
+n_head = 4
+n_embd = 128
+dropout = 0.0
+bias = False
+
+# config/train_shakespeare_char_cpu_fast.py's switches, less the two no standard architecture holds beside QK-norm:
+# RMSNorm instead of its bias-free LayerNorm (Qwen3 normalises blocks and heads with RMSNorm), and no logit soft-cap
+position = 'rope'
+norm = 'rmsnorm'
+qk_norm = True
+activation = 'relu2'
+tie_embeddings = False
+zero_init_proj = True
+logit_softcap = 0.0
+
+optimizer = 'muon'
+muon_lr = 0.02
+learning_rate = 3e-3  # AdamW, for the embeddings, head and gains
+min_lr = 3e-4
+beta2 = 0.99
+max_iters = 650
+lr_decay_iters = 650
+warmup_iters = 50
+
+device = 'cpu'
+compile = False
