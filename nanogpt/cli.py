@@ -19,11 +19,13 @@ USAGE = """usage: nanogpt <command> [config files] [--key=value ...]
 commands:
   prepare NAME      prepare a dataset under data/NAME (shakespeare_char, shakespeare, openwebtext)
   prepare --input=PATH --name=NAME   prepare your own text (a file, a folder, a Hugging Face dataset)
+  prepare --input=PATH --name=NAME --format=chat   conversations (JSONL or a dataset of `messages`) for SFT
   train             train or finetune a model (python train.py)
   sample            sample from a trained model (python sample.py)
   bench             time the training step alone (python bench.py)
   export            write a run (or GPT-2 weights) as a Hugging Face folder: --out_dir=RUN --to=DIR
-  serve             serve a run over HTTP: OpenAI-style /v1/completions and a playground page at /
+  serve             serve a run over HTTP: OpenAI-style /v1/completions, /v1/chat/completions, a playground at /
+  chat              talk to a chat-finetuned run in the terminal: --out_dir=RUN [--system=PROMPT]
   eval              evaluate a run (or GPT-2): --out_dir=RUN --tasks=loss,bpb,hellaswag
   plot              plot the loss curves of runs: --out_dir=RUN [RUN ...] [--to=loss.png] [--x=iter|time|tokens]
   report            write a run's report.md: settings, size, losses, evaluations, loss plot
@@ -127,6 +129,7 @@ SIMPLE_COMMANDS = {
     "bench": ("nanogpt.bench", "BenchConfig", "bench", "[config/file.py ...] [--key=value ...]"),
     "export": ("nanogpt.export", "ExportConfig", "export_run", "[--out_dir=RUN | --init_from=SOURCE] --to=DIR"),
     "serve": ("nanogpt.serve", "ServeConfig", "serve", "--out_dir=RUN [--port=8000] [--key=value ...]"),
+    "chat": ("nanogpt.chat", "ChatConfig", "chat", "--out_dir=RUN [--system=PROMPT] [--temperature=0.7]"),
     "eval": ("nanogpt.evaluate", "EvalConfig", "evaluate_model",
              "[--out_dir=RUN | --init_from=gpt2] --tasks=loss,bpb,hellaswag"),
     "report": ("nanogpt.report", "ReportConfig", "write_report", "--out_dir=RUN"),

@@ -143,20 +143,19 @@ WORDS = ("apple", "river", "stone", "cloud", "horse", "light", "bread", "queen",
          "ship", "tree", "fire", "snow", "wind", "gold", "rose", "bird", "king", "moon", "star", "door", "book",
          "lamp", "wolf", "bell", "lake", "hill", "salt", "milk", "ring", "iron", "rain", "sand", "fish", "bear",
          "leaf", "wine", "coat", "road", "seed", "rock", "song", "wall", "boat", "corn")
-SYSTEM_PROMPT = "Answer with the words asked for, nothing else."
+SYSTEM_PROMPT = "Answer with the word asked for, nothing else."
+SYNTHETIC_COUNT = 20_000  # the conversations `prepare --input=synthetic` writes
+SYNTHETIC_SEED = 1337  # ... drawn with this seed (prepare's default --seed)
 
 
 def synthetic_conversation(rng):
-    """One conversation of the synthetic task: a question about a list of words, with one right answer."""
-    words = rng.sample(WORDS, rng.randint(3, 5))
-    listed = " ".join(words)
-    kind = rng.choice(("first", "last", "repeat"))
-    if kind == "first":
-        question, answer = f"What is the first word of: {listed}?", words[0]
-    elif kind == "last":
-        question, answer = f"What is the last word of: {listed}?", words[-1]
-    else:
-        question, answer = f"Repeat after me: {listed}", listed
+    """One conversation of the synthetic task: which word of a list is first or last, with one right answer. A
+    pretrained model that has never seen the template answers with prose; finetuning teaches it the turns and
+    the task, and held-out lists (new draws) show whether it learned the task rather than the examples."""
+    words = rng.sample(WORDS, rng.randint(3, 6))
+    kind = rng.choice(("first", "last"))
+    question = f"What is the {kind} word of: {' '.join(words)}?"
+    answer = words[0] if kind == "first" else words[-1]
     messages = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
     return ([{"role": "system", "content": SYSTEM_PROMPT}] if rng.random() < 0.5 else []) + messages
 
@@ -165,6 +164,19 @@ def synthetic_conversations(count, seed):
     """count conversations of the synthetic task, the same ones for the same seed."""
     rng = random.Random(seed)
     return [synthetic_conversation(rng) for _ in range(count)]
+
+
+def synthetic_held_out(count, train_seed=SYNTHETIC_SEED, train_count=SYNTHETIC_COUNT):
+    """count conversations of the synthetic task whose questions are not among the train_count drawn with
+    train_seed (what `prepare --input=synthetic` writes): a fair test of what finetuning taught."""
+    seen = {c[-2]["content"] for c in synthetic_conversations(train_count, train_seed)}
+    rng, held_out = random.Random(f"held-out {train_seed}"), []
+    while len(held_out) < count:
+        c = synthetic_conversation(rng)
+        if c[-2]["content"] not in seen:
+            seen.add(c[-2]["content"])
+            held_out.append(c)
+    return held_out
 
 
 def synthetic_text(count, seed):
@@ -177,7 +189,7 @@ def synthetic_text(count, seed):
 # scoring: does the model give the right answer to held-out conversations?
 
 
-def exact_match(model, tokenizer, conversations, max_new_tokens=32, max_batch=64):
+def exact_match(model, tokenizer, conversations, max_new_tokens=16, max_batch=64):
     """The share of conversations whose last (assistant) message the model reproduces exactly, answering greedily
     from the ones before; and its answers. One batch of the generation engine (generate.py)."""
     from nanogpt.generate import BatchEngine, Completion

@@ -725,7 +725,6 @@ def progress_bar(desc, total, unit, iterable=None):
 # --- conversations: a chat dataset, tokens and loss masks -----------------------------------------------------------
 
 SYNTHETIC_INPUT = "synthetic"  # --input=synthetic: the synthetic task shipped with the package (conversation.py)
-SYNTHETIC_COUNT = 20_000  # conversations of it, drawn with --seed
 
 
 def prepare_chat(input, name, tokenizer="gpt2", tokenizer_from="", val_fraction=VAL_FRACTION, seed=SPLIT_SEED,
@@ -792,7 +791,7 @@ def read_conversations(input, seed, log):
     """The conversations (lists of messages, as read: checked later) of a JSONL file, a Hugging Face dataset with
     a 'messages' column, or the synthetic task."""
     if input == SYNTHETIC_INPUT:
-        from nanogpt.conversation import synthetic_conversations
+        from nanogpt.conversation import SYNTHETIC_COUNT, synthetic_conversations
 
         log(f"the synthetic task: {SYNTHETIC_COUNT:,} conversations drawn with seed {seed}")
         return synthetic_conversations(SYNTHETIC_COUNT, seed)

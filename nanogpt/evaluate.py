@@ -42,10 +42,10 @@ class EvalConfig:
     init_from: str = "resume"  # 'resume' evaluates the run in out_dir; or gpt2 … gpt2-xl, a hub name or an HF folder
     out_dir: str = "out"  # the run to evaluate; the results are added to its eval.json
     checkpoint: str = "auto"  # 'best' (best.pt), 'last' (ckpt.pt) or 'auto': the one nanoGPT would have kept
-    tasks: str = "loss,bpb"  # comma-separated, from: loss, bpb, hellaswag
+    tasks: str = "loss,bpb"  # comma-separated, from: loss, bpb, hellaswag, chat (exact match on conversations)
     dataset: str = ""  # loss/bpb: the dataset whose val split is read ('' = the run's own dataset)
     data_dir: str = ""  # the folder holding dataset folders ('' = the run's data_dir, else 'data')
-    data: str = ""  # hellaswag: a local copy of hellaswag_val.jsonl instead of the cached download
+    data: str = ""  # hellaswag: a local copy of hellaswag_val.jsonl; chat: a JSONL of conversations, or 'synthetic'
     limit: int = 0  # score only the first N val tokens (loss/bpb) or items (hellaswag); 0 = all
     batch_size: int = 16  # sequences per forward pass
     device: str = "auto"  # 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'
@@ -275,8 +275,35 @@ def hellaswag_download():
 
 # ------------------------------------------------------------------------------------------ tasks and command
 
+# ------------------------------------------------------------------------------------------ chat: exact match
+
+CHAT_ITEMS = 500  # held-out conversations of the synthetic task scored when --limit does not say
+
+
+def chat_task(ctx):
+    """Exact match on held-out conversations: the share whose last (assistant) message the model gives word for
+    word, answering greedily. --data=FILE.jsonl (OpenAI `messages`, the last one the assistant's), or
+    --data=synthetic: the synthetic task's held-out questions (those `prepare --input=synthetic` did not write)."""
+    from nanogpt.conversation import exact_match, problem, read_jsonl, synthetic_held_out
+
+    if not ctx.data:
+        raise UserError("the chat task needs conversations: --data=FILE.jsonl, or --data=synthetic")
+    if ctx.data == "synthetic":
+        conversations = synthetic_held_out(ctx.limit or CHAT_ITEMS)
+    else:
+        if not Path(ctx.data).is_file():
+            raise UserError(f"{ctx.data} not found: give a JSONL file of conversations with --data")
+        conversations = [c for c in read_jsonl(ctx.data) if not problem(c) and c[-1]["role"] == "assistant"]
+        conversations = conversations[:ctx.limit] if ctx.limit else conversations
+        if not conversations:
+            raise UserError(f"{ctx.data} holds no conversation ending with an assistant message to score")
+    with ctx.autocast:
+        accuracy, _ = exact_match(ctx.model, ctx.tokenizer, conversations)
+    return {"exact_match": accuracy, "items": len(conversations)}
+
+
 # name -> task function; the figures each returns are reported as "<name>_<figure>" (or "<name>" for its own)
-TASKS = {"loss": loss_task, "bpb": bpb_task, "hellaswag": hellaswag_task}
+TASKS = {"loss": loss_task, "bpb": bpb_task, "hellaswag": hellaswag_task, "chat": chat_task}
 
 
 def parse_tasks(text):
