@@ -66,6 +66,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a short run to check the pipeline (not saved)")
     parser.add_argument("--items", type=int, default=200, help="held-out conversations scored")
+    parser.add_argument("--results", default=None, help="where to write the figures (default: benchmarks/results)")
     args = parser.parse_args()
     pretrain_iters, sft_iters = (30, 40) if args.quick else (None, None)
 
@@ -98,7 +99,7 @@ def main():
     print(f"training wall time: pretraining {pretrain_s:.0f} s + SFT {sft_s:.0f} s = {pretrain_s + sft_s:.0f} s "
           f"(process start and evaluations included)")
     if not args.quick:
-        path = write_results("chat_sft", figures, notes="2-core CPU shared with other jobs; wall times include "
+        path = write_results("chat_sft", figures, path=args.results, notes="2-core CPU shared with other jobs; wall times include "
                              "process start-up and the runs' own evaluations")
         print(f"saved {path}")
 

@@ -211,32 +211,25 @@ def exact_match(model, tokenizer, conversations, max_new_tokens=16, max_batch=64
     return right / max(1, len(conversations)), answers
 
 
-def hf_chat_files(folder, tokenizer_meta):
-    """Add the chat template to an exported folder's tokenizer_config.json (and the turn tokens, for GPT-2's
-    vocab.json/merges.txt, which cannot list them), and <|end|> as an end of generation. Nothing for a base run."""
+def hf_chat_files(folder, tokenizer):
+    """Add the chat template to an exported folder's tokenizer_config.json (with the turn tokens for GPT-2's
+    vocab.json/merges.txt, which cannot list them) and <|end|> as an end of generation. Nothing for a base run."""
     from pathlib import Path
 
-    if tokenizer_meta is None or tokenizer_meta.get("chat") != TEMPLATE:
+    if getattr(tokenizer, "chat", None) != TEMPLATE:
         return
-    folder = Path(folder)
+    folder, turns = Path(folder), turn_ids(tokenizer)
     config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
     config["chat_template"] = HF_CHAT_TEMPLATE
-    if tokenizer_meta["tokenizer"] == "gpt2":
-        from nanogpt.bpe import VOCAB_SIZE
-
-        added = {VOCAB_SIZE + i: t for i, t in enumerate(tokenizer_meta.get("special_tokens", ()))}
+    if tokenizer.name == "gpt2":
+        added = {i: t for t, i in tokenizer.special_ids.items() if t in TURN_TOKENS}
         config["added_tokens_decoder"] = {str(i): {"content": t, "special": True, "lstrip": False, "rstrip": False,
                                                    "normalized": False, "single_word": False}
-                                          for i, t in added.items()}
-        config["additional_special_tokens"] = list(added.values())
-        end = next(i for i, t in added.items() if t == END)
-    else:
-        end = next(t["id"] for t in json.loads(tokenizer_meta["tokenizer_json"])["added_tokens"]
-                   if t["content"] == END)
+                                          for i, t in sorted(added.items())}
+        config["additional_special_tokens"] = [t for _, t in sorted(added.items())]
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     generation = folder / "generation_config.json"
     settings = json.loads(generation.read_text(encoding="utf-8")) if generation.is_file() else {}
     eos = settings.get("eos_token_id")
-    settings["eos_token_id"] = [e for e in ([eos] if isinstance(eos, int) else eos or []) if e != end] + [end]
+    settings["eos_token_id"] = [e for e in ([eos] if isinstance(eos, int) else eos or [])] + [turns["end"]]
     generation.write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
-

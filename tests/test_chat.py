@@ -1,0 +1,191 @@
+"""Chat: conversations rendered with the template and loss mask, masked SFT from a run, `nanogpt chat`,
+/v1/chat/completions through the official openai client, and the export's chat template against transformers."""
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nanogpt import cli
+from nanogpt.conversation import TEMPLATE, render, synthetic_conversations, synthetic_text
+from nanogpt.data import Dataset
+from nanogpt.datasets import prepare_chat, prepare_text
+from nanogpt.model import GPT, GPTConfig
+from nanogpt.runs import load_run
+from nanogpt.train import train
+from tests.conftest import tiny_config
+
+REPO = Path(__file__).resolve().parents[1]
+MALFORMED = [{"messages": [{"role": "robot", "content": "hi"}, {"role": "assistant", "content": "x"}]},
+             {"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "x"}]},
+             {"messages": [{"role": "user", "content": "hello"}]}]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A tiny base run pretrained on a BPE that reserves the turn tokens, and a run chat-finetuned from it on 300
+    synthetic conversations (and 3 malformed ones, left out): a few seconds in all."""
+    tmp = tmp_path_factory.mktemp("chat")
+    data = tmp / "data"
+    (tmp / "corpus.txt").write_text(synthetic_text(400, seed=0), encoding="utf-8")
+    prepare_text(str(tmp / "corpus.txt"), "base", tokenizer="bpe", vocab_size=320, turn_tokens=True,
+                 data_dir=str(data), log=lambda *_: None)
+    rows = [{"messages": c} for c in synthetic_conversations(300, seed=1)] + MALFORMED
+    (tmp / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    log = []
+    prepare_chat(str(tmp / "chat.jsonl"), "chat", tokenizer_from=str(data / "base"), data_dir=str(data),
+                 log=log.append)
+    settings = dict(block_size=96, eval_interval=4, max_iters=4, lr_decay_iters=4, log_interval=2)
+    train(tiny_config(data, tmp / "base", dataset="base", **settings), log=lambda *_: None)
+    sft_log = []
+    train(tiny_config(data, tmp / "sft", dataset="chat", init_from=str(tmp / "base"), document_aligned=True,
+                      **settings), log=sft_log.append)
+    return {"tmp": tmp, "data": data, "base": tmp / "base", "sft": tmp / "sft", "prepare_log": log,
+            "sft_log": sft_log}
+
+
+def test_malformed_conversations_are_counted_and_reported(runs):
+    report = next(line for line in runs["prepare_log"] if line.startswith("left out"))
+    assert "3 of 303" in report
+    assert all(why in report for why in ("unknown role", "empty content", "no assistant turn"))
+
+
+def test_the_mask_counts_the_assistant_tokens_only(runs):
+    dataset = Dataset(runs["data"] / "chat")
+    assert dataset.masked and dataset.meta["chat"] == TEMPLATE
+    model, tokenizer = load_run(runs["sft"])
+    # the stored mask is the template's: 1 on the assistant's content and its <|end|>, nowhere else
+    first = synthetic_conversations(300, seed=1)
+    starts = dataset.document_starts("train", 8)
+    n = int(starts[1] - starts[0])
+    ids, mask = dataset.read("train", 0, n), dataset.read("train", 0, n, mask=True)
+    expected = next(render(tokenizer, c) for c in first if render(tokenizer, c)[0] == ids[:-1].tolist())
+    assert mask.tolist() == expected[1] + [0]
+    block = 64
+    x, y = dataset.batch("train", [0], block)
+    rows = torch.from_numpy(dataset.read("train", 0, block + 1).astype(np.int64))[None]
+    masks = dataset.read("train", 0, block + 1, mask=True)[None, 1:]
+
+    def loss_with(targets):
+        masked = torch.where(torch.from_numpy(masks == 1), targets, -1)
+        return model(x, masked)[1].item()
+
+    base = loss_with(rows[:, 1:])
+    assert base == pytest.approx(model(x, y)[1].item())
+    user, assistant = int(np.flatnonzero(masks[0] == 0)[3]), int(np.flatnonzero(masks[0] == 1)[0])
+    changed = rows[:, 1:].clone()
+    changed[0, user] = (changed[0, user] + 1) % 300
+    assert loss_with(changed) == base  # a user token's target: nothing changes
+    changed = rows[:, 1:].clone()
+    changed[0, assistant] = (changed[0, assistant] + 1) % 300
+    assert loss_with(changed) != base  # an assistant token's target: the loss changes
+    assert any("the loss is over the assistant's tokens only" in line for line in runs["sft_log"])
+    assert any("initializing from the weights of the run" in line for line in runs["sft_log"])
+
+
+def test_growing_the_vocabulary_keeps_the_old_logits():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=50, dropout=0.0))
+    idx = torch.randint(0, 50, (1, 8))
+    before = model(idx)[0]
+    model.grow_vocab(64)
+    after = model(idx)[0]
+    assert after.shape[-1] == 64 and model.config.vocab_size == 64
+    assert torch.allclose(after[..., :50], before)
+    assert torch.allclose(model.transformer.wte.weight[60], model.transformer.wte.weight[:50].mean(0))
+
+
+def test_gpt2_chat_tokenizer_adds_turn_tokens_past_50256():
+    from nanogpt.bpe import GPT2Tokenizer
+    from nanogpt.conversation import chat_tokenizer_meta, turn_ids
+    from nanogpt.tokenizers import tokenizer_from_meta
+
+    tokenizer = tokenizer_from_meta(chat_tokenizer_meta(GPT2Tokenizer()))
+    assert tokenizer.vocab_size == 50261 and tokenizer.chat == TEMPLATE
+    assert sorted(turn_ids(tokenizer).values()) == [50257, 50258, 50259, 50260]
+    assert tokenizer.encode("<|user|>") != [turn_ids(tokenizer)["user"]]  # typed text is never a turn token
+
+
+def test_a_base_run_asked_for_chat_gets_one_line(runs, capsys):
+    assert cli.run("chat", [f"--out_dir={runs['base']}", "--device=cpu"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "was not chat-finetuned" in err
+
+
+def test_openai_client_chat_and_the_terminal_chat_give_the_same_answers(runs):
+    openai = pytest.importorskip("openai")
+    pytest.importorskip("aiohttp")
+    from tests.test_serve import serving
+
+    turns = ["What is the first word of: moon star door?", "What is the last word of: rose gold fish?"]
+    piped = subprocess.run([sys.executable, "-m", "nanogpt.cli", "chat", f"--out_dir={runs['sft']}",
+                            "--temperature=0", "--max_new_tokens=12", "--device=cpu", "--threads=1"],
+                           input="\n".join(turns) + "\n", capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert piped.returncode == 0, piped.stderr
+    with serving(runs["sft"], max_tokens_limit=64) as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+        messages, expected = [], ""
+        for turn in turns:
+            messages.append({"role": "user", "content": turn})
+            answer = client.chat.completions.create(model="x", messages=messages, temperature=0, max_tokens=12)
+            text = answer.choices[0].message.content
+            assert answer.object == "chat.completion" and answer.choices[0].message.role == "assistant"
+            assert answer.usage.completion_tokens >= 1
+            chunks = client.chat.completions.create(model="x", messages=messages, temperature=0, max_tokens=12,
+                                                    stream=True)
+            assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
+            messages.append({"role": "assistant", "content": text})
+            expected += text + "\n"
+        with serving(runs["base"]) as base:
+            client = openai.OpenAI(base_url=base.url + "/v1", api_key="unused", max_retries=0)
+            with pytest.raises(openai.BadRequestError, match="not chat-finetuned"):
+                client.chat.completions.create(model="x", messages=messages[:1])
+    assert piped.stdout == expected and len(expected.strip()) > 2, (piped.stdout, expected)
+
+
+def random_conversation(rng):
+    words = ["hello", " world", "\n", "42", "é", "  spaced", "<b>", "rose", "?", "!"]
+    text = lambda: "".join(rng.choice(words) for _ in range(rng.randint(1, 8))).strip() or "x"
+    roles = ["system"] * (rng.random() < 0.3) + ["user", "assistant"] * rng.randint(1, 3)
+    return [{"role": role, "content": text()} for role in roles[:-1 if rng.random() < 0.5 else None]]
+
+
+def test_export_carries_the_chat_template_and_greedy_answers_match(runs, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from nanogpt.conversation import turn_ids
+
+    assert cli.run("export", [f"--out_dir={runs['sft']}", f"--to={tmp_path / 'hf'}"]) == 0
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    model, ours = load_run(runs["sft"])
+    rng = random.Random(0)
+    for _ in range(20):
+        messages = random_conversation(rng)
+        generation_prompt = messages[-1]["role"] != "assistant"
+        got = theirs.apply_chat_template(messages, tokenize=True, add_generation_prompt=generation_prompt,
+                                         return_dict=False)
+        assert list(got) == render(ours, messages, generation_prompt)[0]
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    end, lengths = turn_ids(ours)["end"], []
+    for messages in synthetic_conversations(3, seed=7):
+        prompt = render(ours, messages[:-1], generation_prompt=True)[0]
+        out = hf_model.generate(torch.tensor([prompt]), max_new_tokens=10, do_sample=False)[0, len(prompt):]
+        assert out.tolist() == greedy_tokens(model.eval(), ours, prompt, 10, end)
+        lengths.append(len(out))
+    assert max(lengths) > 1  # answers, not an immediate stop
+
+
+def greedy_tokens(model, tokenizer, prompt, n, end):
+    """Our engine's greedy tokens after prompt, up to and with the first <|end|> or <|endoftext|>."""
+    from nanogpt.generate import BatchEngine, Completion
+
+    engine = BatchEngine(model, tokenizer, 1, stop_token=tokenizer.eot_token)
+    c = Completion(prompt, n, temperature=0.0, stop_ids=(end,))
+    engine.add(c)
+    while engine.running:
+        engine.step()
+    return c.tokens[len(prompt):]
