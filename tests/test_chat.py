@@ -1,11 +1,13 @@
 """Chat: conversations rendered with the template and loss mask, masked SFT from a run, `nanogpt chat`,
 /v1/chat/completions through the official openai client, and the export's chat template against transformers."""
 
+import asyncio
 import json
 import random
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pytest
@@ -189,3 +191,21 @@ def greedy_tokens(model, tokenizer, prompt, n, end):
     while engine.running:
         engine.step()
     return c.tokens[len(prompt):]
+
+
+def test_the_playground_chat_mode_streams_the_answer(runs, tmp_path):
+    pytest.importorskip("aiohttp")
+    from tests.chromium import find_chromium
+    from tests.test_serve import page_result, post, serving
+
+    browser = find_chromium()
+    if browser is None:
+        pytest.skip("no chromium binary installed (apt-get install -y chromium) to load the playground page")
+    question = "What is the first word of: moon star door?"
+    with serving(runs["sft"], max_tokens_limit=64) as server:
+        url = f"{server.url}/?chat=1&prompt={quote(question)}&max_tokens=12&temperature=0&autorun=1"
+        state, text = asyncio.run(asyncio.wait_for(page_result(browser, url, tmp_path / "chromium"), 120))
+        _, answer, _ = post(server, {"messages": [{"role": "user", "content": question}], "max_tokens": 12,
+                                     "temperature": 0}, path="/v1/chat/completions")
+    assert state == "done"
+    assert text == f"user: {question}\nassistant: " + answer["choices"][0]["message"]["content"]
