@@ -15,6 +15,7 @@ saves them in benchmarks/results/chat_sft.json (not with --quick, a short run to
 import argparse
 import json
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -28,17 +29,24 @@ from results import write_results  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 CANONICAL = REPO.parent / "shared" / "tiny-shakespeare" / "input.txt"
 WORD_LINES = 5000  # lines of the task's words added to the pretraining text, so its BPE and model know them
+SHAKESPEARE_CHARS = 1_000_000  # of the pretraining text: enough for a brief pretraining, quick to tokenize
+
+
+def cpu_seconds():
+    """CPU time (user + system) of the finished child processes so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run(cmd, label):
-    """Run a command from the repository root, printing it; returns (stdout, wall seconds)."""
+    """Run a command from the repository root, printing it; returns (stdout, wall seconds, CPU seconds)."""
     print("$ " + " ".join(str(c) for c in cmd), flush=True)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), cpu_seconds()
     proc = subprocess.run([str(c) for c in cmd], cwd=REPO, capture_output=True, text=True)
     elapsed = time.perf_counter() - started
     if proc.returncode != 0:
         sys.exit(f"{label} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    return proc.stdout, elapsed
+    return proc.stdout, elapsed, cpu_seconds() - cpu
 
 
 def corpus_text(work):
@@ -52,7 +60,7 @@ def corpus_text(work):
     if CANONICAL.is_file():
         shutil.copy(CANONICAL, folder / "input.txt")
     text = shakespeare_text(folder, log=lambda *_: None)
-    return text + "\n" + synthetic_text(WORD_LINES, seed=0) + "\n"
+    return text[:SHAKESPEARE_CHARS] + "\n" + synthetic_text(WORD_LINES, seed=0) + "\n"
 
 
 def exact_match(out_dir, items):
@@ -81,11 +89,12 @@ def main():
              "--name=chat_demo", f"--data_dir={data}"], "prepare the conversations")
         short = lambda n: [f"--max_iters={n}", f"--lr_decay_iters={n}", f"--eval_interval={n}"] if n else []
         base, sft = work / "base", work / "sft"
-        log, pretrain_s = run([sys.executable, "train.py", "config/chat_demo_pretrain.py", f"--data_dir={data}",
-                               f"--out_dir={base}", *short(pretrain_iters)], "pretraining")
+        _, pretrain_s, pretrain_cpu = run([sys.executable, "train.py", "config/chat_demo_pretrain.py",
+                                           f"--data_dir={data}", f"--out_dir={base}", *short(pretrain_iters)],
+                                          "pretraining")
         before = exact_match(base, args.items)
-        log, sft_s = run([sys.executable, "train.py", "config/sft_chat_demo.py", f"--init_from={base}",
-                          f"--data_dir={data}", f"--out_dir={sft}", *short(sft_iters)], "SFT")
+        log, sft_s, sft_cpu = run([sys.executable, "train.py", "config/sft_chat_demo.py", f"--init_from={base}",
+                                   f"--data_dir={data}", f"--out_dir={sft}", *short(sft_iters)], "SFT")
         val = [float(v) for v in re.findall(r"val loss (\d+\.\d+)", log)]
         after = exact_match(sft, args.items)
     finally:
@@ -93,11 +102,12 @@ def main():
 
     figures = {"exact_match_before": before, "exact_match_after": after, "items": args.items,
                "pretrain_s": round(pretrain_s, 1), "sft_s": round(sft_s, 1),
-               "training_s": round(pretrain_s + sft_s, 1), "sft_val_loss_assistant_tokens": val[-1] if val else None}
+               "training_s": round(pretrain_s + sft_s, 1), "training_cpu_s": round(pretrain_cpu + sft_cpu, 1),
+               "sft_val_loss_assistant_tokens": val[-1] if val else None}
     print(f"held-out exact match ({args.items} questions not in the training set): before SFT {before:.1%}, "
           f"after SFT {after:.1%}")
     print(f"training wall time: pretraining {pretrain_s:.0f} s + SFT {sft_s:.0f} s = {pretrain_s + sft_s:.0f} s "
-          f"(process start and evaluations included)")
+          f"(process start and evaluations included); CPU time {pretrain_cpu + sft_cpu:.0f} s on 2 threads")
     if not args.quick:
         path = write_results("chat_sft", figures, path=args.results, notes="2-core CPU shared with other jobs; wall times include "
                              "process start-up and the runs' own evaluations")

@@ -4,22 +4,22 @@
 
 out_dir = 'out-chat-demo-base'
 dataset = 'chat_demo_base'
-eval_interval = 300
+eval_interval = 200
 eval_iters = 10
 log_interval = 25
 
 gradient_accumulation_steps = 1
-batch_size = 12
-block_size = 128
+batch_size = 16
+block_size = 64
 
-n_layer = 4
+n_layer = 2
 n_head = 4
 n_embd = 128
 dropout = 0.0
 
-learning_rate = 1e-3
-max_iters = 300
-lr_decay_iters = 300
+learning_rate = 2e-3
+max_iters = 200
+lr_decay_iters = 200
 min_lr = 1e-4
 beta2 = 0.99
 warmup_iters = 30

@@ -189,22 +189,21 @@ def synthetic_text(count, seed):
 # scoring: does the model give the right answer to held-out conversations?
 
 
-def exact_match(model, tokenizer, conversations, max_new_tokens=16, max_batch=64):
+def exact_match(model, tokenizer, conversations, slack=8, max_batch=64):
     """The share of conversations whose last (assistant) message the model reproduces exactly, answering greedily
-    from the ones before; and its answers. One batch of the generation engine (generate.py)."""
+    from the ones before; and its answers. Each answer may run `slack` tokens past the expected one's length (more
+    could only make it wrong). One batch of the generation engine (generate.py)."""
     from nanogpt.generate import BatchEngine, Completion
 
     turns = turn_ids(tokenizer)
     engine = BatchEngine(model, tokenizer, max_batch, stop_token=tokenizer.eot_token)
     answers, pending = [""] * len(conversations), list(enumerate(conversations))
-    completions = {}
     while pending or engine.running:
         while pending and engine.free:
             i, messages = pending.pop(0)
-            ids, _ = prompt_ids(tokenizer, messages[:-1], model.config.block_size, max_new_tokens)
-            c = Completion(ids, max_new_tokens, temperature=0.0, stop_ids=(turns["end"],), tag=i)
-            completions[i] = c
-            engine.add(c)
+            room = len(tokenizer.encode(messages[-1]["content"])) + slack
+            ids, _ = prompt_ids(tokenizer, messages[:-1], model.config.block_size, room)
+            engine.add(Completion(ids, room, temperature=0.0, stop_ids=(turns["end"],), tag=i))
         for c, text, _ in engine.step():
             answers[c.tag] += text
     right = sum(a.strip() == m[-1]["content"].strip() for a, m in zip(answers, conversations))

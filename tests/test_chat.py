@@ -209,3 +209,22 @@ def test_the_playground_chat_mode_streams_the_answer(runs, tmp_path):
                                      "temperature": 0}, path="/v1/chat/completions")
     assert state == "done"
     assert text == f"user: {question}\nassistant: " + answer["choices"][0]["message"]["content"]
+
+
+def test_a_gpt2_chat_export_renders_our_prompt_ids(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from nanogpt import hf
+    from nanogpt.bpe import GPT2Tokenizer
+    from nanogpt.conversation import chat_tokenizer_meta, hf_chat_files
+    from nanogpt.tokenizers import tokenizer_from_meta
+
+    ours = tokenizer_from_meta(chat_tokenizer_meta(GPT2Tokenizer()))
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=64, vocab_size=50304, dropout=0.0))
+    hf.export(model, tmp_path / "hf", ours.describe(), log=lambda *_: None,
+              finish=lambda folder: hf_chat_files(folder, ours))
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    rng = random.Random(1)
+    for _ in range(5):
+        messages = random_conversation(rng)
+        got = theirs.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=False)
+        assert list(got) == render(ours, messages, generation_prompt=True)[0]
