@@ -90,6 +90,18 @@ def test_the_mask_counts_the_assistant_tokens_only(runs):
     assert any("initializing from the weights of the run" in line for line in runs["sft_log"])
 
 
+def test_a_chat_finetuning_run_resumes(runs, tmp_path):
+    import shutil
+
+    shutil.copytree(runs["sft"], tmp_path / "sft")
+    log = []
+    result = train(tiny_config(runs["data"], tmp_path / "sft", dataset="chat", init_from="resume", block_size=96,
+                               document_aligned=True, max_iters=6, lr_decay_iters=6, eval_interval=2),
+                   log=log.append)
+    assert result.iter_num == 6 and any("resuming training" in line for line in log)
+    assert load_run(tmp_path / "sft")[1].chat == TEMPLATE
+
+
 def test_growing_the_vocabulary_keeps_the_old_logits():
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=50, dropout=0.0))
@@ -173,11 +185,16 @@ def test_export_carries_the_chat_template_and_greedy_answers_match(runs, tmp_pat
         assert list(got) == render(ours, messages, generation_prompt)[0]
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
     end, lengths = turn_ids(ours)["end"], []
+    pipe = transformers.pipeline("text-generation", model=hf_model, tokenizer=theirs)
     for messages in synthetic_conversations(3, seed=7):
         prompt = render(ours, messages[:-1], generation_prompt=True)[0]
         out = hf_model.generate(torch.tensor([prompt]), max_new_tokens=10, do_sample=False)[0, len(prompt):]
-        assert out.tolist() == greedy_tokens(model.eval(), ours, prompt, 10, end)
+        greedy = greedy_tokens(model.eval(), ours, prompt, 10, end)
+        assert out.tolist() == greedy
         lengths.append(len(out))
+        # the pipeline, given messages, applies the template itself and answers as we do
+        answer = pipe(messages[:-1], max_new_tokens=10, do_sample=False)[0]["generated_text"][-1]
+        assert answer == {"role": "assistant", "content": ours.decode([t for t in greedy if t != end])}
     assert max(lengths) > 1  # answers, not an immediate stop
 
 
@@ -228,3 +245,35 @@ def test_a_gpt2_chat_export_renders_our_prompt_ids(tmp_path):
         messages = random_conversation(rng)
         got = theirs.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=False)
         assert list(got) == render(ours, messages, generation_prompt=True)[0]
+
+
+def test_the_history_keeps_the_system_prompt_and_drops_the_oldest_turns(runs):
+    from nanogpt.conversation import prompt_ids
+
+    _, tokenizer = load_run(runs["sft"])
+    system = {"role": "system", "content": "Be brief."}
+    turns = [{"role": role, "content": f"message {i} " * 4} for i in range(6) for role in ("user", "assistant")]
+    messages = [system, *turns[:-1]]
+    ids, dropped = prompt_ids(tokenizer, messages, block_size=60, room=10)
+    assert dropped > 0 and len(ids) + 10 <= 60
+    assert ids == render(tokenizer, [system, *messages[1 + dropped:]], generation_prompt=True)[0]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--tokenizer=char"], "a chat dataset uses the tokenizer of the model it finetunes"),
+    (["--tokenizer_from=nowhere"], "is neither a prepared dataset"),
+    (["--vocab_size=300"], "--vocab_size is not a setting of --format=chat"),
+    (["--format=dialogue"], "unknown format 'dialogue'"),
+])
+def test_chat_prepare_mistakes_are_one_line(runs, capsys, args, message):
+    assert cli.run("prepare", [f"--input={runs['tmp'] / 'chat.jsonl'}", "--name=x", "--format=chat",
+                               f"--data_dir={runs['tmp'] / 'errors'}", *args]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
+
+
+def test_a_line_that_is_not_json_is_named(tmp_path, capsys):
+    (tmp_path / "bad.jsonl").write_text('{"messages": []}\n{oops\n', encoding="utf-8")
+    assert cli.run("prepare", [f"--input={tmp_path / 'bad.jsonl'}", "--name=x", "--format=chat",
+                               f"--data_dir={tmp_path}"]) == 1
+    assert "line 2, is not JSON" in capsys.readouterr().err
