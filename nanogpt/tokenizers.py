@@ -84,7 +84,7 @@ class HFTokenizer:
 
 def tokenizer_from_meta(meta):
     """The tokenizer a meta dict describes; its `chat` is the chat template a chat dataset or a chat-finetuned
-    run names (None: not for chat, see chat.py)."""
+    run names (None: not for chat, see conversation.py)."""
     tokenizer = tokenizer_of_kind(meta)
     tokenizer.chat = meta.get("chat")
     return tokenizer

@@ -45,7 +45,7 @@ NOTES = {
         "eval_only": "True to measure a checkpoint's (or a fresh model's) losses without training.",
         "always_save_checkpoint": "False on small data that overfits, so ckpt.pt stays the best model.",
         "init_from": "'resume' to continue a run in out_dir; 'gpt2' … 'gpt2-xl' or a local HF folder to finetune "
-                     "(needs pip install -e '.[hf]').",
+                     "(needs pip install -e '.[hf]'); another run's folder to finetune it, e.g. on conversations.",
         "seed": "Change to get a different but equally reproducible run (weights, batches, dropout).",
         "wandb_log": "True to follow a long run in a browser; needs `pip install wandb`.",
         "wandb_project": "Per experiment family.",
