@@ -210,6 +210,21 @@ def exact_match(model, tokenizer, conversations, slack=8, max_batch=64):
     return right / max(1, len(conversations)), answers
 
 
+def exported_chat_meta(folder, meta):
+    """The tokenizer description of a model folder, marked as chat (with GPT-2's added turn tokens) when
+    hf_chat_files wrote our template into it: an exported chat run chats again when loaded from its folder."""
+    from pathlib import Path
+
+    path = Path(folder) / "tokenizer_config.json"
+    config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if config.get("chat_template") != HF_CHAT_TEMPLATE:
+        return meta
+    if meta.get("tokenizer") == "gpt2":
+        meta = dict(meta, special_tokens=config.get("additional_special_tokens", []))
+        meta["vocab_size"] += len(meta["special_tokens"])
+    return dict(meta, chat=TEMPLATE)
+
+
 def hf_chat_files(folder, tokenizer):
     """Add the chat template to an exported folder's tokenizer_config.json (with the turn tokens for GPT-2's
     vocab.json/merges.txt, which cannot list them) and <|end|> as an end of generation. Nothing for a base run."""

@@ -196,6 +196,15 @@ def test_export_carries_the_chat_template_and_greedy_answers_match(runs, tmp_pat
         answer = pipe(messages[:-1], max_new_tokens=10, do_sample=False)[0]["generated_text"][-1]
         assert answer == {"role": "assistant", "content": ours.decode([t for t in greedy if t != end])}
     assert max(lengths) > 1  # answers, not an immediate stop
+    # the exported folder chats as the run does
+    from nanogpt.chat import ChatConfig, chat
+
+    question, answers = next(m["content"] for m in messages if m["role"] == "user"), []
+    for source in (dict(out_dir=str(runs["sft"])), dict(init_from=str(tmp_path / "hf"))):
+        said = []
+        chat(ChatConfig(**source, temperature=0, max_new_tokens=8, device="cpu"), [question], said.append)
+        answers.append("".join(said))
+    assert answers[0] == answers[1] and answers[0].endswith("\n")
 
 
 def greedy_tokens(model, tokenizer, prompt, n, end):
