@@ -189,10 +189,11 @@ def synthetic_text(count, seed):
 # scoring: does the model give the right answer to held-out conversations?
 
 
-def exact_match(model, tokenizer, conversations, slack=8, max_batch=64):
-    """The share of conversations whose last (assistant) message the model reproduces exactly, answering greedily
-    from the ones before; and its answers. Each answer may run `slack` tokens past the expected one's length (more
-    could only make it wrong). One batch of the generation engine (generate.py)."""
+def exact_match(model, tokenizer, conversations, slack=8, max_batch=64, check=None):
+    """The share of conversations whose last (assistant) message the model reproduces exactly (or, with
+    check(answer, expected), as a task judges it), answering greedily from the ones before; and its answers. Each
+    answer may run `slack` tokens past the expected one's length (more could only make it wrong). One batch of the
+    generation engine (generate.py)."""
     from nanogpt.generate import BatchEngine, Completion
 
     turns = turn_ids(tokenizer)
@@ -206,7 +207,8 @@ def exact_match(model, tokenizer, conversations, slack=8, max_batch=64):
             engine.add(Completion(ids, room, temperature=0.0, stop_ids=(turns["end"],), tag=i))
         for c, text, _ in engine.step():
             answers[c.tag] += text
-    right = sum(a.strip() == m[-1]["content"].strip() for a, m in zip(answers, conversations))
+    check = check or (lambda answer, expected: answer.strip() == expected.strip())
+    right = sum(bool(check(a, m[-1]["content"])) for a, m in zip(answers, conversations))
     return right / max(1, len(conversations)), answers
 
 

@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
@@ -42,7 +43,7 @@ class EvalConfig:
     init_from: str = "resume"  # 'resume' evaluates the run in out_dir; or gpt2 … gpt2-xl, a hub name or an HF folder
     out_dir: str = "out"  # the run to evaluate; the results are added to its eval.json
     checkpoint: str = "auto"  # 'best' (best.pt), 'last' (ckpt.pt) or 'auto': the one nanoGPT would have kept
-    tasks: str = "loss,bpb"  # comma-separated, from: loss, bpb, hellaswag, chat (exact match on conversations)
+    tasks: str = "loss,bpb"  # comma-separated: loss, bpb, hellaswag; chat (exact match), gsm8k, arc (network)
     dataset: str = ""  # loss/bpb: the dataset whose val split is read ('' = the run's own dataset)
     data_dir: str = ""  # the folder holding dataset folders ('' = the run's data_dir, else 'data')
     data: str = ""  # hellaswag: a local copy of hellaswag_val.jsonl; chat: a JSONL of conversations, or 'synthetic'
@@ -273,8 +274,6 @@ def hellaswag_download():
     return path
 
 
-# ------------------------------------------------------------------------------------------ tasks and command
-
 # ------------------------------------------------------------------------------------------ chat: exact match
 
 CHAT_ITEMS = 500  # held-out conversations of the synthetic task scored when --limit does not say
@@ -302,8 +301,71 @@ def chat_task(ctx):
     return {"exact_match": accuracy, "items": len(conversations)}
 
 
+
+def gsm8k_task(ctx):
+    """Grade-school maths (GSM8K, Cobbe et al. 2021) asked as chat: right when the last number of the model's
+    answer is the reference's final answer (after '####'). From the Hugging Face hub, or --data=a local copy."""
+    rows = hub_rows(ctx, "openai/gsm8k", "main", "test")
+    if isinstance(rows, str):
+        return {"skipped": rows}
+    conversations = [[{"role": "user", "content": r["question"]}, {"role": "assistant", "content": r["answer"]}]
+                     for r in rows]
+    return chat_accuracy(ctx, conversations, lambda answer, expected: last_number(answer) == last_number(
+        expected.split("####")[-1]))
+
+
+def arc_task(ctx):
+    """ARC-Challenge (Clark et al. 2018) asked as chat: the question and its lettered choices; right when the
+    answer is the right letter. From the Hugging Face hub, or --data=a local copy."""
+    rows = hub_rows(ctx, "allenai/ai2_arc", "ARC-Challenge", "test")
+    if isinstance(rows, str):
+        return {"skipped": rows}
+    conversations = []
+    for r in rows:
+        choices = "\n".join(f"{label}. {text}" for label, text in zip(r["choices"]["label"], r["choices"]["text"]))
+        question = f"{r['question']}\n{choices}\nAnswer with the letter of the right choice."
+        conversations.append([{"role": "user", "content": question}, {"role": "assistant", "content": r["answerKey"]}])
+    return chat_accuracy(ctx, conversations)
+
+
+def chat_accuracy(ctx, conversations, check=None):
+    from nanogpt.conversation import exact_match
+
+    with ctx.autocast:
+        accuracy, _ = exact_match(ctx.model, ctx.tokenizer, conversations, check=check)
+    return {"accuracy": accuracy, "items": len(conversations)}
+
+
+def last_number(text):
+    numbers = re.findall(r"-?\d[\d,]*(?:\.\d+)?", text)
+    return numbers[-1].replace(",", "").rstrip(".") if numbers else None
+
+
+def hub_rows(ctx, name, config, split):
+    """A network task's rows (the first --limit): a local copy (--data, any file or folder `datasets` reads), else
+    the hub; a reason string when neither can be read, so the task is skipped with one line and the others run."""
+    try:
+        import datasets
+    except ImportError:
+        return "needs the datasets package: pip install 'nanogpt[hf]'"
+    try:
+        if ctx.data and Path(ctx.data).exists():
+            path = Path(ctx.data)
+            kind = {".jsonl": "json"}.get(path.suffix.lower(), path.suffix.lower().lstrip("."))
+            ds = datasets.load_dataset(kind, data_files=str(path), split="train") if path.is_file() else \
+                datasets.load_from_disk(str(path))
+        else:
+            ds = datasets.load_dataset(name, config, split=split)
+    except Exception as e:  # the hub client raises errors of many kinds offline
+        return f"{name} could not be loaded ({type(e).__name__}): offline? pass --data=a local copy"
+    return list(ds.select(range(min(ctx.limit, len(ds)))) if ctx.limit else ds)
+
+
+# ------------------------------------------------------------------------------------------ tasks and command
+
 # name -> task function; the figures each returns are reported as "<name>_<figure>" (or "<name>" for its own)
-TASKS = {"loss": loss_task, "bpb": bpb_task, "hellaswag": hellaswag_task, "chat": chat_task}
+TASKS = {"loss": loss_task, "bpb": bpb_task, "hellaswag": hellaswag_task, "chat": chat_task, "gsm8k": gsm8k_task,
+         "arc": arc_task}
 
 
 def parse_tasks(text):
@@ -331,7 +393,8 @@ def flatten(results):
     flat = {}
     for task, figures in results.items():
         for figure, value in figures.items():
-            if figure in ("tokens", "bytes", "items") or (figure == "loss" and task != "loss"):
+            if figure in ("tokens", "bytes", "items") or (figure == "loss" and task != "loss") or isinstance(
+                    value, str):
                 continue
             flat[task if figure == task else f"{task}_{figure}"] = value
     return flat
@@ -395,7 +458,7 @@ def format_table(results):
     lines = ["task       figure     value", "---------  ---------  ----------"]
     for task, figures in results.items():
         for figure, value in figures.items():
-            shown = f"{value:.4f}" if isinstance(value, float) else f"{value:,}"
+            shown = f"{value:.4f}" if isinstance(value, float) else value if isinstance(value, str) else f"{value:,}"
             lines.append(f"{task:<9}  {figure:<9}  {shown:>10}")
     return "\n".join(lines)
 

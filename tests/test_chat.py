@@ -286,3 +286,28 @@ def test_a_line_that_is_not_json_is_named(tmp_path, capsys):
     assert cli.run("prepare", [f"--input={tmp_path / 'bad.jsonl'}", "--name=x", "--format=chat",
                                f"--data_dir={tmp_path}"]) == 1
     assert "line 2, is not JSON" in capsys.readouterr().err
+
+
+def test_network_tasks_are_skipped_offline_in_one_line_and_read_a_local_copy(runs, tmp_path, monkeypatch, capsys):
+    datasets = pytest.importorskip("datasets")
+    import huggingface_hub.constants
+
+    # no network, without waiting for the hub client's retries (they read these at import)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True, raising=False)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True, raising=False)
+    run = [f"--out_dir={runs['sft']}", "--device=cpu", "--limit=2"]
+    assert cli.run("eval", [*run, "--tasks=gsm8k"]) == 0
+    assert "skipped" in capsys.readouterr().out
+    rows = [{"question": "What is 2 plus 3?", "answer": "2 + 3 = 5\n#### 5"}] * 2
+    (tmp_path / "gsm8k.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    assert cli.run("eval", [*run, "--tasks=gsm8k", f"--data={tmp_path / 'gsm8k.jsonl'}"]) == 0
+    results = json.loads((runs["sft"] / "eval.json").read_text())["tasks"]["gsm8k"]
+    assert results["items"] == 2 and 0 <= results["accuracy"] <= 1
+
+
+def test_last_number_reads_an_answer():
+    from nanogpt.evaluate import last_number
+
+    assert last_number("so 1,234 apples, then 56.") == "56"
+    assert last_number("#### 1,234") == "1234" and last_number("none") is None
