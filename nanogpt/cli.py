@@ -90,15 +90,19 @@ def prepare_command(args, prog=None):
        nanogpt prepare openwebtext|fineweb_edu [--max_tokens=N] [--sample=sample-10BT] [--source=LOCAL_COPY]
        nanogpt prepare --input=PATH_OR_NAME --name=NAME [--tokenizer=gpt2|char|bpe] [--vocab_size=N]
                        [--pattern='*.txt,*.md'] [--val_fraction=0.1] [--val_split=random|tail] [--data_dir=data]
-       either form takes --overwrite=True to replace a different dataset already in the folder
+       nanogpt prepare --input=FILE.jsonl|DATASET|synthetic --name=NAME --format=chat
+                       [--tokenizer=gpt2 | --tokenizer_from=DATASET_OR_RUN]
+       every form takes --overwrite=True to replace a different dataset already in the folder
 
 The first form runs a named recipe: {', '.join(sorted(RECIPES))}.
 The web recipes (the second form) stream their corpus from the Hugging Face hub, or --source, into shards.
-The last tokenizes your own text into DATA_DIR/NAME (then `python train.py --dataset=NAME`): PATH_OR_NAME is a
+The third tokenizes your own text into DATA_DIR/NAME (then `python train.py --dataset=NAME`): PATH_OR_NAME is a
 text file, a folder of files matching --pattern (each a document) or a Hugging Face dataset (name or local path)
 with a 'text' column. val_fraction of the documents, drawn with --seed, are the val split (--val_split=tail: the
 last ones). --tokenizer=bpe --vocab_size=N trains a byte-level BPE of N tokens on the train split (tokenizer.json).
-Ids stream into shards on --workers threads with bounded memory; an interrupted prepare resumes when run again."""
+Ids stream into shards on --workers threads with bounded memory; an interrupted prepare resumes when run again.
+--format=chat reads conversations (OpenAI `messages`) into a chat dataset: tokens and a loss mask that counts the
+assistant's tokens only, with the tokenizer of the model to finetune (docs/guides/chat.md)."""
     if wants_help(args) or not args:
         print(settings_help(PrepareConfig, usage, heading="settings (--key=value):"))
         return 0 if args else 1
