@@ -104,7 +104,7 @@ def prompt_ids(tokenizer, messages, block_size, room):
 def chat_tokenizer_meta(tokenizer):
     """The tokenizer description of a chat dataset: the base tokenizer with the turn tokens (added after its last id
     where it lacks them) and the template's name. A character vocabulary is refused."""
-    meta = {k: v for k, v in tokenizer.describe().items() if k != "eot_token"}
+    meta = tokenizer.describe()
     if meta["tokenizer"] == "char":
         raise UserError("a character-level tokenizer cannot hold the chat turn tokens: prepare conversations with "
                         "--tokenizer=gpt2, or --tokenizer_from=a BPE dataset or run")
@@ -120,7 +120,7 @@ def chat_tokenizer_meta(tokenizer):
     return dict(meta, chat=TEMPLATE)
 
 
-def read_jsonl(path, log=print):
+def read_jsonl(path):
     """The `messages` of each line of a JSONL file (a line may also be a bare list of messages)."""
     rows = []
     with open(path, encoding="utf-8") as f:
