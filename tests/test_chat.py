@@ -233,6 +233,10 @@ def test_the_playground_chat_mode_streams_the_answer(runs, tmp_path):
         state, text = asyncio.run(asyncio.wait_for(page_result(browser, url, tmp_path / "chromium"), 120))
         _, answer, _ = post(server, {"messages": [{"role": "user", "content": question}], "max_tokens": 12,
                                      "temperature": 0}, path="/v1/chat/completions")
+        for bad, field in (({"messages": []}, "'messages'"), ({"messages": [{"role": "robot"}]}, "messages[0]"),
+                           ({"messages": [{"role": "user", "content": 3}]}, "messages[0].content")):
+            status, body, _ = post(server, bad, path="/v1/chat/completions")
+            assert status == 400 and field in body["error"]["message"]
     assert state == "done"
     assert text == f"user: {question}\nassistant: " + answer["choices"][0]["message"]["content"]
 
