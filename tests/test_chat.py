@@ -315,3 +315,22 @@ def test_last_number_reads_an_answer():
 
     assert last_number("so 1,234 apples, then 56.") == "56"
     assert last_number("#### 1,234") == "1234" and last_number("none") is None
+
+
+def test_turn_tokens_a_base_tokenizer_lacks_grow_the_model_and_the_checkpoint_records_it(runs, tmp_path):
+    from nanogpt import checkpoint
+
+    data = tmp_path / "data"
+    prepare_text(str(runs["tmp"] / "corpus.txt"), "plain", tokenizer="bpe", vocab_size=300, data_dir=str(data),
+                 log=lambda *_: None)
+    prepare_chat(str(runs["tmp"] / "chat.jsonl"), "chat", tokenizer_from=str(data / "plain"), data_dir=str(data),
+                 log=lambda *_: None)
+    assert Dataset(data / "chat").vocab_size == 304  # the 4 turn tokens after the trained BPE's 300
+    settings = dict(block_size=96, eval_interval=2, max_iters=2, lr_decay_iters=2)
+    train(tiny_config(data, tmp_path / "base", dataset="plain", **settings), log=lambda *_: None)
+    train(tiny_config(data, tmp_path / "sft", dataset="chat", init_from=str(tmp_path / "base"), **settings),
+          log=lambda *_: None)
+    assert checkpoint.load_checkpoint(tmp_path / "base")["model_args"]["vocab_size"] == 300
+    assert checkpoint.load_checkpoint(tmp_path / "sft")["model_args"]["vocab_size"] == 304
+    assert cli.run("export", [f"--out_dir={tmp_path / 'sft'}", f"--to={tmp_path / 'hf'}"]) == 0
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["vocab_size"] == 304
