@@ -343,6 +343,8 @@ def set_up(cfg, device, dinfo, log, given=None):
             "out system and user tokens (the losses logged are over assistant tokens)")
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank, drawn by parallelize
     raw_model = build_model(cfg, dataset, ckpt, log)
+    if starts_from_run(cfg.init_from):  # the run's weights fix the architecture: the saved settings say which
+        cfg = replace(cfg, **{k: getattr(raw_model.config, k) for k in ARCHITECTURE})
     if not raw_model.lm_head.weight.is_meta:
         raw_model.to(device)
     compile_model = runtime.resolve_compile(cfg.compile, runtime.device_type(device))
@@ -778,7 +780,7 @@ def build_model(cfg, dataset, ckpt, log):
             model = on_meta(lambda: GPT(checkpoint.gpt_config(ckpt, cfg.out_dir, dropout=cfg.dropout)))
         fit_to_dataset(model, dataset, cfg.block_size, "the checkpoint")
         return model
-    if (Path(cfg.init_from) / checkpoint.LATEST).is_file():
+    if starts_from_run(cfg.init_from):
         return model_of_run(cfg, dataset, log)
     log(f"initializing from pretrained weights {cfg.init_from} (dropout {cfg.dropout})")
     model = GPT.from_pretrained(cfg.init_from, {"dropout": cfg.dropout})
@@ -790,6 +792,11 @@ def build_model(cfg, dataset, ckpt, log):
         )
     fit_to_dataset(model, dataset, cfg.block_size, cfg.init_from)
     return model
+
+
+def starts_from_run(init_from):
+    """Whether init_from names another run's folder (one holding ckpt.pt), to start a new run from its weights."""
+    return init_from not in ("scratch", "resume") and (Path(init_from) / checkpoint.LATEST).is_file()
 
 
 def model_of_run(cfg, dataset, log):

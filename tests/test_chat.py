@@ -45,8 +45,9 @@ def runs(tmp_path_factory):
     settings = dict(block_size=96, eval_interval=4, max_iters=4, lr_decay_iters=4, log_interval=2)
     train(tiny_config(data, tmp / "base", dataset="base", **settings), log=lambda *_: None)
     sft_log = []
+    # n_layer=4 is not the base run's 2: its weights decide, as pretrained GPT-2's do
     train(tiny_config(data, tmp / "sft", dataset="chat", init_from=str(tmp / "base"), document_aligned=True,
-                      **settings), log=sft_log.append)
+                      n_layer=4, **settings), log=sft_log.append)
     return {"tmp": tmp, "data": data, "base": tmp / "base", "sft": tmp / "sft", "prepare_log": log,
             "sft_log": sft_log}
 
@@ -86,8 +87,16 @@ def test_the_mask_counts_the_assistant_tokens_only(runs):
     changed = rows[:, 1:].clone()
     changed[0, assistant] = (changed[0, assistant] + 1) % 300
     assert loss_with(changed) != base  # an assistant token's target: the loss changes
+
+
+def test_sft_starts_from_a_run_and_says_its_loss_is_over_assistant_tokens(runs):
+    from nanogpt import checkpoint
+
     assert any("the loss is over the assistant's tokens only" in line for line in runs["sft_log"])
     assert any("initializing from the weights of the run" in line for line in runs["sft_log"])
+    saved = checkpoint.load_checkpoint(runs["sft"])  # the settings it saved describe the model it trained
+    assert saved["config"]["n_layer"] == saved["model_args"]["n_layer"] == 2
+    assert saved["iter_num"] == 4 and saved["tokenizer"]["chat"] == TEMPLATE
 
 
 def test_a_chat_finetuning_run_resumes(runs, tmp_path):
