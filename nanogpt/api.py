@@ -3,6 +3,9 @@ middleware and the application that routes to them.
 
   POST /v1/completions   OpenAI's completions API: prompt, max_tokens, temperature, top_p, top_k, stop, n, seed,
                          stream (server-sent events, ending with `data: [DONE]`), stream_options.include_usage
+  POST /v1/chat/completions   OpenAI's chat API, the same settings with `messages` for `prompt`: for a
+                         chat-finetuned run, rendered with its chat template (conversation.py); an answer ends at
+                         <|end|>. A base run is refused with one line.
   GET  /v1/models        the one model served, as OpenAI's model list
   GET  /health           {"status": "ok", ...}: what model is loaded, how many requests run and wait
   GET  /                 the playground page (playground.html, package data); /?prompt=...&autorun=1 generates
@@ -84,11 +87,7 @@ def playground_page():
 # requests: checking them, and the HTTP handlers
 
 
-def parse_request(body, max_tokens_limit, max_n):
-    """Check an OpenAI completions request body; returns the generation parameters or raises RequestError naming
-    the field. Fields this server does not use (model, logprobs, user, ...) are ignored, as OpenAI clients send them."""
-    if not isinstance(body, dict):
-        raise RequestError("the request body must be a JSON object")
+def parse_prompt(body):
     prompt = body.get("prompt")
     if prompt is None:
         raise RequestError("'prompt' is required")
@@ -96,6 +95,36 @@ def parse_request(body, max_tokens_limit, max_n):
         prompt = prompt[0]  # OpenAI accepts a list of prompts; a list of one is common
     if not isinstance(prompt, str):
         raise RequestError("'prompt' must be a string")
+    return prompt
+
+
+def parse_messages(body):
+    """A chat request's messages as [{"role", "content"}], content as text (OpenAI's list of text parts joined)."""
+    from nanogpt.conversation import ROLES
+
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise RequestError("'messages' must be a non-empty list of {\"role\": ..., \"content\": ...}")
+    parsed = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ROLES:
+            raise RequestError(f"messages[{i}] must have a 'role' of {', '.join(ROLES)}")
+        content = m.get("content")
+        if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in content):
+            content = "".join(str(p.get("text", "")) for p in content)
+        if not isinstance(content, str):
+            raise RequestError(f"messages[{i}].content must be text")
+        parsed.append({"role": m["role"], "content": content})
+    return parsed
+
+
+def parse_request(body, max_tokens_limit, max_n, chat=False):
+    """Check an OpenAI completions (or, with chat, chat completions) request body; returns the generation parameters
+    or raises RequestError naming the field. Fields this server does not use (model, logprobs, user, ...) are
+    ignored, as OpenAI clients send them."""
+    if not isinstance(body, dict):
+        raise RequestError("the request body must be a JSON object")
+    prompt = parse_messages(body) if chat else parse_prompt(body)
 
     def number(name, default, minimum=None, maximum=None, integer=False, exclusive_min=False):
         value = body.get(name)
@@ -116,9 +145,11 @@ def parse_request(body, max_tokens_limit, max_n):
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
         raise RequestError("'stream_options' must be an object")
+    if chat and body.get("max_tokens") is None:  # the newer name; a chat answer may run to the context's end
+        body = dict(body, max_tokens=body.get("max_completion_tokens"))
     return {
         "prompt": prompt,
-        "max_tokens": number("max_tokens", 16, 0, max_tokens_limit, integer=True),
+        "max_tokens": number("max_tokens", None if chat else 16, 0, max_tokens_limit, integer=True),
         "temperature": float(number("temperature", 1.0, 0, 2)),  # OpenAI's range
         "top_p": float(number("top_p", 1.0, 0, 1, exclusive_min=True)),
         "top_k": number("top_k", 0, 0, integer=True) or None,
@@ -154,6 +185,16 @@ def choice(index, text, reason):
     return {"text": text, "index": index, "logprobs": None, "finish_reason": reason}
 
 
+def chat_choice(index, text, reason):
+    return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": None,
+            "finish_reason": reason}
+
+
+def chat_chunk_choice(index, text, reason, first=False):
+    delta = ({"role": "assistant"} if first else {}) | ({"content": text} if text or first else {})
+    return {"index": index, "delta": delta, "logprobs": None, "finish_reason": reason}
+
+
 class Api:
     """The HTTP side: checks requests, queues them with the Scheduler and answers from their events."""
 
@@ -186,11 +227,29 @@ class Api:
             raise RequestError(f"'prompt' is {len(ids)} tokens long; this model reads at most {block_size}")
         return ids
 
-    def make_job(self, params, ids):
+    def chat_prompt(self, messages, max_tokens):
+        """The prompt ids of a chat request, and the <|end|> token its answers stop at; a base run is refused."""
+        from nanogpt.conversation import render, require_chat
+
+        try:
+            turns = require_chat(self.tokenizer, f"the model {self.name}")
+            ids, _ = render(self.tokenizer, messages, generation_prompt=True)
+        except UserError as e:
+            raise RequestError(str(e)) from None
+        block_size = self.info["block_size"]
+        if len(ids) + (max_tokens or 1) > block_size:
+            raise RequestError(f"the messages are {len(ids)} tokens long with the chat template; this model reads "
+                               f"at most {block_size}, answer included: send fewer or shorter messages")
+        return ids, (turns["end"],)
+
+    def make_job(self, params, ids, stop_ids=()):
         seed = params["seed"]
-        completions = [Completion(ids, params["max_tokens"], params["temperature"], params["top_k"],
-                                  params["top_p"], None if seed is None else seed + i, tuple(params["stop"]))
-                       for i in range(params["n"])]  # choice i of a seeded request is seed + i alone
+        max_tokens = params["max_tokens"]
+        if max_tokens is None:  # a chat answer with no limit: up to the end of the context, within the server's
+            max_tokens = min(self.max_tokens_limit, self.info["block_size"] - len(ids))
+        completions = [Completion(ids, max_tokens, params["temperature"], params["top_k"],
+                                  params["top_p"], None if seed is None else seed + i, tuple(params["stop"]),
+                                  stop_ids) for i in range(params["n"])]  # choice i of a seeded request is seed + i
         job = Job(completions, asyncio.get_running_loop())
         for i, c in enumerate(completions):
             c.tag = (job, i)
@@ -217,6 +276,13 @@ class Api:
                 timer.cancel()
 
     async def completions(self, request):
+        return await self.answer(request, chat=False)
+
+    async def chat_completions(self, request):
+        return await self.answer(request, chat=True)
+
+    async def answer(self, request, chat):
+        """A completions or chat completions request: checked, queued, answered whole or streamed."""
         from aiohttp import web
 
         if request.content_type != "application/json":
@@ -228,25 +294,27 @@ class Api:
                 from None
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise RequestError("the request body is not valid JSON") from None
-        params = parse_request(body, self.max_tokens_limit, self.max_n)
-        ids = self.encode(params["prompt"])
-        job = self.make_job(params, ids)
+        params = parse_request(body, self.max_tokens_limit, self.max_n, chat)
+        ids, stop_ids = self.chat_prompt(params["prompt"], params["max_tokens"]) if chat else (
+            self.encode(params["prompt"]), ())
+        job = self.make_job(params, ids, stop_ids)
         self.scheduler.submit(job)
-        meta = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+        meta = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
+                "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
                 "model": self.name}
         try:
             if params["stream"]:
-                return await self.stream(request, job, params, meta)
+                return await self.stream(request, job, params, meta, chat)
             texts, finish = [""] * params["n"], [None] * params["n"]
             async for index, text, reason in self.events(job):
                 texts[index] += text
                 finish[index] = reason
         finally:
             self.scheduler.cancel(job)  # a no-op once it finished; else the client left or time ran out
-        choices = [choice(i, t, f) for i, (t, f) in enumerate(zip(texts, finish))]
+        choices = [(chat_choice if chat else choice)(i, t, f) for i, (t, f) in enumerate(zip(texts, finish))]
         return web.json_response({**meta, "choices": choices, "usage": usage(ids, job)})
 
-    async def stream(self, request, job, params, meta):
+    async def stream(self, request, job, params, meta, chat=False):
         from aiohttp import web
 
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
@@ -255,12 +323,17 @@ class Api:
         async def send(data):
             await response.write(f"data: {data}\n\n".encode())
 
+        if chat:  # OpenAI's chunks: the role first, then pieces of content, then the finish reason
+            meta = dict(meta, object="chat.completion.chunk")
+            for index in range(params["n"]):
+                await send(json.dumps({**meta, "choices": [chat_chunk_choice(index, "", None, first=True)]}))
+        piece = chat_chunk_choice if chat else choice
         try:
             async for index, text, reason in self.events(job):
                 if text:
-                    await send(json.dumps({**meta, "choices": [choice(index, text, None)]}))
+                    await send(json.dumps({**meta, "choices": [piece(index, text, None)]}))
                 if reason:
-                    await send(json.dumps({**meta, "choices": [choice(index, "", reason)]}))
+                    await send(json.dumps({**meta, "choices": [piece(index, "", reason)]}))
             if params["include_usage"]:
                 await send(json.dumps({**meta, "choices": [], "usage": usage(job.completions[0].prompt, job)}))
         except REFUSALS as e:  # the 200 status is already sent: the error goes into the stream instead
@@ -366,6 +439,7 @@ def make_app(api):
 
     app = web.Application(middlewares=middlewares(api), client_max_size=api.max_body_kb * 1024)
     app.router.add_post("/v1/completions", api.completions)
+    app.router.add_post("/v1/chat/completions", api.chat_completions)
     app.router.add_get("/v1/models", api.models)
     app.router.add_get("/health", api.health)
     app.router.add_get("/", api.playground)

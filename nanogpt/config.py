@@ -35,7 +35,7 @@ class TrainConfig:
     eval_only: bool = False  # estimate the losses once and exit
     eval_train: bool = True  # estimate the train split's loss too (nanoGPT); False: val only, half the cost
     always_save_checkpoint: bool = True  # save at every eval, not only when val loss improves
-    init_from: str = "scratch"  # 'scratch', 'resume' (from out_dir), 'gpt2' … 'gpt2-xl', a hub name or an HF folder
+    init_from: str = "scratch"  # 'scratch', 'resume' (out_dir), 'gpt2' … 'gpt2-xl', a hub name, an HF or a run folder
     seed: int = 1337  # seeds weights, batches and dropout; a run is reproducible from it
     reset_optimizer: bool = False  # resume with fresh optimizer moments (needed when the checkpoint holds none)
     # logging to Weights & Biases (optional; `pip install wandb`)

@@ -4,7 +4,8 @@ reader (Dataset), how a global batch is drawn (batch_offsets), and the loader th
 
 A split is either one file (train.bin / val.bin, nanoGPT's layout, which the Shakespeare recipes write and
 nanoGPT's own datasets have) or shards (train-000000.bin, ...) listed in meta.json with their token counts,
-document counts and CRC-32s; each shard may have a .idx beside it, the positions where its documents start.
+document counts and CRC-32s; each shard may have a .idx beside it, the positions where its documents start, and a
+chat dataset's a .mask: one uint8 per token, 1 where the loss counts the token as a target (see chat.py).
 Either way a split reads as one stream of tokens: a window may run across a shard boundary as it would across a
 document boundary. Character datasets also get upstream nanoGPT's meta.pkl (a plain dict), so its sample.py decodes
 runs trained here; we only ever read meta.json.
@@ -51,6 +52,10 @@ def index_name(shard):
     return shard[:-len(".bin")] + ".idx"
 
 
+def mask_name(shard):
+    return shard[:-len(".bin")] + ".mask"
+
+
 def write_dataset(folder, train_ids, val_ids, tokenizer_meta, overwrite=False):
     """Write train.bin, val.bin and meta.json from in-memory token ids."""
     with DatasetWriter(folder, tokenizer_meta, overwrite) as writer:
@@ -77,7 +82,7 @@ class DatasetWriter:
     """
 
     def __init__(self, folder, tokenizer_meta, overwrite=False, shard_tokens=None, identity=None, eot=None,
-                 log=print):
+                 log=print, masked=False):
         self.folder = Path(folder)
         self.stage = self.folder / STAGE_DIR
         self.overwrite, self.identity, self.log = overwrite, identity, log
@@ -89,7 +94,8 @@ class DatasetWriter:
         self.sharded = shard_tokens is not None
         self.next_task = 0  # the first task of the corpus whose tokens are not in the files yet
         self.last_checkpoint = time.monotonic()
-        self.new_splits = lambda: {split: SplitWriter(self.stage, split, self.dtype, shard_tokens, eot)
+        # masked: every token comes with a loss-mask byte, written to a .mask beside its shard
+        self.new_splits = lambda: {split: SplitWriter(self.stage, split, self.dtype, shard_tokens, eot, masked)
                                    for split in SPLITS}
         self.splits = self.new_splits()
         try:
@@ -135,12 +141,13 @@ class DatasetWriter:
                  f"{self.next_task:,}")
         return True
 
-    def append(self, split, ids):
-        """Add token ids to the end of a split."""
+    def append(self, split, ids, mask=None):
+        """Add token ids to the end of a split (with their loss-mask bytes, for a masked dataset)."""
         ids = np.asarray(ids)
         assert ids.size == 0 or int(ids.max()) < self.meta["vocab_size"], "token id outside the vocabulary"
         try:
-            self.splits[split].append(ids.astype(self.dtype, copy=False))
+            self.splits[split].append(ids.astype(self.dtype, copy=False),
+                                      None if mask is None else np.asarray(mask, dtype=np.uint8))
         except OSError as e:
             raise UserError(f"cannot write the dataset in {self.stage}: {e.strerror}") from None
 
@@ -192,7 +199,7 @@ class DatasetWriter:
     def old_token_files(self):
         """The token files of whatever dataset the folder held: nanoGPT's .bin files and shards with their .idx."""
         return [p for p in self.folder.iterdir() if p.is_file() and (
-            p.name in ("train.bin", "val.bin") or any(p.name.startswith(f"{s}-") and p.suffix in (".bin", ".idx")
+            p.name in ("train.bin", "val.bin") or any(p.name.startswith(f"{s}-") and p.suffix in (".bin", ".idx", ".mask")
                                                        for s in SPLITS))]
 
     def write_upstream_meta(self):
@@ -239,9 +246,10 @@ class DatasetWriter:
 class SplitWriter:
     """One split's token files under the stage folder: finished shards and the one being written (.tmp)."""
 
-    def __init__(self, stage, split, dtype, shard_tokens, eot):
+    def __init__(self, stage, split, dtype, shard_tokens, eot, masked=False):
         self.stage, self.split, self.dtype = stage, split, dtype
-        self.shard_tokens, self.eot = shard_tokens, eot
+        self.shard_tokens, self.eot, self.masked = shard_tokens, eot, masked
+        self.mask_file = None  # the open shard's mask bytes, for a masked dataset
         self.shards = []  # finished: {"file", "tokens", "documents", "crc32"}
         self.file, self.open_tokens, self.crc = None, 0, 0
         self.at_document_start = True  # whether the next token begins a document (the last one written is EOT)
@@ -255,13 +263,19 @@ class SplitWriter:
     def tmp_path(self):
         return self.stage / f"{self.split}.open.tmp"
 
-    def append(self, ids):
+    def mask_tmp_path(self):
+        return self.stage / f"{self.split}.open.mask.tmp"
+
+    def append(self, ids, mask=None):
+        assert (mask is not None) == self.masked and (mask is None or mask.size == ids.size)
         while ids.size:
             room = ids.size if self.shard_tokens is None else self.shard_tokens - self.open_tokens
             piece, ids = ids[:room], ids[room:]
             if self.file is None:
-                self.file = open(self.tmp_path(), "ab")
-                self.starts_document = self.at_document_start
+                self.open()
+            if mask is not None:
+                self.mask_file.write(mask[:room].tobytes())
+                mask = mask[room:]
             data = piece.tobytes()
             self.file.write(data)
             self.crc = zlib.crc32(data, self.crc)
@@ -277,18 +291,29 @@ class SplitWriter:
         if self.file is None and self.shards:
             return
         if self.file is None:
-            self.file = open(self.tmp_path(), "ab")
-            self.starts_document = self.at_document_start
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
-        self.file = None
+            self.open()
+        for f in (self.file, self.mask_file):
+            if f is not None:
+                f.flush()
+                os.fsync(f.fileno())
+                f.close()
+        self.file = self.mask_file = None
         name = name or shard_name(self.split, len(self.shards))
         documents = self.write_index(name) if self.eot is not None and self.shard_tokens is not None else None
         os.replace(self.tmp_path(), self.stage / name)
-        self.shards.append({"file": name, "tokens": self.open_tokens, "documents": documents, "crc32": self.crc})
+        shard = {"file": name, "tokens": self.open_tokens, "documents": documents, "crc32": self.crc}
+        if self.masked:
+            os.replace(self.mask_tmp_path(), self.stage / mask_name(name))
+            shard["mask"] = mask_name(name)
+        self.shards.append(shard)
         self.open_tokens, self.crc = 0, 0
         self.finished_since_checkpoint = True
+
+    def open(self):
+        self.file = open(self.tmp_path(), "ab")
+        if self.masked:
+            self.mask_file = open(self.mask_tmp_path(), "ab")
+        self.starts_document = self.at_document_start
 
     def write_index(self, name):
         """Write the shard's document starts (uint32 positions) beside it for document-aligned batches; returns
@@ -303,8 +328,11 @@ class SplitWriter:
 
     def files(self):
         names = [s["file"] for s in self.shards]
+        shards = names
         if self.shard_tokens is not None and self.eot is not None:
-            names += [index_name(n) for n in names]
+            names = names + [index_name(n) for n in shards]
+        if self.masked:
+            names = names + [mask_name(n) for n in shards]
         return names
 
     def checkpoint(self):
@@ -343,9 +371,10 @@ class SplitWriter:
         return True
 
     def close(self):
-        if self.file is not None:
-            self.file.close()
-            self.file = None
+        for f in (self.file, self.mask_file):
+            if f is not None:
+                f.close()
+        self.file = self.mask_file = None
 
 
 def crc_of(path, nbytes, exact=True):
@@ -405,28 +434,36 @@ class Dataset:
         self.meta = read_meta(self.folder)
         self.dtype = np.dtype(self.meta.get("dtype", "uint16"))
         self.vocab_size = self.meta["vocab_size"]
-        self.shards, self.starts, self.lengths = {}, {}, {}
+        self.shards, self.starts, self.lengths, self.masks = {}, {}, {}, {}
         self.document_starts_cache = {}
         for split in SPLITS:
             listed = (self.meta.get("shards") or {}).get(split)
             self.shards[split] = [self.check_shard(s["file"], s["tokens"]) for s in listed] if listed else [
                 self.check_shard(f"{split}.bin", None)]
+            if listed and all("mask" in s for s in listed):  # a chat dataset: its loss masks, checked the same way
+                self.masks[split] = [self.check_shard(s["mask"], s["tokens"], np.dtype(np.uint8)) for s in listed]
             counts = np.array([n for _, n in self.shards[split]], dtype=np.int64)
             self.starts[split] = np.concatenate([[0], np.cumsum(counts)])  # where each shard begins in the split
             self.lengths[split] = int(self.starts[split][-1])
 
-    def check_shard(self, name, tokens):
-        """(path, token count) of a token file, refused in one line when missing or not the size meta.json says."""
-        path = self.folder / name
+    @property
+    def masked(self):
+        """Whether the loss counts only some targets (a chat dataset's assistant tokens)."""
+        return bool(self.masks)
+
+    def check_shard(self, name, tokens, dtype=None):
+        """(path, token count) of a token (or mask) file, refused in one line when missing or not the size meta.json
+        says."""
+        path, dtype = self.folder / name, dtype or self.dtype
         if not path.is_file():
             raise UserError(f"{path} not found: prepare the dataset first (see data/*/prepare.py)")
         size = path.stat().st_size
-        if tokens is None and size % self.dtype.itemsize == 0:
-            return path, size // self.dtype.itemsize
-        if tokens is not None and size == tokens * self.dtype.itemsize:
+        if tokens is None and size % dtype.itemsize == 0:
+            return path, size // dtype.itemsize
+        if tokens is not None and size == tokens * dtype.itemsize:
             return path, tokens
         expected = "a whole number of" if tokens is None else f"{tokens:,}"
-        raise UserError(f"{path} has {size:,} bytes, not {expected} {self.dtype.name} tokens: it is truncated or "
+        raise UserError(f"{path} has {size:,} bytes, not {expected} {dtype.name} tokens: it is truncated or "
                         "not a token file; prepare the dataset again")
 
     def check_block_size(self, block_size):
@@ -444,17 +481,18 @@ class Dataset:
                   for path, n in self.shards[split]]
         return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
-    def read(self, split, start, count):
-        """count tokens of the split from position start, across shard boundaries; an id outside the vocabulary
-        means a corrupt shard, refused in one line naming it."""
-        starts, out, filled = self.starts[split], np.empty(count, dtype=self.dtype), 0
+    def read(self, split, start, count, mask=False):
+        """count tokens of the split from position start, across shard boundaries (mask=True: their loss-mask
+        bytes); an id outside the vocabulary means a corrupt shard, refused in one line naming it."""
+        files, dtype = (self.masks[split], np.dtype(np.uint8)) if mask else (self.shards[split], self.dtype)
+        starts, out, filled = self.starts[split], np.empty(count, dtype=dtype), 0
         shard = int(np.searchsorted(starts, start, side="right")) - 1
         while filled < count:
-            path, n = self.shards[split][shard]
+            path, n = files[shard]
             offset = start + filled - int(starts[shard])
-            piece = np.fromfile(path, dtype=self.dtype, count=min(n - offset, count - filled),
-                                offset=offset * self.dtype.itemsize)
-            if piece.size and int(piece.max()) >= self.vocab_size:
+            piece = np.fromfile(path, dtype=dtype, count=min(n - offset, count - filled),
+                                offset=offset * dtype.itemsize)
+            if not mask and piece.size and int(piece.max()) >= self.vocab_size:
                 raise UserError(f"{path} holds token id {int(piece.max())}, outside the vocabulary of "
                                 f"{self.vocab_size:,}: the file is corrupt; prepare the dataset again")
             out[filled:filled + piece.size] = piece
@@ -465,6 +503,12 @@ class Dataset:
     def batch(self, split, offsets, block_size):
         """Inputs and targets (int64 tensors of shape (len(offsets), block_size)) starting at the offsets."""
         rows = np.stack([self.read(split, int(start), block_size + 1) for start in offsets]).astype(np.int64)
+        if self.masked:
+            # a target the mask rules out (a user or system token) is -1, which the loss ignores: only the
+            # assistant's tokens are learned, while the model still reads the whole conversation
+            masks = np.stack([self.read(split, int(start), block_size + 1, mask=True) for start in offsets])
+            targets = np.where(masks[:, 1:] == 1, rows[:, 1:], -1)
+            return torch.from_numpy(rows[:, :-1].copy()), torch.from_numpy(targets)
         rows = torch.from_numpy(rows)
         return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
 

@@ -114,7 +114,7 @@ SHARD_TOKENS = 100_000_000  # 200 MB of uint16 per shard, as llm.c's and modded-
 MAX_WORKERS = 8  # tiktoken stops scaling well before this on most machines; each worker holds 2 pieces in memory
 
 
-def load_hf_dataset(source, log=print, name=None, streaming=False):
+def load_hf_dataset(source, log=print, name=None, streaming=False, column="text"):
     """A Hugging Face dataset (its 'train' split when it has several) from a name on the hub (streamed when asked),
     a folder written by `save_to_disk` (memory-mapped), or a local folder or file of parquet/jsonl/... data files
     (streamed)."""
@@ -145,10 +145,10 @@ def load_hf_dataset(source, log=print, name=None, streaming=False):
         if "train" not in ds and len(ds) != 1:
             raise UserError(f"the dataset '{source}' has splits {', '.join(ds)} and none is called 'train'")
         ds = ds["train"] if "train" in ds else next(iter(ds.values()))
-    if ds.column_names is not None and "text" not in ds.column_names:
-        raise UserError(f"the dataset '{source}' has no 'text' column (it has {', '.join(ds.column_names)})")
+    if ds.column_names is not None and column not in ds.column_names:
+        raise UserError(f"the dataset '{source}' has no '{column}' column (it has {', '.join(ds.column_names)})")
     log(f"loaded {source}: {f'{len(ds):,} documents' if isinstance(ds, datasets.Dataset) else 'streamed'}")
-    return ds.select_columns(["text"])
+    return ds.select_columns([column])
 
 
 def first_line(error):
@@ -199,13 +199,15 @@ def cpu_count():
 
 def prepare_text(input, name, tokenizer="gpt2", val_fraction=VAL_FRACTION, data_dir="data", log=print,
                  threads=None, piece_bytes=PIECE_BYTES, overwrite=False, vocab_size=None, val_split="random",
-                 seed=SPLIT_SEED, pattern=TEXT_PATTERNS, shard_tokens=SHARD_TOKENS, max_tokens=None):
+                 seed=SPLIT_SEED, pattern=TEXT_PATTERNS, shard_tokens=SHARD_TOKENS, max_tokens=None,
+                 turn_tokens=False):
     """Tokenize the user's own corpus into data_dir/name: a text file, a folder of files matching `pattern`, or a
     Hugging Face dataset (name or local path) with a 'text' column. Returns the (train, val) token counts.
 
     tokenizer: 'gpt2' (GPT-2's BPE), 'char' (the corpus's characters) or 'bpe': a byte-level BPE of vocab_size
     tokens trained on the train split alone (so validation text never shapes the vocabulary), written to
-    tokenizer.json beside the token files.
+    tokenizer.json beside the token files; turn_tokens=True reserves the chat turn tokens among them (see
+    conversation.py), so a model pretrained on it can be chat-finetuned without growing.
 
     Validation: val_split='random' draws val_fraction of the documents (of a single file's FILE_PARTS parts) with
     `seed`, from all over the corpus; 'tail' takes the last ones (nanoGPT's recipes). See prepare_corpus for how the
@@ -214,9 +216,14 @@ def prepare_text(input, name, tokenizer="gpt2", val_fraction=VAL_FRACTION, data_
     if tokenizer not in ("gpt2", "char", "bpe"):
         raise UserError(f"unknown tokenizer '{tokenizer}': choose gpt2, char or bpe")
     if tokenizer == "bpe":
-        from nanogpt.bpe import check_vocab_size
+        from nanogpt.bpe import TURN_TOKENS, check_vocab_size
 
         check_vocab_size(vocab_size)
+        if turn_tokens:
+            check_vocab_size(vocab_size - len(TURN_TOKENS))
+            tokenizer = "bpe+turns"
+    elif turn_tokens:
+        raise UserError("turn_tokens is for --tokenizer=bpe: a chat dataset adds them to GPT-2's tokenizer itself")
     elif vocab_size is not None:
         raise UserError(f"vocab_size is for --tokenizer=bpe: the {tokenizer} tokenizer's vocabulary is fixed")
     if not re.fullmatch(r"[\w.-]+", name) or name in (".", ".."):
@@ -299,18 +306,20 @@ def corpus_tokenizer(kind, corpus, vocab_size, input, piece_bytes, log):
 
         tok = GPT2Tokenizer()
         return tok, bpe_encoder(tok.enc, corpus.documents)
-    if kind == "bpe":
-        tok = train_tokenizer(corpus, vocab_size, input, piece_bytes, log)
+    if kind in ("bpe", "bpe+turns"):
+        tok = train_tokenizer(corpus, vocab_size, input, piece_bytes, log, turn_tokens=kind == "bpe+turns")
         return tok, bpe_encoder(tok.enc, corpus.documents)
     tok = CharTokenizer(corpus_chars(corpus, piece_bytes))
     return tok, char_encoder(tok.chars)
 
 
-def train_tokenizer(corpus, vocab_size, input, piece_bytes, log):
-    """A byte-level BPE of vocab_size tokens learned from the train split (see bpe.py); nothing is written yet, so
-    a corpus that cannot give that many tokens leaves no trace."""
-    from nanogpt.bpe import BPETokenizer, train_bpe
+def train_tokenizer(corpus, vocab_size, input, piece_bytes, log, turn_tokens=False):
+    """A byte-level BPE of vocab_size tokens learned from the train split (see bpe.py), the chat turn tokens among
+    them with turn_tokens; nothing is written yet, so a corpus that cannot give that many tokens leaves no trace."""
+    from nanogpt.bpe import TURN_TOKENS, BPETokenizer, train_bpe
 
+    special = TURN_TOKENS if turn_tokens else ()
+    vocab_size -= len(special)
     saw_text = False
 
     def texts():
@@ -330,7 +339,7 @@ def train_tokenizer(corpus, vocab_size, input, piece_bytes, log):
     if len(ranks) + 1 < vocab_size:
         raise UserError(f"the train split of {input} is too small for vocab_size={vocab_size:,}: it gives only "
                         f"{len(ranks) + 1:,} tokens (pairs seen at least twice); ask for fewer or give more text")
-    return BPETokenizer.from_ranks(ranks)
+    return BPETokenizer.from_ranks(ranks, special)
 
 
 def tokenize_corpus(corpus, encode, writer, threads, piece_bytes, max_tokens):
@@ -713,6 +722,90 @@ def progress_bar(desc, total, unit, iterable=None):
                 disable=None, mininterval=0.5, dynamic_ncols=True)
 
 
+# --- conversations: a chat dataset, tokens and loss masks -----------------------------------------------------------
+
+SYNTHETIC_INPUT = "synthetic"  # --input=synthetic: the synthetic task shipped with the package (conversation.py)
+
+
+def prepare_chat(input, name, tokenizer="gpt2", tokenizer_from="", val_fraction=VAL_FRACTION, seed=SPLIT_SEED,
+                 data_dir="data", log=print, overwrite=False):
+    """Conversations (OpenAI `messages`: a JSONL file, a Hugging Face dataset with a 'messages' column, or the
+    synthetic task) rendered with the chat template into token ids and loss masks (see conversation.py), written
+    as a sharded dataset whose meta.json names the template. The tokenizer is the one of the model to finetune:
+    GPT-2's, or a dataset's or run's (tokenizer_from), with the turn tokens added where it lacks them. Malformed
+    conversations are counted, reported and left out. Returns the (train, val) token counts."""
+    from nanogpt.conversation import chat_tokenizer_meta, problem, render_for_training
+    from nanogpt.tokenizers import tokenizer_from_meta
+
+    if not re.fullmatch(r"[\w.-]+", name) or name in (".", ".."):
+        raise UserError(f"dataset name '{name}' must be a plain folder name (letters, digits, '_', '-', '.')")
+    check_split_settings(val_fraction, "random")
+    meta = chat_tokenizer_meta(tokenizer_from_meta(base_tokenizer_meta(tokenizer, tokenizer_from)))
+    tok = tokenizer_from_meta(meta)
+    conversations = read_conversations(input, seed, log)
+    problems = collections.Counter(p for p in map(problem, conversations) if p)
+    good = [c for c in conversations if not problem(c)]
+    if problems:
+        log(f"left out {sum(problems.values()):,} of {len(conversations):,} conversations: "
+            + ", ".join(f"{n:,} {why}" for why, n in problems.most_common()))
+    is_val = val_documents(len(good), val_fraction, "random", seed, f"{input} (in conversations)")
+    assistant = 0
+    with DatasetWriter(Path(data_dir) / name, meta, overwrite, SHARD_TOKENS, eot=tok.eot_token, log=log,
+                       masked=True) as writer:
+        for messages, val in zip(good, is_val):
+            ids, mask = render_for_training(tok, messages)
+            assistant += sum(mask)
+            writer.append("val" if val else "train", np.array(ids, dtype=np.uint32), mask)
+        writer.commit()
+    total = sum(writer.lengths.values())
+    log(f"{len(good):,} conversations: train has {writer.lengths['train']:,} tokens, val has "
+        f"{writer.lengths['val']:,}; {assistant / total:.0%} of them are the assistant's, the tokens the loss counts")
+    return writer.lengths["train"], writer.lengths["val"]
+
+
+def base_tokenizer_meta(tokenizer, tokenizer_from):
+    """The tokenizer a chat dataset builds on: a dataset's or run's (tokenizer_from), else GPT-2's."""
+    if not tokenizer_from:
+        if tokenizer != "gpt2":
+            raise UserError(f"a chat dataset uses the tokenizer of the model it finetunes: --tokenizer=gpt2, or "
+                            f"--tokenizer_from=DATASET_OR_RUN for another (not --tokenizer={tokenizer})")
+        from nanogpt.bpe import gpt2_meta
+
+        return gpt2_meta()
+    folder = Path(tokenizer_from)
+    if (folder / "ckpt.pt").is_file() or (folder / "best.pt").is_file():
+        from nanogpt import checkpoint
+
+        ckpt = checkpoint.load_checkpoint(folder, "auto", weights=False)
+        if not ckpt.get("tokenizer"):
+            raise UserError(f"the run in {folder} does not record its tokenizer: give its dataset as --tokenizer_from")
+        return ckpt["tokenizer"]
+    if (folder / "meta.json").is_file():
+        from nanogpt.data import read_meta
+
+        return read_meta(folder)
+    raise UserError(f"--tokenizer_from={tokenizer_from} is neither a prepared dataset (meta.json) nor a run (ckpt.pt)")
+
+
+def read_conversations(input, seed, log):
+    """The conversations (lists of messages, as read: checked later) of a JSONL file, a Hugging Face dataset with
+    a 'messages' column, or the synthetic task."""
+    if input == SYNTHETIC_INPUT:
+        from nanogpt.conversation import SYNTHETIC_COUNT, synthetic_conversations
+
+        log(f"the synthetic task: {SYNTHETIC_COUNT:,} conversations drawn with seed {seed}")
+        return synthetic_conversations(SYNTHETIC_COUNT, seed)
+    path = Path(input).expanduser()
+    if path.is_file() and path.suffix.lower() == ".jsonl":
+        from nanogpt.conversation import read_jsonl
+
+        return read_jsonl(path)
+    if not path.exists() and looks_like_path(str(input)):
+        raise UserError(f"{input} does not exist: give a JSONL file of conversations or a dataset name")
+    ds = load_hf_dataset(str(path) if path.exists() else str(input), log=log, column="messages")
+    return [messages for batch in ds.iter(batch_size=1000) for messages in batch["messages"]]
+
+
 RECIPES = {
     "shakespeare_char": prepare_shakespeare_char,
     "shakespeare": prepare_shakespeare,
@@ -740,6 +833,9 @@ class PrepareConfig:
     pattern: str = TEXT_PATTERNS  # with a folder input: which files are text, comma-separated globs (e.g. '*.py')
     tokenizer: str = "gpt2"  # with input: 'gpt2' (GPT-2 BPE), 'char' (one token per character) or 'bpe' (trained on it)
     vocab_size: int = 0  # with tokenizer=bpe: the trained tokenizer's size, at least 257 (0: gpt2 and char, fixed)
+    turn_tokens: bool = False  # with tokenizer=bpe: reserve the chat turn tokens, so a run on it can be chat-finetuned
+    format: str = "text"  # with input: 'text', or 'chat': conversations (JSONL/dataset `messages`, or 'synthetic')
+    tokenizer_from: str = ""  # with format=chat: the dataset or run whose tokenizer to use (else tokenizer=gpt2)
     val_fraction: float = 0.0  # the share of documents held out for validation (0: 0.1; web recipes 0.0005)
     val_split: str = "random"  # with input: 'random' (val documents drawn with seed) or 'tail' (the last ones)
     seed: int = SPLIT_SEED  # draws the val documents
@@ -752,7 +848,8 @@ class PrepareConfig:
     overwrite: bool = False  # replace a different dataset already in the folder (the same one again changes nothing)
 
 
-OWN_TEXT_SETTINGS = ("input", "name", "pattern", "tokenizer", "vocab_size", "val_fraction", "val_split", "seed")
+OWN_TEXT_SETTINGS = ("input", "name", "pattern", "tokenizer", "vocab_size", "val_fraction", "val_split", "seed",
+                     "turn_tokens", "format", "tokenizer_from")
 STREAM_SETTINGS = ("source", "sample", "max_tokens", "workers", "shard_tokens")  # the web recipes' and own text's
 
 
@@ -781,6 +878,16 @@ def prepare_dataset(cfg, log=print):
     for key in ("source", "sample"):
         if key in given:
             raise UserError(f"--{key} is for the openwebtext and fineweb_edu recipes; your own text is --input")
+    if cfg.format not in ("text", "chat"):
+        raise UserError(f"unknown format '{cfg.format}': choose text or chat (conversations)")
+    if cfg.format == "chat":
+        for key in sorted(given & {"pattern", "vocab_size", "turn_tokens", "val_split", *STREAM_SETTINGS}):
+            raise UserError(f"--{key} is not a setting of --format=chat")
+        return prepare_chat(cfg.input, cfg.name, cfg.tokenizer, cfg.tokenizer_from, cfg.val_fraction or VAL_FRACTION,
+                            cfg.seed, cfg.data_dir, log, cfg.overwrite)
+    if "tokenizer_from" in given:
+        raise UserError("--tokenizer_from is for --format=chat")
     return prepare_text(cfg.input, cfg.name, tokenizer=cfg.tokenizer, val_fraction=cfg.val_fraction or VAL_FRACTION,
                         data_dir=cfg.data_dir, log=log, overwrite=cfg.overwrite, vocab_size=cfg.vocab_size or None,
-                        val_split=cfg.val_split, seed=cfg.seed, pattern=cfg.pattern, **streaming)
+                        val_split=cfg.val_split, seed=cfg.seed, pattern=cfg.pattern, turn_tokens=cfg.turn_tokens,
+                        **streaming)

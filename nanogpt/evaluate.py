@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
@@ -42,10 +43,10 @@ class EvalConfig:
     init_from: str = "resume"  # 'resume' evaluates the run in out_dir; or gpt2 … gpt2-xl, a hub name or an HF folder
     out_dir: str = "out"  # the run to evaluate; the results are added to its eval.json
     checkpoint: str = "auto"  # 'best' (best.pt), 'last' (ckpt.pt) or 'auto': the one nanoGPT would have kept
-    tasks: str = "loss,bpb"  # comma-separated, from: loss, bpb, hellaswag
+    tasks: str = "loss,bpb"  # comma-separated: loss, bpb, hellaswag; chat (exact match), gsm8k, arc (network)
     dataset: str = ""  # loss/bpb: the dataset whose val split is read ('' = the run's own dataset)
     data_dir: str = ""  # the folder holding dataset folders ('' = the run's data_dir, else 'data')
-    data: str = ""  # hellaswag: a local copy of hellaswag_val.jsonl instead of the cached download
+    data: str = ""  # hellaswag: a local copy of hellaswag_val.jsonl; chat: a JSONL of conversations, or 'synthetic'
     limit: int = 0  # score only the first N val tokens (loss/bpb) or items (hellaswag); 0 = all
     batch_size: int = 16  # sequences per forward pass
     device: str = "auto"  # 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'
@@ -273,10 +274,98 @@ def hellaswag_download():
     return path
 
 
+# ------------------------------------------------------------------------------------------ chat: exact match
+
+CHAT_ITEMS = 500  # held-out conversations of the synthetic task scored when --limit does not say
+
+
+def chat_task(ctx):
+    """Exact match on held-out conversations: the share whose last (assistant) message the model gives word for
+    word, answering greedily. --data=FILE.jsonl (OpenAI `messages`, the last one the assistant's), or
+    --data=synthetic: the synthetic task's held-out questions (those `prepare --input=synthetic` did not write)."""
+    from nanogpt.conversation import exact_match, problem, read_jsonl, synthetic_held_out
+
+    if not ctx.data:
+        raise UserError("the chat task needs conversations: --data=FILE.jsonl, or --data=synthetic")
+    if ctx.data == "synthetic":
+        conversations = synthetic_held_out(ctx.limit or CHAT_ITEMS)
+    else:
+        if not Path(ctx.data).is_file():
+            raise UserError(f"{ctx.data} not found: give a JSONL file of conversations with --data")
+        conversations = [c for c in read_jsonl(ctx.data) if not problem(c) and c[-1]["role"] == "assistant"]
+        conversations = conversations[:ctx.limit] if ctx.limit else conversations
+        if not conversations:
+            raise UserError(f"{ctx.data} holds no conversation ending with an assistant message to score")
+    with ctx.autocast:
+        accuracy, _ = exact_match(ctx.model, ctx.tokenizer, conversations)
+    return {"exact_match": accuracy, "items": len(conversations)}
+
+
+
+def gsm8k_task(ctx):
+    """Grade-school maths (GSM8K, Cobbe et al. 2021) asked as chat: right when the last number of the model's
+    answer is the reference's final answer (after '####'). From the Hugging Face hub, or --data=a local copy."""
+    rows = hub_rows(ctx, "openai/gsm8k", "main", "test")
+    if isinstance(rows, str):
+        return {"skipped": rows}
+    conversations = [[{"role": "user", "content": r["question"]}, {"role": "assistant", "content": r["answer"]}]
+                     for r in rows]
+    return chat_accuracy(ctx, conversations, lambda answer, expected: last_number(answer) == last_number(
+        expected.split("####")[-1]))
+
+
+def arc_task(ctx):
+    """ARC-Challenge (Clark et al. 2018) asked as chat: the question and its lettered choices; right when the
+    answer is the right letter. From the Hugging Face hub, or --data=a local copy."""
+    rows = hub_rows(ctx, "allenai/ai2_arc", "ARC-Challenge", "test")
+    if isinstance(rows, str):
+        return {"skipped": rows}
+    conversations = []
+    for r in rows:
+        choices = "\n".join(f"{label}. {text}" for label, text in zip(r["choices"]["label"], r["choices"]["text"]))
+        question = f"{r['question']}\n{choices}\nAnswer with the letter of the right choice."
+        conversations.append([{"role": "user", "content": question}, {"role": "assistant", "content": r["answerKey"]}])
+    return chat_accuracy(ctx, conversations)
+
+
+def chat_accuracy(ctx, conversations, check=None):
+    from nanogpt.conversation import exact_match
+
+    with ctx.autocast:
+        accuracy, _ = exact_match(ctx.model, ctx.tokenizer, conversations, check=check)
+    return {"accuracy": accuracy, "items": len(conversations)}
+
+
+def last_number(text):
+    numbers = re.findall(r"-?\d[\d,]*(?:\.\d+)?", text)
+    return numbers[-1].replace(",", "").rstrip(".") if numbers else None
+
+
+def hub_rows(ctx, name, config, split):
+    """A network task's rows (the first --limit): a local copy (--data, any file or folder `datasets` reads), else
+    the hub; a reason string when neither can be read, so the task is skipped with one line and the others run."""
+    try:
+        import datasets
+    except ImportError:
+        return "needs the datasets package: pip install 'nanogpt[hf]'"
+    try:
+        if ctx.data and Path(ctx.data).exists():
+            path = Path(ctx.data)
+            kind = {".jsonl": "json"}.get(path.suffix.lower(), path.suffix.lower().lstrip("."))
+            ds = datasets.load_dataset(kind, data_files=str(path), split="train") if path.is_file() else \
+                datasets.load_from_disk(str(path))
+        else:
+            ds = datasets.load_dataset(name, config, split=split)
+    except Exception as e:  # the hub client raises errors of many kinds offline
+        return f"{name} could not be loaded ({type(e).__name__}): offline? pass --data=a local copy"
+    return list(ds.select(range(min(ctx.limit, len(ds)))) if ctx.limit else ds)
+
+
 # ------------------------------------------------------------------------------------------ tasks and command
 
 # name -> task function; the figures each returns are reported as "<name>_<figure>" (or "<name>" for its own)
-TASKS = {"loss": loss_task, "bpb": bpb_task, "hellaswag": hellaswag_task}
+TASKS = {"loss": loss_task, "bpb": bpb_task, "hellaswag": hellaswag_task, "chat": chat_task, "gsm8k": gsm8k_task,
+         "arc": arc_task}
 
 
 def parse_tasks(text):
@@ -304,7 +393,8 @@ def flatten(results):
     flat = {}
     for task, figures in results.items():
         for figure, value in figures.items():
-            if figure in ("tokens", "bytes", "items") or (figure == "loss" and task != "loss"):
+            if figure in ("tokens", "bytes", "items") or (figure == "loss" and task != "loss") or isinstance(
+                    value, str):
                 continue
             flat[task if figure == task else f"{task}_{figure}"] = value
     return flat
@@ -368,7 +458,7 @@ def format_table(results):
     lines = ["task       figure     value", "---------  ---------  ----------"]
     for task, figures in results.items():
         for figure, value in figures.items():
-            shown = f"{value:.4f}" if isinstance(value, float) else f"{value:,}"
+            shown = f"{value:.4f}" if isinstance(value, float) else value if isinstance(value, str) else f"{value:,}"
             lines.append(f"{task:<9}  {figure:<9}  {shown:>10}")
     return "\n".join(lines)
 

@@ -26,4 +26,11 @@ def export_run(cfg: ExportConfig, log=print):
     model, tokenizer = load_model(cfg.init_from, cfg.out_dir, "cpu", cfg.checkpoint)
     # pretrained weights of a smaller vocabulary than GPT-2's came with some other tokenizer, not known here
     meta = tokenizer.describe() if tokenizer.vocab_size <= model.config.vocab_size else None
-    return hf.export(model, cfg.to, meta, log)
+    return hf.export(model, cfg.to, meta, log, finish=lambda folder: chat_files(folder, tokenizer))
+
+
+def chat_files(folder, tokenizer):
+    """A chat-finetuned run's chat template and end-of-turn token (nothing for a base run): see conversation.py."""
+    from nanogpt.conversation import hf_chat_files
+
+    hf_chat_files(folder, tokenizer)

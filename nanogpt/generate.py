@@ -361,6 +361,7 @@ class Completion:
     top_p: float = None  # None or 1: all tokens
     seed: int = None  # None: a fresh random seed
     stop: tuple = ()  # stop strings
+    stop_ids: tuple = ()  # tokens that end it, besides the engine's stop_token (a chat answer's <|end|>)
     tag: object = None  # whatever the caller needs to route events (e.g. request and choice index)
     tokens: list = field(default_factory=list)  # prompt and generated ids: the context the model reads from
     generated: int = 0
@@ -504,7 +505,7 @@ class BatchEngine:
         """Record c's next token and turn it into an event."""
         c.tokens.append(token)
         c.generated += 1
-        if token == self.stop_token:
+        if token == self.stop_token or token in c.stop_ids:
             return c, self._close(c), "stop"
         text = ""
         if c.stream is not None:
@@ -524,18 +525,19 @@ class BatchEngine:
 
 
 def complete(model, tokenizer, prompt_ids, max_new_tokens, num_samples=1, temperature=1.0, top_k=None, top_p=None,
-             stop=(), seed=None, kv_cache=True, window_shift=0, on_step=None):
+             stop=(), seed=None, kv_cache=True, window_shift=0, on_step=None, stop_ids=()):
     """Generate num_samples continuations of one prompt as a batch, yielding (index, text, finish_reason).
 
     Sample i draws its random numbers from seed + i, as choice i of a server request with this seed does. Text
     comes in pieces as it is generated. Each sample's last event has finish_reason 'stop' (it produced a stop
     string, which is cut off) or 'length' (max_new_tokens reached); before that it is None. on_step, if given, is
-    called after each generated token of the batch (a progress bar counts them).
+    called after each generated token of the batch (a progress bar counts them). stop_ids: tokens that end a
+    sample too (a chat answer's <|end|>), not shown.
     """
     engine = BatchEngine(model, tokenizer, num_samples, window_shift, kv_cache=kv_cache)
     for i in range(num_samples):
         engine.add(Completion(prompt_ids, max_new_tokens, temperature, top_k, top_p,
-                              None if seed is None else seed + i, tuple(stop), tag=i))
+                              None if seed is None else seed + i, tuple(stop), tuple(stop_ids), tag=i))
     while engine.running:
         events = engine.step()
         if on_step is not None and any(c.generated for c, _, _ in events):

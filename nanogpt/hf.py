@@ -366,11 +366,12 @@ def hf_to_ours(hf_state, own, source):
 # ---------------------------------------------------------------------------------------------------- export
 
 
-def export(model, to, tokenizer_meta, log=print):
+def export(model, to, tokenizer_meta, log=print, finish=None):
     """Write `model` as a Hugging Face folder `to` of the standard architecture that computes what it does (GPT-2,
     Llama, Qwen3, Nemotron, OLMo or VaultGemma: see ARCHITECTURES): config.json, model.safetensors and the tokenizer's
     files (see write_tokenizer), so AutoModelForCausalLM and AutoTokenizer load it offline, without remote code. The
-    folder appears complete or not at all: everything is written to a temporary sibling that is renamed into place."""
+    folder appears complete or not at all: everything is written to a temporary sibling that is renamed into place.
+    finish(folder), if given, adds to the files before that (a chat run's template, conversation.hf_chat_files)."""
     try:
         from safetensors.torch import save_file
     except ImportError:
@@ -393,6 +394,8 @@ def export(model, to, tokenizer_meta, log=print):
         generation = generation_config(model.config, tokenizer_meta)
         if generation:
             write_json(tmp / "generation_config.json", generation)
+        if finish is not None:
+            finish(tmp)
         for path in tmp.iterdir():
             fsync_path(path)
         os.replace(tmp, to)  # an empty `to` is replaced as a whole

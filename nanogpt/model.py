@@ -405,6 +405,22 @@ class GPT(nn.Module):
         if "wpe" in self.transformer:
             self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
 
+    @torch.no_grad()
+    def grow_vocab(self, vocab_size):
+        """Add rows to the token embedding (and the head) up to vocab_size, for new tokens such as a chat
+        template's turn tokens. Each new row starts as the mean of the old ones: an "average token", whose logit
+        starts near the others' rather than at random (Hewitt 2021, "Initializing new word embeddings")."""
+        old = self.config.vocab_size
+        if vocab_size <= old:
+            return
+        # tied, the head's weight is the embedding's: growing it and tying again grows both
+        for module in (self.lm_head,) if self.config.tie_embeddings else (self.transformer.wte, self.lm_head):
+            weight = module.weight
+            module.weight = nn.Parameter(torch.cat([weight, weight.mean(dim=0, keepdim=True).expand(
+                vocab_size - old, -1)]))
+        self.config.vocab_size = self.transformer.wte.num_embeddings = self.lm_head.out_features = vocab_size
+        self.tie_weights()
+
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         """AdamW over every trainable parameter, weight decay on matrices and embeddings only (see adamw)."""
         params = [p for p in self.parameters() if p.requires_grad]

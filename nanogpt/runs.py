@@ -40,9 +40,13 @@ def load_model(init_from, out_dir, device="cpu", which="auto"):
 
 
 def pretrained_tokenizer_meta(init_from):
-    """A local model folder's own tokenizer, else GPT-2's BPE (hub names: GPT-2 and its finetunes)."""
+    """A local model folder's own tokenizer, else GPT-2's BPE (hub names: GPT-2 and its finetunes); a folder
+    exported from a chat-finetuned run keeps its chat template (see conversation.py)."""
     folder = Path(init_from).expanduser()
-    return (hf.read_tokenizer(folder) if folder.is_dir() else None) or gpt2_meta()
+    meta = (hf.read_tokenizer(folder) if folder.is_dir() else None) or gpt2_meta()
+    from nanogpt.conversation import exported_chat_meta
+
+    return exported_chat_meta(folder, meta) if folder.is_dir() else meta
 
 
 def legacy_tokenizer_meta(ckpt):

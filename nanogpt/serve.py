@@ -89,7 +89,7 @@ def load_api(cfg):
     info = {"model": name, "tokenizer": tokenizer.name, "vocab_size": tokenizer.vocab_size,
             "block_size": model.config.block_size, "n_layer": model.config.n_layer,
             "n_head": model.config.n_head, "n_embd": model.config.n_embd, "parameters": model.get_num_params(),
-            "device": str(device), "max_batch": cfg.max_batch}
+            "device": str(device), "max_batch": cfg.max_batch, "chat": getattr(tokenizer, "chat", None) is not None}
     return Api(Scheduler(engine, cfg.max_queue, autocast), tokenizer, name, info, cfg.max_tokens_limit,
                cfg.max_n or cfg.max_batch, cfg.timeout, cfg.max_body_kb, api_key_of(cfg), cfg.cors_origin)
 

@@ -3,8 +3,9 @@ so a run always decodes with the tokenizer it was trained with.
 
 Kinds: 'char' (one token per character), 'gpt2' (GPT-2's BPE) and 'bpe' (a BPE trained on the user's text), both
 in bpe.py, and 'hf': the tokenizer.json of a Hugging Face model folder, read through the tokenizers library.
-Every tokenizer has encode, decode, vocab_size, describe() and eot_token: the id of the end-of-document token
-(<|endoftext|>), where generation may stop, or None when it has none.
+Every tokenizer has encode, decode, vocab_size, describe(), eot_token: the id of the end-of-document token
+(<|endoftext|>), where generation may stop, or None when it has none, and special_ids: its special tokens' ids by
+their text (the chat template's turn tokens among them where it has them).
 """
 
 from nanogpt.errors import UserError
@@ -15,6 +16,7 @@ class CharTokenizer:
 
     name = "char"
     eot_token = None  # documents are simply concatenated
+    special_ids = {}  # no special tokens: a character vocabulary cannot hold the chat template's turn tokens
 
     def __init__(self, chars):
         self.chars = chars
@@ -62,6 +64,10 @@ class HFTokenizer:
 
         self.eot_token = self.tokenizer.token_to_id(eos_token or ENDOFTEXT)
 
+    @property
+    def special_ids(self):
+        return {t.content: i for i, t in self.tokenizer.get_added_tokens_decoder().items() if t.special}
+
     def encode(self, text):
         try:
             return self.tokenizer.encode(text, add_special_tokens=False).ids
@@ -77,7 +83,14 @@ class HFTokenizer:
 
 
 def tokenizer_from_meta(meta):
-    """The tokenizer a meta dict describes."""
+    """The tokenizer a meta dict describes; its `chat` is the chat template a chat dataset or a chat-finetuned
+    run names (None: not for chat, see conversation.py)."""
+    tokenizer = tokenizer_of_kind(meta)
+    tokenizer.chat = meta.get("chat")
+    return tokenizer
+
+
+def tokenizer_of_kind(meta):
     kind = meta.get("tokenizer")
     if kind == "char":
         return CharTokenizer(meta["chars"])
@@ -85,7 +98,7 @@ def tokenizer_from_meta(meta):
         from nanogpt.bpe import BPETokenizer, GPT2Tokenizer  # tiktoken is loaded only for BPE runs
 
         if kind == "gpt2":
-            return GPT2Tokenizer()
+            return GPT2Tokenizer(tuple(meta.get("special_tokens", ())))
         if "tokenizer_json" not in meta:
             raise UserError("this dataset or run names a trained BPE tokenizer but does not carry its tokenizer.json")
         return BPETokenizer(meta["tokenizer_json"])

@@ -338,8 +338,13 @@ def set_up(cfg, device, dinfo, log, given=None):
     log(f"mfu is measured against the peak of {peak[0]}, {peak[1] / 1e12:.0f} TFLOPS" if peak else
         f"mfu: n/a on {device} (no known peak flop/s)")
     dataset = open_dataset(cfg)
+    if dataset.masked:
+        log(f"the loss is over the assistant's tokens only: {dataset.folder} is a chat dataset, whose loss mask rules "
+            "out system and user tokens (the losses logged are over assistant tokens)")
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank, drawn by parallelize
     raw_model = build_model(cfg, dataset, ckpt, log)
+    if starts_from_run(cfg.init_from):  # the run's weights fix the architecture: the saved settings say which
+        cfg = replace(cfg, **{k: getattr(raw_model.config, k) for k in ARCHITECTURE})
     if not raw_model.lm_head.weight.is_meta:
         raw_model.to(device)
     compile_model = runtime.resolve_compile(cfg.compile, runtime.device_type(device))
@@ -671,8 +676,11 @@ def estimate_loss(s, stop):
     sums = torch.zeros(len(splits), dtype=torch.float64, device=s.device)
     progress = Progress(s.log, len(splits) * rounds, "batches")
     for i, (split, stream) in enumerate(splits):
+        # a chat dataset's rows start at conversations, as its training rows do: a row anywhere could hold no
+        # assistant token at all, and the mean of no losses is nan
+        starts = s.dataset.document_starts(split, cfg.block_size) if s.dataset.masked else None
         offsets = batch_offsets(cfg.seed, stream, s.iter_num, cfg.eval_iters * cfg.batch_size,
-                                s.dataset.lengths[split], cfg.block_size)
+                                s.dataset.lengths[split], cfg.block_size, starts)
         for r in range(rounds):
             if s.dinfo.enabled and stop_requested(stop, s.dinfo, s.device):
                 raise StopTraining
@@ -772,6 +780,8 @@ def build_model(cfg, dataset, ckpt, log):
             model = on_meta(lambda: GPT(checkpoint.gpt_config(ckpt, cfg.out_dir, dropout=cfg.dropout)))
         fit_to_dataset(model, dataset, cfg.block_size, "the checkpoint")
         return model
+    if starts_from_run(cfg.init_from):
+        return model_of_run(cfg, dataset, log)
     log(f"initializing from pretrained weights {cfg.init_from} (dropout {cfg.dropout})")
     model = GPT.from_pretrained(cfg.init_from, {"dropout": cfg.dropout})
     if model.config.vocab_size >= GPT2_VOCAB_SIZE and dataset.meta.get("tokenizer") != "gpt2":
@@ -782,6 +792,44 @@ def build_model(cfg, dataset, ckpt, log):
         )
     fit_to_dataset(model, dataset, cfg.block_size, cfg.init_from)
     return model
+
+
+def starts_from_run(init_from):
+    """Whether init_from names another run's folder (one holding ckpt.pt), to start a new run from its weights."""
+    return init_from not in ("scratch", "resume") and (Path(init_from) / checkpoint.LATEST).is_file()
+
+
+def model_of_run(cfg, dataset, log):
+    """A new run starting from another run's weights (init_from=RUN, a folder holding ckpt.pt), e.g. chat
+    finetuning a pretrained run: its architecture, none of its optimizer state or iteration count."""
+    source = Path(cfg.init_from)
+    log(f"initializing from the weights of the run in {source} (dropout {cfg.dropout})")
+    ckpt = checkpoint.load_checkpoint(source, "latest")
+    trained_with = ckpt.get("tokenizer") or {}
+    if not extends(dataset.meta, trained_with):
+        raise UserError(
+            f"dataset {dataset.folder} holds {describe_tokenizer(dataset.meta)} tokens, but the run in {source} was "
+            f"trained on {describe_tokenizer(trained_with)} tokens: prepare the data with its tokenizer "
+            f"(--tokenizer_from={source})"
+        )
+    model = checkpoint.load_model(ckpt, source, dropout=cfg.dropout)
+    fit_to_dataset(model, dataset, cfg.block_size, f"the run in {source}")
+    return model
+
+
+def extends(meta, base):
+    """Whether a dataset's tokenizer reads the base tokenizer's ids as it does: the same one, or the same with the
+    chat turn tokens added after its ids (a chat dataset's)."""
+    keys = ("tokenizer", "chars")
+    if any(meta.get(k) != base.get(k) for k in keys) or meta.get("vocab_size", 0) < base.get("vocab_size", 0):
+        return False
+    if meta.get("tokenizer") != "bpe" or meta.get("tokenizer_json") == base.get("tokenizer_json"):
+        return True
+    from nanogpt.bpe import ranks_from_json
+
+    (ours, special), (theirs, base_special) = ranks_from_json(meta["tokenizer_json"]), ranks_from_json(
+        base["tokenizer_json"])
+    return ours == theirs and all(special.get(t) == i for t, i in base_special.items())
 
 
 def check_same_tokenizer(ckpt, dataset, out_dir):
@@ -802,7 +850,10 @@ def describe_tokenizer(meta):
 
 def fit_to_dataset(model, dataset, block_size, source):
     """Check that a loaded model can read the dataset's token ids at this block size, and crop its context to
-    block_size (finetuning GPT-2's 1024 on shorter blocks saves memory and time)."""
+    block_size (finetuning GPT-2's 1024 on shorter blocks saves memory and time). A chat dataset's turn tokens past
+    the model's vocabulary (OpenAI's GPT-2 has exactly 50,257) grow its embedding and head."""
+    if dataset.vocab_size > model.config.vocab_size and dataset.meta.get("chat"):
+        model.grow_vocab(padded_vocab_size(dataset.vocab_size))
     if dataset.vocab_size > model.config.vocab_size:
         raise UserError(
             f"dataset {dataset.folder} has token ids up to {dataset.vocab_size - 1}, but {source}'s vocabulary "

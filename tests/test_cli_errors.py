@@ -131,6 +131,7 @@ def test_root_scripts_exit_nonzero_with_one_line(script, args, message):
 def config_classes():
     """command -> the dataclass that holds its settings."""
     from nanogpt.bench import BenchConfig
+    from nanogpt.chat import ChatConfig
     from nanogpt.config import TrainConfig
     from nanogpt.datasets import PrepareConfig
     from nanogpt.evaluate import EvalConfig
@@ -142,7 +143,7 @@ def config_classes():
 
     return {"train": TrainConfig, "sample": SampleConfig, "serve": ServeConfig, "export": ExportConfig,
             "bench": BenchConfig, "prepare": PrepareConfig, "eval": EvalConfig, "plot": PlotConfig,
-            "report": ReportConfig}
+            "report": ReportConfig, "chat": ChatConfig}
 
 
 def test_every_command_has_a_settings_class():

@@ -27,6 +27,7 @@ ENV_ASSIGNMENT = re.compile(r"^[A-Z_][A-Z0-9_]*=")
 
 def config_classes():
     from nanogpt.bench import BenchConfig
+    from nanogpt.chat import ChatConfig
     from nanogpt.datasets import PrepareConfig
     from nanogpt.evaluate import EvalConfig
     from nanogpt.export import ExportConfig
@@ -37,7 +38,7 @@ def config_classes():
 
     return {"train": TrainConfig, "sample": SampleConfig, "bench": BenchConfig, "prepare": PrepareConfig,
             "eval": EvalConfig, "export": ExportConfig, "serve": ServeConfig, "plot": PlotConfig,
-            "report": ReportConfig}
+            "report": ReportConfig, "chat": ChatConfig}
 
 
 CONFIGS = config_classes()

@@ -31,6 +31,7 @@ CLASSES = [
     ("nanogpt.evaluate", "EvalConfig"),
     ("nanogpt.plot", "PlotConfig"),
     ("nanogpt.report", "ReportConfig"),
+    ("nanogpt.chat", "ChatConfig"),
 ]
 
 # class -> field -> when to change it (the meaning is the comment beside the field in the source)
@@ -44,7 +45,7 @@ NOTES = {
         "eval_only": "True to measure a checkpoint's (or a fresh model's) losses without training.",
         "always_save_checkpoint": "False on small data that overfits, so ckpt.pt stays the best model.",
         "init_from": "'resume' to continue a run in out_dir; 'gpt2' … 'gpt2-xl' or a local HF folder to finetune "
-                     "(needs pip install -e '.[hf]').",
+                     "(needs pip install -e '.[hf]'); another run's folder to finetune it, e.g. on conversations.",
         "seed": "Change to get a different but equally reproducible run (weights, batches, dropout).",
         "wandb_log": "True to follow a long run in a browser; needs `pip install wandb`.",
         "wandb_project": "Per experiment family.",
@@ -189,6 +190,9 @@ NOTES = {
                      "finetune GPT-2; 'bpe' (pip install -e '.[bpe]') for code, another language or a domain.",
         "vocab_size": "With --tokenizer=bpe: a few thousand for a few MB of text (2,048–8,192 on tiny Shakespeare, "
                       "see docs/concepts/data-pipeline.md); more text affords more.",
+        "turn_tokens": "True when the model pretrained on this text is to be chat-finetuned later (docs/guides/chat.md).",
+        "format": "'chat' for conversations to finetune on (JSONL or a dataset with a messages column, or 'synthetic').",
+        "tokenizer_from": "With --format=chat: the dataset the model to finetune was trained on (or its run folder).",
         "val_fraction": "Smaller (0.01–0.05) on a big corpus, where 10 % is more validation text than needed.",
         "pattern": "When your folder's text is not *.txt/*.md, e.g. '*.py' for code.",
         "val_split": "tail only to reproduce nanoGPT's split (the end of the text); random keeps train and val alike.",
@@ -201,6 +205,20 @@ NOTES = {
         "data_dir": "When your datasets live elsewhere; give train the same --data_dir.",
         "overwrite": "True to replace a dataset made from other text or with another tokenizer (runs trained on it "
                      "then no longer match their data); preparing the same dataset again needs no flag.",
+    },
+    "ChatConfig": {
+        "out_dir": "Always: a run finetuned on a chat dataset (a base run is refused).",
+        "init_from": "A Hugging Face folder exported from a chat run, to talk to it without its checkpoint.",
+        "checkpoint": "'last' for the final iteration of a run trained with always_save_checkpoint=False.",
+        "system": "To set the assistant's behaviour for the whole conversation.",
+        "max_new_tokens": "Lower for short answers; the context may end an answer sooner.",
+        "temperature": "0 for the same answer every time (what the API gives at temperature 0).",
+        "top_k": "Rarely needed beside top_p.",
+        "top_p": "1.0 to sample from the whole distribution.",
+        "seed": "To get other answers at a temperature above 0.",
+        "device": "'cpu' to leave the GPU to training.",
+        "dtype": "'float32' for answers identical to a float32 server's.",
+        "threads": "1 on a machine busy with other work.",
     },
     "EvalConfig": {
         "init_from": "'gpt2' to measure OpenAI's weights (needs `pip install -e '.[hf]'` and --dataset for loss/bpb).",
