@@ -1,0 +1,43 @@
+# Your own text or code on a CPU, the modern way: a BPE dataset made by
+#   nanogpt prepare --input=FOLDER --name=NAME --pattern='*.py' --tokenizer=bpe --vocab_size=4096
+# then `python train.py config/train_code_bpe_cpu.py --dataset=NAME`. A 4-layer, 256-wide model over 512-token
+# sequences, 4096 tokens a step, with the fast CPU preset's switches and optimizer. benchmarks/peer.py trains it
+# against nanochat at equal wall time (docs/concepts/modern-recipe.md has the figures); change max_iters and
+# lr_decay_iters together to fit your time.
+
+out_dir = 'out-code-bpe'
+eval_interval = 100
+eval_iters = 16  # 16 batches of 8 x 512: 65536 val tokens
+eval_train = False
+log_interval = 10
+always_save_checkpoint = False
+
+gradient_accumulation_steps = 1
+batch_size = 8
+block_size = 512
+
+n_layer = 4
+n_head = 4
+n_embd = 256
+dropout = 0.0
+bias = False
+
+position = 'rope'
+norm = 'layernorm'  # bias-free; F.rms_norm is slower than F.layer_norm on CPUs
+qk_norm = True
+activation = 'relu2'
+tie_embeddings = False
+zero_init_proj = True
+logit_softcap = 15.0
+
+optimizer = 'muon'
+muon_lr = 0.02
+learning_rate = 3e-3  # AdamW, for the embeddings, head and gains
+min_lr = 3e-4
+beta2 = 0.99
+max_iters = 400
+lr_decay_iters = 400
+warmup_iters = 40
+
+device = 'cpu'
+compile = False
