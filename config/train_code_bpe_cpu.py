@@ -1,9 +1,8 @@
-# Your own text or code on a CPU, the modern way: a BPE dataset made by
-#   nanogpt prepare --input=FOLDER --name=NAME --pattern='*.py' --tokenizer=bpe --vocab_size=4096
-# then `python train.py config/train_code_bpe_cpu.py --dataset=NAME`. A 4-layer, 256-wide model over 512-token
-# sequences, 4096 tokens a step, with the fast CPU preset's switches and optimizer. benchmarks/peer.py trains it
-# against nanochat at equal wall time (docs/concepts/modern-recipe.md has the figures); change max_iters and
-# lr_decay_iters together to fit your time.
+# Your own text or code on a CPU, the modern way: 4 layers of 256 over 512-token sequences for a BPE dataset.
+# Make the dataset with `nanogpt prepare --input=FOLDER --name=NAME --pattern='*.py' --tokenizer=bpe
+# --vocab_size=4096`, then run `python train.py config/train_code_bpe_cpu.py --dataset=NAME`. 4096 tokens a step,
+# the fast CPU preset's switches and optimizer; benchmarks/peer.py trains it against nanochat at equal wall time
+# (docs/concepts/modern-recipe.md). Change max_iters and lr_decay_iters together to fit your time.
 
 out_dir = 'out-code-bpe'
 eval_interval = 100
