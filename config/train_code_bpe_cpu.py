@@ -28,7 +28,7 @@ activation = 'relu2'
 tie_embeddings = False
 zero_init_proj = True
 logit_softcap = 15.0
-value_embeddings = True  # -0.020 val loss at equal steps (docs/concepts/modern-recipe.md)
+value_embeddings = True  # each token's identity handed to every other layer; measured in docs/concepts/modern-recipe.md
 
 optimizer = 'muon'
 muon_lr = 0.02
