@@ -32,7 +32,8 @@ value_embeddings = True  # each token's identity handed to every other layer; me
 
 optimizer = 'muon'
 muon_lr = 0.02
-learning_rate = 3e-3  # AdamW, for the embeddings, head and gains
+learning_rate = 3e-3  # AdamW, for the head and gains
+embedding_lr = 0.03  # AdamW, for the token and value embeddings: a row moves only when its token appears
 min_lr = 3e-4
 beta2 = 0.99
 max_iters = 400
