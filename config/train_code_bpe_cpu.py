@@ -28,12 +28,14 @@ activation = 'relu2'
 tie_embeddings = False
 zero_init_proj = True
 logit_softcap = 15.0
+x0_mix = True  # every block sees a learned share of the embedding output
 value_embeddings = True  # each token's identity handed to every other layer; measured in docs/concepts/modern-recipe.md
 
 optimizer = 'muon'
 muon_lr = 0.02
 learning_rate = 3e-3  # AdamW, for the head and gains
 embedding_lr = 0.03  # AdamW, for the token and value embeddings: a row moves only when its token appears
+scalar_lr = 0.02  # AdamW, for the x0 shares: single numbers that must move within a short run
 min_lr = 3e-4
 beta2 = 0.99
 max_iters = 400
