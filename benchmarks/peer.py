@@ -32,6 +32,7 @@ start (its loader), ours over windows drawn anywhere in the val split; both coun
 """
 
 import argparse
+import json
 import math
 import os
 import random
@@ -97,6 +98,11 @@ def env_for(threads, extra_path=None):
 def prepare_ours(work, train, val, vocab_size, log):
     """Our dataset: the documents as files (val ones last, so `--val_split=tail` holds out exactly them), BPE-encoded
     by `nanogpt prepare`. Returns (data_dir, dataset name, val tokens per UTF-8 byte)."""
+    done = work / "ours-prepared.json"
+    if done.is_file():  # a kept --work folder: the same corpus and tokenizer as last time
+        data, val_tokens, val_bytes = json.loads(done.read_text())
+        log(f"ours: reusing the dataset in {data}, {val_bytes / val_tokens:.3f} bytes/token (val)")
+        return Path(data), "peer", val_tokens / val_bytes
     folder = work / "corpus"
     for split, docs in (("a-train", train), ("b-val", val)):
         for i, (_, text) in enumerate(docs):
@@ -117,6 +123,7 @@ def prepare_ours(work, train, val, vocab_size, log):
     val_bytes = sum(len(text.encode()) for _, text in val)
     log(f"ours: BPE of {vocab_size}, train {m.group(1)} tokens, val {val_tokens:,} tokens, "
         f"{val_bytes / val_tokens:.3f} bytes/token (val, <|endoftext|> counted)")
+    done.write_text(json.dumps([str(data), val_tokens, val_bytes]))
     return data, "peer", val_tokens / val_bytes
 
 
@@ -139,9 +146,13 @@ def prepare_nanochat(work, checkout, train, val, vocab_size, deps, log):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    copy = work / "nanochat"
+    copy, base = work / "nanochat", work / "nanochat-base"
+    if (base / "tokenizer").is_dir() and (copy / "scripts" / "base_train.py").is_file():
+        log(f"nanochat: reusing its copy and tokenizer in {work}")
+        return copy, base
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.rmtree(base, ignore_errors=True)
     shutil.copytree(checkout, copy, ignore=shutil.ignore_patterns(".git", "__pycache__"))
-    base = work / "nanochat-base"
     shards = base / "base_data_climbmix"
     shards.mkdir(parents=True)
     for i, docs in enumerate((train, val)):
@@ -270,7 +281,9 @@ def main():
     parser.add_argument("--ours", action="append", default=[], help="an extra --key=value for our runs")
     parser.add_argument("--png", default="peer.png")
     parser.add_argument("--results", default=None, help="the results file (default benchmarks/results/peer.json)")
-    parser.add_argument("--work", default=None, help="scratch folder (default: a new temporary one, removed after)")
+    parser.add_argument("--work", default=None, help="scratch folder, kept: a second run with the same one reuses its "
+                                                     "corpus and tokenizers (default: a temporary one, removed after)")
+    parser.add_argument("--prepare_only", action="store_true", help="build the corpus and tokenizers, then stop")
     args = parser.parse_args()
     systems = args.systems.split(",")
     if unknown := set(systems) - set(SYSTEMS):
@@ -294,6 +307,8 @@ def main():
         if any(s.startswith("nanochat") for s in systems):
             copy, base = prepare_nanochat(work, checkout, train, val, args.vocab_size, args.nanochat_deps, log)
             nc_env = dict(env_for(2, args.nanochat_deps), NANOCHAT_BASE_DIR=str(base))
+        if args.prepare_only:
+            return
         budget = args.minutes * 60
 
         def command(system, steps, seed, out, evals=args.evals):
