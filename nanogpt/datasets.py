@@ -276,9 +276,9 @@ def prepare_corpus(corpus, folder, tokenizer="gpt2", vocab_size=None, val_fracti
 
 def train_command(name, data_dir="data", tokenizer="char"):
     """A training command sized for this machine for a new dataset, not GPT-2 124M's defaults, which take hours per
-    evaluation on a CPU. On a CPU the modern recipe's presets, which reach a lower loss in the same minutes than the
-    GPT-2 ones (benchmarks/recipe.py, benchmarks/peer.py): the fast character preset for characters, the code/BPE
-    preset for a BPE. On a GPU the small Shakespeare preset."""
+    evaluation on a CPU. On a CPU the modern recipe's presets: the fast character preset for characters (a lower loss
+    than the GPT-2 preset in the same minutes, benchmarks/recipe.py), the code/BPE preset, with the same switches at
+    a BPE's shape, for the others. On a GPU the small Shakespeare preset."""
     import torch
 
     if torch.cuda.is_available():
