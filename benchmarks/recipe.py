@@ -217,8 +217,8 @@ def report(results, names, clock):
             upstream_needs, bound = table["upstream"]["wall s"], f" (upstream never reached {TARGET}: its whole run)"
         else:
             bound = ""
-        print(f"fast/upstream time to {TARGET}: {table['fast'][key] / upstream_needs:.3f}{bound} (acceptance: <= 0.4)")
-        print(f"fast val loss within upstream's wall time: {table['fast']['val @ (a) wall']:.3f} (acceptance: <= 1.65)")
+        print(f"fast/upstream time to {TARGET}: {table['fast'][key] / upstream_needs:.3f}{bound} (acceptance: <= 0.25)")
+        print(f"fast val loss within upstream's wall time: {table['fast']['val @ (a) wall']:.3f} (acceptance: <= 1.60)")
     # nan (never reached) is stored as null: JSON has no nan
     return {"runs": {name: {k: (round(v, 4) if v == v else None) for k, v in table[name].items()} for name in names}}
 

@@ -67,11 +67,16 @@ class TrainConfig:
     zero_init_proj: bool = False  # initialise the blocks' output projections at zero
     logit_softcap: float = 0.0  # > 0: logits become cap·tanh(logits/cap); 0 is off (GPT-2)
     n_kv_head: int = 0  # key/value heads (grouped-query attention); 0 means n_head, as GPT-2
+    value_embeddings: bool = False  # every other layer (the last included) adds a gated token embedding to its values
+    x0_mix: bool = False  # each block's input gets a learned share (from 0) of the embedding output
     # optimizer
     optimizer: str = "adamw"  # 'adamw' (nanoGPT) or 'muon': Muon for the blocks' matrices, AdamW for the rest
     muon_lr: float = 0.02  # optimizer='muon': Muon's peak learning rate (follows the same schedule)
     muon_momentum: float = 0.95  # optimizer='muon': Muon's (Nesterov) momentum
     muon_weight_decay: float = 0.0  # optimizer='muon': decoupled weight decay of the Muon matrices
+    muon_momentum_warmup: int = 0  # optimizer='muon': steps over which Muon's momentum rises from 0.85 to muon_momentum
+    embedding_lr: float = 0.0  # optimizer='muon': AdamW's peak rate for the token and value embeddings (0: learning_rate)
+    scalar_lr: float = 0.0  # optimizer='muon': AdamW's peak rate for the x0 shares (0: learning_rate)
     # AdamW (with optimizer='muon': for embeddings, LM head, norms and biases)
     learning_rate: float = 6e-4  # peak learning rate
     max_iters: int = 600000  # total optimizer steps
@@ -379,7 +384,7 @@ def validate_recipe(cfg):
     if cfg.position == "rope" and (cfg.n_embd // cfg.n_head) % 2 != 0:
         raise UserError(f"position='rope' needs an even head size (n_embd/n_head), got {cfg.n_embd // cfg.n_head}")
     check_at_least(cfg, 0, "rope_base", "muon_momentum", "wsd_decay_frac", "logit_softcap", "muon_lr",
-                   "muon_weight_decay")
+                   "muon_weight_decay", "muon_momentum_warmup", "embedding_lr", "scalar_lr")
     if cfg.rope_base <= 1:
         raise UserError(f"rope_base must be above 1, got {cfg.rope_base}")
     if cfg.muon_momentum >= 1 or cfg.wsd_decay_frac > 1:

@@ -277,16 +277,21 @@ def prepare_corpus(corpus, folder, tokenizer="gpt2", vocab_size=None, val_fracti
         writer.commit()
     shards = sum(len(w.shards) for w in writer.splits.values())
     log(f"wrote {folder} ({shards} shard{'s' * (shards != 1)}): train on it with "
-        f"`{train_command(Path(folder).name, data_dir or Path(folder).parent)}`")
+        f"`{train_command(Path(folder).name, data_dir or Path(folder).parent, tokenizer)}`")
     return writer.lengths["train"], writer.lengths["val"]
 
 
-def train_command(name, data_dir="data"):
-    """A training command sized for this machine for a new dataset: the small Shakespeare-sized preset (a few
-    minutes on a laptop CPU with the _cpu preset), not GPT-2 124M's defaults, which take hours per evaluation there."""
+def train_command(name, data_dir="data", tokenizer="char"):
+    """A training command sized for this machine for a new dataset, not GPT-2 124M's defaults, which take hours per
+    evaluation on a CPU. On a CPU the modern recipe's presets: the fast character preset for characters (a lower loss
+    than the GPT-2 preset in the same minutes, benchmarks/recipe.py), the code/BPE preset, with the same switches at
+    a BPE's shape, for the others. On a GPU the small Shakespeare preset."""
     import torch
 
-    preset = "train_shakespeare_char.py" if torch.cuda.is_available() else "train_shakespeare_char_cpu.py"
+    if torch.cuda.is_available():
+        preset = "train_shakespeare_char.py"
+    else:
+        preset = "train_shakespeare_char_cpu_fast.py" if tokenizer == "char" else "train_code_bpe_cpu.py"
     on_dir = "" if Path(data_dir) == Path("data") else f" --data_dir={data_dir}"
     return f"python train.py config/{preset} --dataset={name}{on_dir} --out_dir=out-{name}"
 

@@ -1,8 +1,8 @@
 """The GPT-2 model, read top to bottom: config, layers, the GPT module, then its helpers.
 
 With its default settings this is GPT-2 exactly. A few switches in GPTConfig give the modern recipe instead
-(rotary positions, RMSNorm, QK-norm, ReLU² or SwiGLU, an untied head, logit soft-capping, grouped-query attention;
-see docs/concepts/modern-recipe.md). Each switch picks a layer once, in `__init__`; the forward passes read the
+(rotary positions, RMSNorm, QK-norm, ReLU² or SwiGLU, an untied head, logit soft-capping, grouped-query attention,
+value embeddings, the embedding mixed into every block; see docs/concepts/modern-recipe.md). Each switch picks a layer once, in `__init__`; the forward passes read the
 same for every choice.
 
 Nothing here knows about training loops, data, devices or ranks. Inference state (the KV cache) is an object
@@ -46,6 +46,8 @@ class GPTConfig:
     zero_init_proj: bool = False  # start each block's output projections at zero, so every block begins as identity
     logit_softcap: float = 0.0  # > 0: logits become cap·tanh(logits/cap) (Gemma 2); 0 leaves them as they are
     n_kv_head: int = 0  # key/value heads for grouped-query attention (Ainslie et al. 2023); 0 means n_head
+    value_embeddings: bool = False  # every other layer (the last included) adds a token embedding to its values
+    x0_mix: bool = False  # each block's input gets a learned share of the embedding output (starting at 0)
 
     def __post_init__(self):
         if self.n_embd % self.n_head != 0:
@@ -167,15 +169,18 @@ class CausalSelfAttention(nn.Module):
         self.qk_size = config.n_embd + kv_size
         self.qk_norm = QKNorm() if config.qk_norm else nn.Identity()
         self.rotate = rotate if config.position == "rope" else no_rotation
+        self.value_gate = ValueGate(config) if has_value_embedding(config, layer_idx) else None
         # grouped-query attention: each key/value head serves n_head / n_kv_head query heads
         self.gqa = {"enable_gqa": True} if self.n_kv_head != self.n_head else {}
         # scaled_dot_product_attention picks flash/memory-efficient kernels where the device has them;
         # the plain path exists to check it against, and for readers who want to see the math.
         self.flash = True
 
-    def forward(self, x, rotation=None, kv_cache=None):
+    def forward(self, x, rotation=None, kv_cache=None, ve=None):
         B, T, C = x.size()
         qk, v = self.c_attn(x).split((self.qk_size, self.qk_size - self.n_embd), dim=2)
+        if ve is not None:  # this layer's value embedding of the tokens, gated per head
+            v = v + self.value_gate(x, ve)
         # queries and keys side by side, one head per row: (B, T, n_head + n_kv_head, head_size), normalised and
         # rotated together (each is a no-op for GPT-2)
         qk = self.rotate(self.qk_norm(qk.view(B, T, -1, self.head_size)), rotation)
@@ -202,6 +207,28 @@ class CausalSelfAttention(nn.Module):
             y = att @ v
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
         return self.resid_dropout(self.c_proj(y))
+
+
+def has_value_embedding(config, layer_idx):
+    """Whether layer layer_idx adds a value embedding: every other layer counting back from the last."""
+    return config.value_embeddings and (config.n_layer - 1 - layer_idx) % 2 == 0
+
+
+class ValueGate(nn.Module):
+    """How much of a token's value embedding each key/value head adds to its values: 2·sigmoid of a linear map of
+    the block's (normalised) input, so 1 for every head at the start (a zero map) and learned from there, between 0
+    and 2. The value embedding gives every layer that has one direct access to the token's identity, however far
+    the residual stream has moved from it (ResFormer's value residual, Zhou et al. 2024; modded-nanogpt's and
+    nanochat's value embeddings)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.n_kv_head, self.head_size = config.kv_heads, config.n_embd // config.n_head
+        self.weight = nn.Parameter(torch.zeros(self.n_kv_head, config.n_embd))
+
+    def forward(self, x, ve):
+        gate = 2 * torch.sigmoid(F.linear(x, self.weight))  # (B, T, n_kv_head)
+        return (gate.unsqueeze(-1) * ve.unflatten(-1, (self.n_kv_head, self.head_size))).flatten(-2)
 
 
 def causal_mask_full(q_len, k_len, device):
@@ -253,8 +280,8 @@ class Block(nn.Module):
         self.ln_2 = norm_layer(config)(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, rotation=None, kv_cache=None):
-        x = x + self.attn(self.ln_1(x), rotation, kv_cache)
+    def forward(self, x, rotation=None, kv_cache=None, ve=None):
+        x = x + self.attn(self.ln_1(x), rotation, kv_cache, ve)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -287,6 +314,12 @@ class GPT(nn.Module):
             )
         )
         self.rotary = Rotary(config.n_embd // config.n_head, config.rope_base) if not positions else None
+        # value embeddings: one token embedding table per layer that has one, of the width of its values
+        kv_size = config.kv_heads * (config.n_embd // config.n_head)
+        self.value_embeds = nn.ModuleDict({str(i): nn.Embedding(config.vocab_size, kv_size)
+                                           for i in range(config.n_layer) if has_value_embedding(config, i)})
+        # x0 mixing: block i's input is x + x0_scales[i]·x0, x0 the embedding output; each scale starts at 0
+        self.x0_scales = nn.Parameter(torch.zeros(config.n_layer)) if config.x0_mix else None
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.tie_weights()
         # soft-capping keeps logits within ±cap, smoothly: no single logit can run away early in training
@@ -325,7 +358,9 @@ class GPT(nn.Module):
             yield p, value.zero_() if self.config.zero_init_proj else value.normal_(0.0, std)
         for name, p in self.named_parameters():
             if id(p) not in done:
-                yield p, torch.zeros(p.shape) if name.endswith(".bias") else torch.ones(p.shape)
+                # biases, x0 shares and value gates start at zero (no shift, no mixing, gates of 1), norm gains at one
+                starts_at_zero = name.endswith((".bias", "value_gate.weight")) or name == "x0_scales"
+                yield p, torch.zeros(p.shape) if starts_at_zero else torch.ones(p.shape)
 
     @torch.no_grad()
     def init_weights(self):
@@ -357,6 +392,7 @@ class GPT(nn.Module):
         if non_embedding:
             n_params -= self.transformer.wpe.weight.numel() if "wpe" in self.transformer else 0
             n_params -= 0 if self.config.tie_embeddings else self.transformer.wte.weight.numel()
+            n_params -= sum(p.numel() for p in self.value_embeds.parameters())
         return n_params
 
     def set_flash(self, enabled):
@@ -382,9 +418,12 @@ class GPT(nn.Module):
             x = x + self.transformer.wpe(pos)
         else:
             rotation = self.rotary(pos)
-        x = self.transformer.drop(x)
-        for block in self.transformer.h:
-            x = block(x, rotation, kv_cache)
+        x0 = x = self.transformer.drop(x)
+        for i, block in enumerate(self.transformer.h):
+            ve = self.value_embeds[str(i)](idx) if str(i) in self.value_embeds else None
+            if self.x0_scales is not None:
+                x = x + self.x0_scales[i] * x0
+            x = block(x, rotation, kv_cache, ve)
         if kv_cache is not None:
             kv_cache.advance(t)
         x = self.transformer.ln_f(x)

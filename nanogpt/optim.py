@@ -3,7 +3,9 @@
 optimizer='adamw' is nanoGPT's: one AdamW, weight decay on matrices and embeddings only (GPT.configure_optimizers).
 optimizer='muon' is the modern recipe's: PyTorch's Muon (Jordan et al. 2024) for the 2-D weight matrices inside the
 transformer blocks, AdamW for everything else (embeddings, LM head, norm gains, biases), which Muon is not made for.
-Both follow the same schedule, each from its own peak learning rate (learning_rate, muon_lr).
+Both follow the same schedule, each from its own peak learning rate (learning_rate, muon_lr); under Muon the
+token and value embeddings and the x0 shares may have their own AdamW peaks (embedding_lr, scalar_lr), and Muon's
+momentum may warm up (muon_momentum_warmup).
 
 lr_schedule='cosine' is nanoGPT's: linear warmup, cosine decay to min_lr at lr_decay_iters. 'wsd' (warmup, stable,
 decay) holds the peak and decays linearly to min_lr over the last wsd_decay_frac of lr_decay_iters (Hägele et al.
@@ -46,12 +48,22 @@ def set_lr(optimizer, it, cfg):
     """Set every group's learning rate for iteration it; returns AdamW's (the one the log shows)."""
     lr = get_lr(it, cfg)
     for group in getattr(optimizer, "adamw", optimizer).param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     if isinstance(optimizer, MuonWithAdamW):
         muon_lr = get_lr(it, cfg, cfg.muon_lr)
         for group in optimizer.muon.param_groups:
             group["lr"] = muon_lr
+            group["momentum"] = muon_momentum(it, cfg)
     return lr
+
+
+def muon_momentum(it, cfg):
+    """Muon's momentum at iteration it: from 0.85 up to muon_momentum, linearly over muon_momentum_warmup steps.
+    Early gradients change fast; a shorter memory follows them (Jordan et al. 2024's speedrun schedule)."""
+    if it >= cfg.muon_momentum_warmup:
+        return cfg.muon_momentum
+    start = min(0.85, cfg.muon_momentum)
+    return start + (cfg.muon_momentum - start) * it / cfg.muon_momentum_warmup
 
 
 def build_optimizer(model, cfg, device_type, sharded=False):
@@ -66,7 +78,28 @@ def build_optimizer(model, cfg, device_type, sharded=False):
     in_muon = {id(p) for p in hidden}
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in in_muon]
     muon = Muon(hidden, lr=cfg.muon_lr, momentum=cfg.muon_momentum, weight_decay=cfg.muon_weight_decay)
-    return MuonWithAdamW(muon, adamw(rest, cfg.weight_decay, cfg.learning_rate, betas, device_type))
+    others = adamw(rest, cfg.weight_decay, cfg.learning_rate, betas, device_type)
+    # embeddings and x0 shares at their own peaks: set_lr scales each group's rate by its lr_scale
+    # (a tied token embedding is the head too, and stays at the head's rate)
+    tokens = [] if model.config.tie_embeddings else [model.transformer.wte.weight]
+    embeddings = {id(p) for p in [*tokens, *model.value_embeds.parameters()]}
+    split_group(others, embeddings, (cfg.embedding_lr or cfg.learning_rate) / cfg.learning_rate)
+    if model.x0_scales is not None:
+        split_group(others, {id(model.x0_scales)}, (cfg.scalar_lr or cfg.learning_rate) / cfg.learning_rate)
+    return MuonWithAdamW(muon, others)
+
+
+def split_group(optimizer, ids, lr_scale):
+    """Move the parameters in ids out of their groups into groups of their own (same settings) with lr_scale."""
+    if lr_scale == 1.0:
+        return
+    for group in list(optimizer.param_groups):
+        moved = [p for p in group["params"] if id(p) in ids]
+        if moved:
+            group["params"] = [p for p in group["params"] if id(p) not in ids]
+            optimizer.param_groups.append({**group, "params": moved, "lr": group["lr"] * lr_scale,
+                                           "lr_scale": lr_scale})
+    optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]
 
 
 def step_unless(optimizer, found_inf):

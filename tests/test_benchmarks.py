@@ -21,7 +21,7 @@ def import_benchmarks(*names):
         sys.path[:] = saved
 
 
-recipe, profile_step = import_benchmarks("recipe", "profile_step")
+recipe, profile_step, peer = import_benchmarks("recipe", "profile_step", "peer")
 
 
 def test_recipe_reads_the_curve_and_step_times_from_our_train_log(char_dataset, tmp_path):
@@ -68,3 +68,44 @@ def test_profile_per_step_is_the_difference_between_the_long_and_short_runs():
     assert ops["aten::mm"] == pytest.approx((8.0, 4.0))
     assert ops["aten::randint"] == (0.0, 0.0)
     assert ops["aten::_fused_adamw_"] == pytest.approx((1.0, 1.0))
+
+
+def test_peer_builds_its_corpus_without_tests_and_holds_out_the_same_documents_for_a_seed(tmp_path):
+    for rel in ["a.py", "pkg/b.py", "pkg/tests/c.py", "test/d.py", "pkg/test_e.py", "f_test.py", "g.txt", "h.py"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(f"x = '{rel}'\n")
+    (tmp_path / "empty.py").write_text("  \n")
+    (tmp_path / "binary.py").write_bytes(b"\xff\xfe\x00")
+    docs = peer.corpus_files(tmp_path, "*.py")
+    assert [name for name, _ in docs] == ["a.py", "h.py", "pkg/b.py"]
+    train, val = peer.split_documents(docs, 0.34, seed=0)
+    assert len(val) == 1 and sorted(train + val) == sorted(docs)
+    assert peer.split_documents(docs, 0.34, seed=0) == (train, val)
+
+
+def test_peer_plans_the_steps_that_fit_the_budget_and_reads_the_value_at_equal_time():
+    # a calibration of 10 steps of 1 s, evaluations of 2 s (the second after the last step), 30 s of start-up
+    cal = {"step_ms": [5000.0] + [1000.0] * 9, "curve": [(32.0, 3.0, 0), (46.0, 2.5, 10)], "last_step_s": 43.0,
+           "wall_s": 46.0}
+    steps, step_s, eval_s, fixed_s = peer.plan_steps(cal, 10, budget_s=200.0, evals=4)
+    assert (step_s, eval_s, fixed_s) == (1.0, 2.0, 32.0)
+    assert steps == 152 and steps % 4 == 0  # (0.97 * 200 - 32 - 5 evaluations * 2 s) / 1 s = 152
+    curve = [(30.0, 3.0, 0), (100.0, 2.0, 76), (199.0, 1.5, 152), (205.0, 1.4, 160)]
+    assert peer.within(curve, 200.0) == 1.5
+    assert peer.within(curve, 10.0) != peer.within(curve, 10.0)  # nothing yet: nan
+
+
+def test_peer_skips_with_a_reason_where_nanochat_is_missing(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["peer.py", f"--nanochat={tmp_path / 'nowhere'}", f"--work={tmp_path / 'w'}"])
+    peer.main()
+    assert capsys.readouterr().out == f"skipped: no nanochat checkout at {tmp_path / 'nowhere'} (pass --nanochat=DIR)\n"
+    assert not (tmp_path / "w").exists()
+
+
+def test_peer_undoes_nanochats_batch_scaling_of_its_learning_rates():
+    args = peer.argparse.Namespace(n_layer=4, n_embd=256, block_size=512, tokens_per_step=4096, eval_tokens=65536)
+    reference = peer.nanochat_command(args, 100, reference_lrs=True, evals=4)
+    default = peer.nanochat_command(args, 100, reference_lrs=False, evals=4)
+    assert "--matrix-lr=0.226274" in reference and "--embedding-lr=3.39411" in reference  # 0.02, 0.3 / sqrt(1/128)
+    assert not any("-lr=" in a for a in default)
+    assert "--depth=4" in default and "--aspect-ratio=64" in default and "--num-iterations=100" in default

@@ -27,6 +27,8 @@ SWITCHES = {
     "untied": dict(tie_embeddings=False),
     "softcap": dict(logit_softcap=15.0),
     "gqa": dict(n_kv_head=1),
+    "value_embeddings": dict(value_embeddings=True),
+    "x0_mix": dict(x0_mix=True),
 }
 
 

@@ -140,3 +140,19 @@ def test_docs_tools_pass(tool):
     proc = subprocess.run([sys.executable, str(REPO / "docs" / "tools" / tool[0]), *tool[1:]], cwd=REPO,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_readmes_faster_training_list_names_what_the_fast_preset_uses():
+    """The README's "Train faster" line names the fast preset's switches, and no switch the preset leaves off."""
+    from nanogpt.config import load_config
+
+    line = re.search(r"\*\*Train faster\*\*(.*?)explained", (REPO / "README.md").read_text(), re.S).group(1)
+    cfg = load_config([str(REPO / "config" / "train_shakespeare_char_cpu_fast.py")])
+    named = {"rotary": cfg.position == "rope", "QK-norm": cfg.qk_norm, "ReLU²": cfg.activation == "relu2",
+             "SwiGLU": cfg.activation == "swiglu", "untied head": not cfg.tie_embeddings,
+             "soft-capping": cfg.logit_softcap > 0, "Muon": cfg.optimizer == "muon",
+             "RMSNorm": cfg.norm == "rmsnorm", "LayerNorm": cfg.norm == "layernorm",
+             "WSD": cfg.lr_schedule == "wsd", "cosine": cfg.lr_schedule == "cosine",
+             "value embeddings": cfg.value_embeddings, "x0": cfg.x0_mix}
+    for name, used in named.items():
+        assert (name in " ".join(line.split())) == used, f"the README's list and the preset disagree on {name}"

@@ -29,6 +29,9 @@ SWITCHES = dict(
 COMBINATIONS = [dict(zip(SWITCHES, values)) for values in itertools.product(*SWITCHES.values())]
 MODERN = dict(position="rope", norm="rmsnorm", qk_norm=True, activation="relu2", tie_embeddings=False,
               zero_init_proj=True, logit_softcap=15.0)
+# the switches that add parameters to the modern model, each on top of it (not in the product above: 4x the tests)
+COMBINATIONS += [dict(MODERN, value_embeddings=True), dict(MODERN, x0_mix=True), dict(MODERN, value_embeddings=True,
+                                                                                      x0_mix=True, n_kv_head=1)]
 
 
 def quiet(*_):
@@ -243,3 +246,34 @@ def test_cpu_log_says_mfu_is_not_measured(char_dataset, tmp_path):
     train(tiny_config(data_dir, tmp_path / "run", max_iters=8), log=logs.append)
     iters = [line for line in logs if line.startswith("iter ")]
     assert iters and all(", mfu n/a," in line for line in iters) and not any("mfu -" in line for line in logs)
+
+
+def test_embeddings_and_x0_shares_get_their_own_rates_and_muon_momentum_warms_up():
+    cfg = tiny_config(".", ".", optimizer="muon", learning_rate=1e-3, embedding_lr=0.05, scalar_lr=0.2, min_lr=1e-4,
+                      warmup_iters=0, decay_lr=False, muon_momentum=0.95, muon_momentum_warmup=100)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=8, block_size=8, vocab_size=11, tie_embeddings=False,
+                          value_embeddings=True, x0_mix=True))
+    opt = optim.build_optimizer(model, cfg, "cpu")
+    optim.set_lr(opt, 0, cfg)
+    rate = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    assert rate[id(model.transformer.wte.weight)] == rate[id(model.value_embeds["1"].weight)] == 0.05
+    assert rate[id(model.x0_scales)] == 0.2 and rate[id(model.lm_head.weight)] == 1e-3
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+    assert opt.muon.param_groups[0]["momentum"] == pytest.approx(0.85)
+    optim.set_lr(opt, 50, cfg)
+    assert opt.muon.param_groups[0]["momentum"] == pytest.approx(0.90)
+    optim.set_lr(opt, 100, cfg)
+    assert opt.muon.param_groups[0]["momentum"] == 0.95
+
+
+def test_value_embeddings_and_x0_mix_start_neutral_and_refuse_export():
+    from nanogpt.hf import architecture_for
+
+    torch.manual_seed(0)
+    config = GPTConfig(n_layer=3, n_head=2, n_embd=8, block_size=8, vocab_size=11, value_embeddings=True, x0_mix=True)
+    model = GPT(config)
+    assert sorted(model.value_embeds) == ["0", "2"]  # every other layer, the last included
+    assert not model.x0_scales.any() and all(not b.attn.value_gate.weight.any()
+                                             for b in model.transformer.h if b.attn.value_gate is not None)
+    with pytest.raises(UserError, match="no transformers architecture has value_embeddings=True or x0_mix=True"):
+        architecture_for(config)

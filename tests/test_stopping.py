@@ -260,8 +260,8 @@ def test_prepare_suggests_a_command_that_finishes_here(tmp_path, capsys):
     corpus.write_text(CORPUS)
     assert run("prepare", [f"--input={corpus}", "--name=mine", "--tokenizer=char", f"--data_dir={tmp_path}"]) == 0
     out = capsys.readouterr().out
-    # no GPU here: the CPU preset, which finishes in minutes, not GPT-2 124M's defaults
-    assert (f"train on it with `python train.py config/train_shakespeare_char_cpu.py --dataset=mine "
+    # no GPU here: the fast CPU preset, which finishes in minutes, not GPT-2 124M's defaults
+    assert (f"train on it with `python train.py config/train_shakespeare_char_cpu_fast.py --dataset=mine "
             f"--data_dir={tmp_path} --out_dir=out-mine`") in out
 
 
