@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import write_results  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-CANONICAL = REPO.parent / "shared" / "tiny-shakespeare" / "input.txt"
+CANONICAL = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 WORD_LINES = 5000  # lines of the task's words added to the pretraining text, so its BPE and model know them
 SHAKESPEARE_CHARS = 1_000_000  # of the pretraining text: enough for a brief pretraining, quick to tokenize
 
