@@ -22,12 +22,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCHMARKS))
-from recipe import REPO, prepare, timed_run  # noqa: E402
+from recipe import REPO, prepare, run_jobs, timed_run  # noqa: E402
 from results import write_results  # noqa: E402
 
 # benchmarks/tokenizers.py would shadow Hugging Face's tokenizers package, which transformers imports
@@ -116,12 +115,7 @@ def main():
             r, name = job
             results[name][r] = train(name, data, work / f"{names.index(name)}-{r}", args.clock)
 
-        if args.clock == "cpu":
-            with ThreadPoolExecutor(len(jobs)) as pool:
-                list(pool.map(run, jobs))
-        else:
-            for job in jobs:
-                run(job)
+        run_jobs(run, jobs, args.clock)
         budget = statistics.median(run["wall_s"] for run in results["fast"])  # the fast preset's time: equal time
         per_run = {name: [figures(run, budget) for run in results[name]] for name in names}
         for name in names:

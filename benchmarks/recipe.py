@@ -76,6 +76,17 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def run_jobs(run, jobs, clock):
+    """run(job) for every job: all at once under clock='cpu' (each on its own thread, timed in its CPU time), else
+    one after the other, so wall times do not measure each other."""
+    if clock == "cpu":
+        with ThreadPoolExecutor(len(jobs)) as pool:
+            list(pool.map(run, jobs))
+    else:
+        for job in jobs:
+            run(job)
+
+
 def timed_run(cmd, cwd, clock="wall"):
     """Run a training command; returns {wall_s, curve [(seconds, val loss, step)], ms [per logged iteration]}.
     clock='cpu' runs it on one thread and reads the seconds as the CPU time it has used: on a machine shared with
@@ -178,12 +189,7 @@ def main():
             r, name = job
             results[name][r] = timed_run(*commands(upstream, data, work / f"out-{r}", args.fast)[name], args.clock)
 
-        if args.clock == "cpu":
-            with ThreadPoolExecutor(len(jobs)) as pool:
-                list(pool.map(run, jobs))
-        else:
-            for job in jobs:
-                run(job)
+        run_jobs(run, jobs, args.clock)
         figures = report(results, names, args.clock)
         notes = (f"{args.repeats} repetition(s), medians; seconds of {args.clock} time"
                  + ("; one thread per run, all runs started at once" if args.clock == "cpu" else "")
