@@ -31,6 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import write_results  # noqa: E402
 REFERENCE = REPO.parent / "shared" / "reference" / "nanoGPT"  # an upstream nanoGPT checkout, where there is one
 UPSTREAM = "upstream nanoGPT sample.py"
+# the floor of any sample.py built on torch: starting Python and importing it, ending as our commands end (os._exit,
+# no interpreter teardown, which takes ~0.4 s more once torch is loaded)
+IMPORTS = "imports alone: python -c 'import os, nanogpt.sample; os._exit(0)'"
 
 
 def environment(threads, pythonpath):
@@ -78,8 +81,7 @@ def bench_processes(out_dir, runs, threads, reference, quick=False):
     ours_env, upstream_env = environment(threads, REPO), environment(threads, None)
     sample = [sys.executable, "sample.py", f"--out_dir={out_dir}", "--device=cpu", "--checkpoint=last"]
     cases = [  # (label, command, directory, environment)
-        ("imports alone: python -c 'import nanogpt.sample'", [sys.executable, "-c", "import nanogpt.sample"], REPO,
-         ours_env),
+        (IMPORTS, [sys.executable, "-c", "import os, nanogpt.sample; os._exit(0)"], REPO, ours_env),
         ("ours: KV cache (default: window_shift = half the block)", sample, REPO, ours_env),
         ("ours: KV cache, --window_shift=1 (exact sliding window)", sample + ["--window_shift=1"], REPO, ours_env),
         ("ours: --kv_cache=False (batched, no cache)", sample + ["--kv_cache=False"], REPO, ours_env),
@@ -107,13 +109,18 @@ def bench_processes(out_dir, runs, threads, reference, quick=False):
           f"median of {runs} alternating runs")
     upstream = statistics.median(times[UPSTREAM]) if scratch else None
     figures = {}
+    width = max(len(label) for label, *_ in cases)
     for label, *_ in cases:
         median = statistics.median(times[label])
         ratio = f"{upstream / median:5.2f}x as fast" if upstream and label.startswith("ours") else ""
         runs_text = ", ".join(f"{t:.2f}" for t in times[label])
-        print(f"    {label:<56} {median:6.2f} s  {ratio:<22} (runs: {runs_text})", flush=True)
+        print(f"    {label:<{width}} {median:6.2f} s  {ratio:<22} (runs: {runs_text})", flush=True)
         figures[label] = {"median_s": median, "runs_s": times[label],
                           **({"times_as_fast_as_upstream": upstream / median} if ratio else {})}
+    if upstream:  # no sampler that imports torch can beat this ratio on this machine
+        ceiling = upstream / statistics.median(times[IMPORTS])
+        print(f"    ceiling: upstream / imports alone = {ceiling:.2f}x (sampling in no time at all)")
+        figures["ceiling_upstream_over_imports"] = ceiling
     return figures
 
 
