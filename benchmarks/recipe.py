@@ -34,7 +34,7 @@ README_ARGS = ["--device=cpu", "--compile=False", "--eval_iters=20", "--log_inte
                "--batch_size=12", "--n_layer=4", "--n_head=4", "--n_embd=128", "--max_iters=2000",
                "--lr_decay_iters=2000", "--dropout=0.0"]
 TARGET = 1.88
-EVAL_LINE = re.compile(r"^step (\d+): train loss [\d.]+, val loss ([\d.]+)")
+EVAL_LINE = re.compile(r"^step (\d+): train loss (?:[\d.]+|n/a), val loss ([\d.]+)")
 ITER_LINE = re.compile(r"^iter \d+: loss [\d.]+, time ([\d.]+)ms")
 
 
