@@ -1,4 +1,4 @@
-"""GPT-2 BPE tokenizing throughput: the own-text recipe (`nanogpt prepare --input=FOLDER`, threads on every core,
+"""GPT-2 BPE tokenizing throughput: the own-text recipe (`nanogpt prepare --input=FOLDER`, processes on every core,
 read and written in pieces) against tiktoken's plain single call `enc.encode_ordinary(whole_text)` on the same text.
 
     python benchmarks/tokenize_throughput.py [--mb=50] [--runs=3]
