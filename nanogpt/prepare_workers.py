@@ -96,7 +96,7 @@ def run(encode, job):
     _, name, data, is_val = job
     runs, saw_text = [], False
     for text, val in zip(jsonl_texts(name, data), is_val):
-        saw_text = saw_text or not text.isspace() and bool(text)
+        saw_text = saw_text or (bool(text) and not text.isspace())
         split = "val" if val else "train"
         if not runs or runs[-1][0] != split:
             runs.append((split, []))

@@ -3,6 +3,7 @@ stand-in, the Shakespeare recipes' text sources (an input.txt already there, a d
 the embedded plays offline) and their 90/10 split, the uint32 switch, and every user-facing error."""
 
 import json
+import re
 import urllib.error
 from pathlib import Path
 
@@ -154,6 +155,23 @@ def test_jsonl_is_parsed_by_worker_processes_as_datasets_reads_it(tmp_path, monk
     _, ids, tok = tokens(tmp_path / "w2")
     expected = [doc for i, doc in enumerate(docs) if i != 6] + [CORPUS[:900], "", ""]
     assert sorted(tok.decode(ids).split(ENDOFTEXT)[:-1]) == sorted(expected)
+
+
+def test_worker_processes_give_the_tokens_of_this_process_with_every_tokenizer(tmp_path, monkeypatch):
+    (tmp_path / "a.txt").write_text(CORPUS * 4)
+    for tokenizer in ("bpe", "char"):  # a trained BPE's tiktoken Encoding and the char table cross to the workers
+        for local_bytes in (1 << 30, 0):
+            monkeypatch.setattr(prepare_workers, "LOCAL_BYTES", local_bytes)
+            logs = []
+            prepare_text(tmp_path / "a.txt", f"{tokenizer}{local_bytes}", tokenizer=tokenizer, data_dir=tmp_path,
+                         vocab_size=300 if tokenizer == "bpe" else None, piece_bytes=2000, shard_tokens=3000,
+                         threads=2, log=logs.append)
+            workers_cpu = float(re.search(r"([\d.]+) s in the workers", "\n".join(logs))[1])
+            assert (workers_cpu > 0) == (local_bytes == 0), "encoded in the workers, or here"
+        here, there = tmp_path / f"{tokenizer}{1 << 30}", tmp_path / f"{tokenizer}0"
+        files = sorted(p.name for p in here.iterdir())
+        assert len(files) > 4 and files == sorted(p.name for p in there.iterdir())
+        assert all((here / f).read_bytes() == (there / f).read_bytes() for f in files)
 
 
 def test_hub_unreachable_is_one_line(tmp_path, monkeypatch, capsys):
