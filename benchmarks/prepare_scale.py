@@ -528,6 +528,7 @@ def main():
         subset, lines = make_subset(corpus, work / "subset", args.subset_mb)
         save("workers", workers_stage(subset, data))
 
+        ours(subset, data, "sub", 2, SMALL_SHARDS)  # the uninterrupted run the killed one must match
         reference = file_digests(data / "sub")
         shutil.rmtree(data, ignore_errors=True)
         n_shards = len([name for name in reference if name.endswith(".bin")])
