@@ -369,7 +369,7 @@ def tokenize_corpus(corpus, encoder, writer, workers, piece_bytes, max_tokens):
         def write_oldest():
             nonlocal saw_text
             index, result, task = pending.popleft()
-            runs, held_text = result.result()
+            runs, held_text = pool.result(result)
             saw_text = saw_text or held_text
             train_tokens = 0
             for split, ids in runs:

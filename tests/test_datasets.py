@@ -155,6 +155,11 @@ def test_jsonl_is_parsed_by_worker_processes_as_datasets_reads_it(tmp_path, monk
     _, ids, tok = tokens(tmp_path / "w2")
     expected = [doc for i, doc in enumerate(docs) if i != 6] + [CORPUS[:900], "", ""]
     assert sorted(tok.decode(ids).split(ENDOFTEXT)[:-1]) == sorted(expected)
+    # a worker's error reaches the user as one line
+    (tmp_path / "web" / "b.jsonl").write_text("\n".join(rows[25:]) + '\n{"text": oops}\n')
+    with pytest.raises(UserError, match="b.jsonl has a line that is not JSON") as e:
+        prepare_text(tmp_path / "web", "bad", data_dir=tmp_path, threads=2, **settings)
+    assert "\n" not in str(e.value)
 
 
 def test_worker_processes_give_the_tokens_of_this_process_with_every_tokenizer(tmp_path, monkeypatch):
