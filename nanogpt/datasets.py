@@ -270,8 +270,8 @@ def prepare_corpus(corpus, folder, tokenizer="gpt2", vocab_size=None, val_fracti
     with DatasetWriter(folder, description, overwrite, shard_tokens, identity,
                        tok.eot_token if corpus.documents else None, log) as writer:
         started, cpu = time.monotonic(), os.times()
-        saw_text, encoded = tokenize_corpus(corpus, encoder + (writer.dtype,), writer, threads, piece_bytes,
-                                            max_tokens)
+        saw_text, encoded, started_workers = tokenize_corpus(corpus, encoder + (writer.dtype,), writer, threads,
+                                                             piece_bytes, max_tokens)
         seconds, cpu = time.monotonic() - started, [b - a for a, b in zip(cpu, os.times())]
         if not saw_text:
             raise UserError(f"{input} holds no text (only whitespace)")
@@ -279,8 +279,8 @@ def prepare_corpus(corpus, folder, tokenizer="gpt2", vocab_size=None, val_fracti
             raise UserError(f"{input} is too small to give both a train and a val split")
         # the CPU time of this process and of the workers (reaped by now): whether this one held the workers back
         log(f"tokenized {encoded / 1e6:,.1f} MB in {seconds:.1f} s ({encoded / 1e6 / max(seconds, 1e-9):.1f} MB/s) "
-            f"on {threads} worker{'s' * (threads != 1)} (CPU time: {cpu[0] + cpu[1]:.1f} s in this process, "
-            f"{cpu[2] + cpu[3]:.1f} s in the workers)")
+            + (f"on {threads} worker{'s' * (threads != 1)}" if started_workers else "in this process (a small corpus)")
+            + f" (CPU time: {cpu[0] + cpu[1]:.1f} s in this process, {cpu[2] + cpu[3]:.1f} s in the workers)")
         log(f"train has {writer.lengths['train']:,} tokens, val has {writer.lengths['val']:,} "
             f"({writer.dtype.name}, vocab size {tok.vocab_size:,})")
         writer.commit()
@@ -360,7 +360,7 @@ def train_tokenizer(corpus, vocab_size, input, piece_bytes, log, turn_tokens=Fal
 def tokenize_corpus(corpus, encoder, writer, workers, piece_bytes, max_tokens):
     """Encode the corpus's tasks on `workers` processes (see prepare_workers), writing them in order, from the
     writer's next task (a resumed prepare skips what its files hold without encoding it); whether any task held
-    non-space text, and the bytes of text encoded."""
+    non-space text, the bytes of text encoded, and whether the worker processes were started."""
     saw_text, encoded = False, 0
     progress = PrepareProgress(corpus, writer, max_tokens)
     with progress.bar, Workers(encoder, workers, corpus.total if corpus.unit == "B" else None) as pool:
@@ -396,7 +396,7 @@ def tokenize_corpus(corpus, encoder, writer, workers, piece_bytes, max_tokens):
                 write_oldest()
         while pending:
             write_oldest()
-    return saw_text, encoded
+    return saw_text, encoded, pool.processes is not None
 
 
 class PrepareProgress:
