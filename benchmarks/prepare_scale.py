@@ -7,7 +7,8 @@ today's on a cold page cache.
 1. corpus: --gb of jsonl documents assembled, with a fixed seed, from the text files on this machine (Python
    sources, docs, headers; the same machine gives the same corpus), ~100 MB per file.
 2. ours: `nanogpt prepare --input=CORPUS` with GPT-2 BPE and --workers; peak resident memory of the whole process tree
-   (the sum of every process's RSS, sampled every 0.1 s), CPU time, wall time, disk used.
+   (the sum of every process's RSS, sampled every 0.05 s, new processes found every 0.5 s), CPU time, wall time,
+   disk used.
 3. loader: a stand-in consumer takes rows of 1024 tokens (batches of 16) at 0.5M tokens/s for --loader_seconds;
    every token file is evicted from the page cache first (posix_fadvise DONTNEED). The new loader (data.Batches,
    read ahead on a thread) reads our ≥100 shards; today's (a memmap of train.bin indexed on the main thread, as
