@@ -7,14 +7,16 @@ today's on a cold page cache.
 1. corpus: --gb of jsonl documents assembled, with a fixed seed, from the text files on this machine (Python
    sources, docs, headers; the same machine gives the same corpus), ~100 MB per file.
 2. ours: `nanogpt prepare --input=CORPUS` with GPT-2 BPE and --workers; peak resident memory of the whole process tree
-   (the sum of every process's RSS, sampled every 0.1 s), CPU time, wall time, disk used.
+   (the sum of every process's RSS, sampled every 0.05 s, new processes found every 0.5 s), CPU time, wall time,
+   disk used.
 3. loader: a stand-in consumer takes rows of 1024 tokens (batches of 16) at 0.5M tokens/s for --loader_seconds;
    every token file is evicted from the page cache first (posix_fadvise DONTNEED). The new loader (data.Batches,
    read ahead on a thread) reads our ≥100 shards; today's (a memmap of train.bin indexed on the main thread, as
    nanoGPT's get_batch) reads the same tokens copied into one train.bin. The figure is the time spent waiting.
-4. workers: the first --subset_mb of the corpus prepared with 1 and with 2 workers: wall time and, since the
-   machine is shared, the encoding threads' CPU time per MB (from /proc): 2 workers' throughput in CPU time is
-   2 x (MB per worker-CPU-second with 2) against 1 x (MB per worker-CPU-second with 1).
+4. workers: the first --subset_mb of the corpus prepared with 1 and with 2 worker processes: wall time (the whole
+   command, and the tokenizing it reports) and, since the machine is shared, CPU time: the busiest process's (see
+   workers_stage), beside this machine's ceiling, tiktoken alone in 2 processes against 1. `--workers_only` runs
+   this stage alone (3 rounds; best on an idle machine) and makes only the corpus's first file for it.
 5. SIGKILL: the subset prepared again, killed once half its shards are written, then run again: every file must be
    byte-identical to the uninterrupted run's, with as many documents as the subset has lines.
 6. upstream's approach on the same corpus (last: the longest): load_dataset('json') (an Arrow copy in the cache), train_test_split,
@@ -27,6 +29,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -86,8 +89,8 @@ def make_corpus(folder, nbytes):
             "pool_mb_from_this_machine": round(size / 1e6)}
 
 
-def tree_rss(pid):
-    """Resident bytes of a process and all its descendants."""
+def descendants(pid):
+    """The ids of a process's descendants."""
     children = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -95,15 +98,32 @@ def tree_rss(pid):
             children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
         except (OSError, IndexError):
             continue
-    total, todo = 0, [pid]
+    found, todo = [], list(children.get(pid, []))
     while todo:
         p = todo.pop()
+        found.append(p)
         todo += children.get(p, [])
+    return found
+
+
+def tree_rss(pid, others):
+    """Resident bytes of a process and the given descendants."""
+    total = 0
+    for p in [pid] + others:
         try:
             total += int(Path(f"/proc/{p}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
         except (OSError, IndexError):
             pass
     return total
+
+
+def process_cpu(pid):
+    """CPU seconds a process has used so far (all its threads), or None once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError):
+        return None
 
 
 def thread_cpu(pid):
@@ -119,31 +139,41 @@ def thread_cpu(pid):
 
 
 def measured(command, kill_when=None):
-    """Run a command; its wall time, CPU time (descendants included), peak tree RSS and per-thread CPU."""
+    """Run a command; its wall time, CPU time (descendants included), peak tree RSS, per-thread CPU of its main
+    process, CPU of each child process (sampled every 0.05 s) and its output."""
     before = os.times()
     start = time.time()
-    # stderr to a file, not a pipe: a child's progress bars fill an unread pipe and block it
-    err_file = tempfile.TemporaryFile("w+")
-    child = subprocess.Popen(command, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.DEVNULL,
+    # output to files, not pipes: a child's progress bars fill an unread pipe and block it
+    out_file, err_file = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+    child = subprocess.Popen(command, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=out_file,
                              stderr=err_file, text=True)
-    peak, threads = 0, {}
+    peak, threads, processes, tick = 0, {}, {}, 0
     while child.poll() is None:
-        peak = max(peak, tree_rss(child.pid))
+        # a scan of /proc costs ~10 ms of a core the measured command could use: every 0.5 s, new processes
+        others = sorted(set(descendants(child.pid)) | set(processes)) if tick % 10 == 0 else list(processes)
+        tick += 1
+        peak = max(peak, tree_rss(child.pid, others))
         threads.update(thread_cpu(child.pid))
+        for p in others:
+            cpu = process_cpu(p)
+            if cpu is not None:
+                processes[p] = cpu
         if kill_when is not None and kill_when():
             child.send_signal(signal.SIGKILL)
-        time.sleep(0.1)
+        time.sleep(0.05)
     after = os.times()
     err_file.seek(0)
     err = err_file.read()
+    out_file.seek(0)
     if child.returncode not in (0, -signal.SIGKILL):
         raise SystemExit(f"{' '.join(map(str, command))} failed:\n{err[-3000:]}")
     main_cpu = threads.pop(child.pid, 0.0)
-    return {"wall_s": round(time.time() - start, 1), "peak_rss_mb": round(peak / 2**20),
-            "cpu_s": round(after.children_user + after.children_system - before.children_user
-                           - before.children_system, 1),
+    cpu_s = after.children_user + after.children_system - before.children_user - before.children_system
+    return {"wall_s": round(time.time() - start, 1), "peak_rss_mb": round(peak / 2**20), "cpu_s": round(cpu_s, 1),
             "main_thread_cpu_s": round(main_cpu, 1), "other_threads_cpu_s": round(sum(threads.values()), 1),
-            "returncode": child.returncode}
+            "main_process_cpu_s": round(main_cpu + sum(threads.values()), 2),
+            "child_processes_cpu_s": sorted((round(c, 2) for c in processes.values()), reverse=True),
+            "returncode": child.returncode, "stdout": out_file.read()}
 
 
 def du(*paths):
@@ -151,9 +181,17 @@ def du(*paths):
 
 
 def ours(corpus, data_dir, name, workers, shard_tokens, kill_when=None):
+    """`nanogpt prepare` measured, with what it says of its tokenizing (from its start to its last task written: no
+    interpreter start, imports or commit): the time, its main process's CPU time and the workers'."""
     command = [sys.executable, "-m", "nanogpt.cli", "prepare", f"--input={corpus}", f"--name={name}",
                f"--data_dir={data_dir}", f"--workers={workers}", f"--shard_tokens={shard_tokens}"]
-    return measured(command, kill_when)
+    run = measured(command, kill_when)
+    said = re.search(r"tokenized ([\d,.]+) MB in ([\d.]+) s .*CPU time: ([\d.]+) s in this process, ([\d.]+) s in "
+                     r"the workers", run.pop("stdout"))
+    if said:
+        run["tokenized_mb"], run["tokenizing_s"] = float(said[1].replace(",", "")), float(said[2])
+        run["tokenizing_main_cpu_s"], run["workers_cpu_s"] = float(said[3]), float(said[4])
+    return run
 
 
 def upstream_prepare(corpus, out, num_proc):
@@ -205,30 +243,102 @@ def make_subset(corpus, subset, mb):
 
 
 def workers_stage(subset, data, rounds=2):
-    """The same prepare with 1 and with 2 encoding workers, alternating: wall time and the encoding threads' CPU."""
+    """The same prepare with 1 and with 2 encoding workers, alternating (so a busy moment on a shared machine hits
+    both): wall times, and every process's CPU time.
+
+    In wall time: the whole command, and the tokenizing alone (the time the prepare reports from its start to its
+    last task written: no interpreter start, imports or commit). Only an idle machine's are meaningful.
+    In CPU time, while tokenizing: the wall time it would take with a core per process and no waiting, i.e. the
+    CPU time of its busiest process (the main one, which reads and writes, or a worker, which parses and encodes,
+    its start included), 1 worker's against 2's. The prepare reports its main process's and its workers' CPU time
+    (exact: the workers are reaped); the workers' is shared between them as /proc sampled it. Every process's CPU
+    counts: an uneven split or a main process too slow for the workers would show. CPU time also grows when both
+    cores are busy (caches, memory bandwidth, a hypervisor's sibling threads): `ceiling` is what tiktoken alone in
+    two processes reaches here against one, on the same documents, with no reading, parsing or writing."""
     scaling = {}
-    for workers in (1, 2) * rounds:  # alternating, so a busy moment on the shared machine hits both
+    for workers in (1, 2) * rounds:
         shutil.rmtree(data, ignore_errors=True)
         r = ours(subset, data, "sub", workers, SMALL_SHARDS)
+        sampled = r["child_processes_cpu_s"][:workers]  # the workers, the busiest first (a resource tracker: ~0)
+        r["each_worker_cpu_s"] = [round(r["workers_cpu_s"] * c / max(sum(sampled), 1e-9), 2) for c in sampled]
+        r["busiest_process_cpu_s"] = max([r["tokenizing_main_cpu_s"]] + r["each_worker_cpu_s"])
         scaling.setdefault(workers, []).append(r)
     mb = (subset / "part.jsonl").stat().st_size / 1e6
     summary = {}
     for workers, runs in scaling.items():
-        per_worker_cpu = np.median([r["other_threads_cpu_s"] for r in runs])  # the encoding threads
-        summary[f"{workers}_workers"] = {"wall_s": float(np.median([r["wall_s"] for r in runs])),
-                                         "runs_wall_s": [r["wall_s"] for r in runs],
-                                         "encoding_threads_cpu_s": float(per_worker_cpu),
-                                         "main_thread_cpu_s": float(np.median([r["main_thread_cpu_s"]
-                                                                               for r in runs])),
-                                         "mb_per_encoding_cpu_s": round(mb / per_worker_cpu, 2)}
+        median = lambda key: round(float(np.median([r[key] for r in runs])), 2)  # noqa: E731
+        summary[f"{workers}_workers"] = {
+            "wall_s": median("wall_s"), "runs_wall_s": [r["wall_s"] for r in runs],
+            "tokenizing_s": median("tokenizing_s"), "runs_tokenizing_s": [r["tokenizing_s"] for r in runs],
+            "tokenizing_mb_per_s": round(mb / median("tokenizing_s"), 1),
+            "main_process_cpu_s": median("tokenizing_main_cpu_s"), "workers_cpu_s": median("workers_cpu_s"),
+            "each_worker_cpu_s": [float(np.median([r["each_worker_cpu_s"][i] for r in runs]))
+                                  for i in range(workers)],
+            "busiest_process_cpu_s": median("busiest_process_cpu_s"),
+            "runs_busiest_process_cpu_s": [r["busiest_process_cpu_s"] for r in runs],
+            "whole_command_cpu_s": median("cpu_s"), "peak_rss_mb": median("peak_rss_mb")}
     one, two = summary["1_workers"], summary["2_workers"]
-    # in CPU time: two workers each encoding at their measured rate, against one at its rate
-    summary["speedup_in_cpu_time"] = round(2 * two["mb_per_encoding_cpu_s"] / one["mb_per_encoding_cpu_s"], 2)
     summary["speedup_wall"] = round(one["wall_s"] / two["wall_s"], 2)
+    summary["speedup_tokenizing_wall"] = round(one["tokenizing_s"] / two["tokenizing_s"], 2)
+    summary["speedup_in_cpu_time"] = round(one["busiest_process_cpu_s"] / two["busiest_process_cpu_s"], 2)
+    summary["ceiling"] = encode_ceiling(subset / "part.jsonl", rounds)
     summary["subset_mb"] = round(mb)
     summary["load_average_at_end"] = round(os.getloadavg()[0], 2)
     shutil.rmtree(data, ignore_errors=True)
     return summary
+
+
+def print_workers(summary):
+    for workers in (1, 2):
+        r = summary[f"{workers}_workers"]
+        each = ", ".join(f"{c:.1f}" for c in r["each_worker_cpu_s"])
+        print(f"{workers} worker{'s' * (workers > 1)}: {r['wall_s']:.1f} s wall, tokenizing {r['tokenizing_s']:.1f} s "
+              f"({r['tokenizing_mb_per_s']} MB/s); CPU while tokenizing: busiest process "
+              f"{r['busiest_process_cpu_s']:.1f} s (main {r['main_process_cpu_s']:.1f} s, workers {each} s); peak "
+              f"memory {r['peak_rss_mb']} MB")
+    c = summary["ceiling"]
+    print(f"2 workers against 1 ({summary['subset_mb']} MB): {summary['speedup_tokenizing_wall']}x tokenizing wall "
+          f"time ({summary['speedup_wall']}x the whole command's), {summary['speedup_in_cpu_time']}x in CPU time; "
+          f"this machine's ceiling (tiktoken alone in 1 and 2 processes): {c['speedup_wall']}x wall, "
+          f"{c['speedup_in_cpu_time']}x CPU time; load average {summary['load_average_at_end']}")
+
+
+def ceiling_worker(path, k, n, barrier, results):
+    """Encode every n-th document of a jsonl file from the k-th, parsed beforehand; its wall and CPU seconds."""
+    from nanogpt.bpe import gpt2_encoding
+
+    enc = gpt2_encoding()
+    with open(path) as f:
+        texts = [json.loads(line)["text"] for i, line in enumerate(f) if i % n == k]
+    barrier.wait()
+    wall, cpu = time.perf_counter(), time.process_time()
+    for text in texts:
+        enc.encode_to_numpy(text, disallowed_special=())
+    results.put((time.perf_counter() - wall, time.process_time() - cpu))
+
+
+def encode_ceiling(path, rounds):
+    """This machine's ceiling for 2 workers against 1: tiktoken alone in 1 and 2 processes on the same documents
+    (split by turns), started together; speedups in wall time and in CPU time (the busiest process's), medians."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    runs = {1: [], 2: []}
+    for n in (1, 2) * rounds:
+        barrier, results = context.Barrier(n), context.Queue()
+        processes = [context.Process(target=ceiling_worker, args=(str(path), k, n, barrier, results))
+                     for k in range(n)]
+        for p in processes:
+            p.start()
+        done = [results.get() for _ in processes]
+        for p in processes:
+            p.join()
+        runs[n].append((max(w for w, _ in done), max(c for _, c in done)))
+    wall = {n: float(np.median([w for w, _ in r])) for n, r in runs.items()}
+    cpu = {n: float(np.median([c for _, c in r])) for n, r in runs.items()}
+    return {"speedup_wall": round(wall[1] / wall[2], 2), "speedup_in_cpu_time": round(cpu[1] / cpu[2], 2),
+            "wall_s": {f"{n}_processes": round(w, 2) for n, w in wall.items()},
+            "busiest_process_cpu_s": {f"{n}_processes": round(c, 2) for n, c in cpu.items()}}
 
 
 def evict(paths):
@@ -364,11 +474,18 @@ def main():
         return loader_only(Path(args.loader_only), Path(args.work) / "loader", args.loader_seconds)
     if args.workers_only:
         work = Path(args.work)
-        if not (work / "corpus").is_dir():
-            make_corpus(work / "corpus", int(args.gb * 1e9))
-        subset, _ = make_subset(work / "corpus", work / "workers-subset", args.subset_mb)
+        corpus = work / "corpus"
+        if not corpus.is_dir():  # the full corpus's first file starts with the same bytes (the same seed)
+            corpus = work / "workers-corpus"
+            shutil.rmtree(corpus, ignore_errors=True)
+            make_corpus(corpus, int((args.subset_mb + 1) * 1e6))
+        subset, _ = make_subset(corpus, work / "workers-subset", args.subset_mb)
         summary = workers_stage(subset, work / "workers-data", rounds=3)
+        print_workers(summary)
         print(json.dumps(summary))
+        if not args.keep:
+            shutil.rmtree(subset, ignore_errors=True)
+            shutil.rmtree(work / "workers-corpus", ignore_errors=True)
         return write_results("prepare_scale_workers", summary, notes=args.notes)
     if args.upstream_child:
         corpus, out, num_proc = args.upstream_child
@@ -412,6 +529,7 @@ def main():
         subset, lines = make_subset(corpus, work / "subset", args.subset_mb)
         save("workers", workers_stage(subset, data))
 
+        ours(subset, data, "sub", 2, SMALL_SHARDS)  # the uninterrupted run the killed one must match
         reference = file_digests(data / "sub")
         shutil.rmtree(data, ignore_errors=True)
         n_shards = len([name for name in reference if name.endswith(".bin")])
@@ -442,6 +560,7 @@ def main():
         up.mkdir()
         os.environ["HF_DATASETS_CACHE"] = str(cache)
         run = measured([sys.executable, __file__, "--upstream_child", str(corpus), str(up), str(args.workers)])
+        run.pop("stdout")
         save("upstream", dict(run, disk_mb=round(du(cache, up) / 1e6), cache_mb=round(du(cache) / 1e6),
                               tokens=du(up) // 2, num_proc=args.workers))
     finally:

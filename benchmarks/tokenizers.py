@@ -10,8 +10,8 @@
    after 10 warm-up steps, AdamW), over the same 16 validation batches per tokenizer: the text's bytes, not its
    tokens, so the tokenizers compare fairly;
 4. encoding throughput on a --mb MB corpus (the text's paragraphs shuffled, one file): `nanogpt prepare`'s encoding
-   pass with the trained BPE (threads on every core, read from disk and written to .bin) and one tiktoken call with
-   that BPE, against tiktoken's single call `enc.encode_ordinary(whole_text)` with GPT-2's; and Hugging Face
+   pass with the trained BPE (worker processes on every core, read from disk and written to .bin) and one tiktoken
+   call with that BPE, against tiktoken's single call `enc.encode_ordinary(whole_text)` with GPT-2's; and Hugging Face
    tokenizers' own encode_batch on a 10 MB slice, for reference. Medians of --runs alternating runs; "cores busy" is
    CPU time over wall time (how much of the machine the method got), MB/cpu-s the work it needs per byte.
 
@@ -40,7 +40,7 @@ sys.path.append(str(HERE))  # the other benchmarks, after the installed packages
 
 from nanogpt.bpe import gpt2_encoding  # noqa: E402
 from nanogpt.data import EVAL_VAL_STREAM, TRAIN_STREAM, Dataset, DatasetWriter, batch_offsets  # noqa: E402
-from nanogpt.datasets import (SHARD_TOKENS, SPLIT_SEED, TEXT_PATTERNS, bpe_encoder, cpu_count, open_corpus,  # noqa: E402
+from nanogpt.datasets import (SHARD_TOKENS, SPLIT_SEED, TEXT_PATTERNS, cpu_count, open_corpus,  # noqa: E402
                               prepare_text, tokenize_corpus)
 from nanogpt.model import GPT, GPTConfig  # noqa: E402
 from nanogpt.tokenizers import tokenizer_from_meta  # noqa: E402
@@ -137,11 +137,13 @@ def build_corpus(text, megabytes, path, seed=0):
 
 
 def encode_pass(path, tokenizer, root, threads):
-    """prepare's encoding pass alone (the tokenizer already trained): read, encode on threads, write the .bin files."""
+    """prepare's encoding pass alone (the tokenizer already trained): read, encode on worker processes, write the
+    .bin files."""
     corpus = open_corpus(path, TEXT_PATTERNS, 1 << 20, **quiet)
     corpus.split(0.1, "random", SPLIT_SEED)
     with DatasetWriter(root / "encoded", tokenizer.describe(), shard_tokens=SHARD_TOKENS) as writer:
-        tokenize_corpus(corpus, bpe_encoder(tokenizer.enc, corpus.documents), writer, threads, 1 << 20, None)
+        tokenize_corpus(corpus, ("bpe", tokenizer.enc, corpus.documents, writer.dtype), writer, threads, 1 << 20,
+                        None)
         writer.commit()
 
 
@@ -154,7 +156,7 @@ def encoding_throughput(text, tokenizer, megabytes, runs, root):
     methods = {
         "tiktoken GPT-2 enc.encode_ordinary(whole_text), 1 call": lambda: gpt2.encode_ordinary(whole),
         f"tiktoken {tokenizer.vocab_size:,}-token BPE, 1 call": lambda: tokenizer.enc.encode_ordinary(whole),
-        f"nanogpt prepare's encoding pass ({threads} threads, disk to shards)":
+        f"nanogpt prepare's encoding pass ({threads} worker processes, disk to shards)":
             lambda: encode_pass(path, tokenizer, root, threads),
     }
     times = {name: [] for name in methods}

@@ -100,7 +100,7 @@ The third tokenizes your own text into DATA_DIR/NAME (then `python train.py --da
 text file, a folder of files matching --pattern (each a document) or a Hugging Face dataset (name or local path)
 with a 'text' column. val_fraction of the documents, drawn with --seed, are the val split (--val_split=tail: the
 last ones). --tokenizer=bpe --vocab_size=N trains a byte-level BPE of N tokens on the train split (tokenizer.json).
-Ids stream into shards on --workers threads with bounded memory; an interrupted prepare resumes when run again.
+Ids stream into shards on --workers processes with bounded memory; an interrupted prepare resumes when run again.
 --format=chat reads conversations (OpenAI `messages`) into a chat dataset: tokens and a loss mask that counts the
 assistant's tokens only, with the tokenizer of the model to finetune (docs/guides/chat.md)."""
     if wants_help(args) or not args:

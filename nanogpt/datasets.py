@@ -20,7 +20,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from tqdm import tqdm
 from nanogpt.data import SPLITS, DatasetWriter, write_dataset
 from nanogpt.errors import UserError
 from nanogpt.files import write_bytes_atomically
+from nanogpt.prepare_workers import Workers, count_documents, has_text, jsonl_texts
 from nanogpt.tokenizers import CharTokenizer
 
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -111,7 +111,7 @@ OWT_VAL_FRACTION = 0.0005  # nanoGPT's choice: ~4,000 of OpenWebText's documents
 FINEWEB_EDU_SOURCE = "HuggingFaceFW/fineweb-edu"
 FINEWEB_EDU_SAMPLE = "sample-10BT"  # the smallest named sample: ~10B GPT-2 tokens
 SHARD_TOKENS = 100_000_000  # 200 MB of uint16 per shard, as llm.c's and modded-nanogpt's FineWeb shards
-MAX_WORKERS = 8  # tiktoken stops scaling well before this on most machines; each worker holds 2 pieces in memory
+MAX_WORKERS = 8  # each worker is a process of ~55 MB (its tokenizer) holding 2 pieces of text
 
 
 def load_hf_dataset(source, log=print, name=None, streaming=False, column="text"):
@@ -158,10 +158,12 @@ def first_line(error):
 
 def prepare_web_corpus(folder, source, log, overwrite, sample=None, val_fraction=OWT_VAL_FRACTION, **settings):
     """A web corpus with GPT-2 BPE into shards: streamed from the hub, or read from a local copy (`source`)."""
-    local = Path(source).exists()
-    ds = load_hf_dataset(source, log, name=None if local else sample, streaming=not local)
-    return prepare_corpus(HFCorpus(ds, str(source) + (f":{sample}" if sample and not local else "")), folder,
-                          log=log, overwrite=overwrite, val_fraction=val_fraction, **settings)
+    if Path(source).exists():
+        corpus = local_dataset(Path(source), str(source), log)
+    else:
+        corpus = HFCorpus(load_hf_dataset(source, log, name=sample, streaming=True),
+                          str(source) + (f":{sample}" if sample else ""))
+    return prepare_corpus(corpus, folder, log=log, overwrite=overwrite, val_fraction=val_fraction, **settings)
 
 
 def prepare_openwebtext(folder, log=print, overwrite=False, source=OWT_SOURCE, **settings):
@@ -246,11 +248,11 @@ def prepare_corpus(corpus, folder, tokenizer="gpt2", vocab_size=None, val_fracti
                    shard_tokens=SHARD_TOKENS, max_tokens=None, input=None, data_dir=None):
     """Tokenize a corpus into shards in one streaming pass, resuming a killed run of the same command.
 
-    Documents are read in order, grouped into tasks of about piece_bytes of one split, encoded on `threads` worker
-    threads (tiktoken releases the GIL, so threads use every core without copying text between processes) and
-    written in order, straight into the shards as uint16/uint32: memory holds at most 2 x threads tasks, whatever
-    the corpus size. With a BPE, <|endoftext|> follows every document, as in nanoGPT's OpenWebText. max_tokens
-    stops once train holds that many tokens.
+    Documents are read in order, grouped into tasks of about piece_bytes, encoded on `threads` worker processes
+    (prepare_workers.py; JSON-lines files are parsed there too) and written in order, straight into the shards as
+    uint16/uint32: memory holds at most 2 x threads tasks and one process per worker, whatever the corpus size.
+    With a BPE, <|endoftext|> follows every document, as in nanoGPT's OpenWebText. max_tokens stops once train
+    holds that many tokens.
     """
     input = input if input is not None else corpus.name
     threads = threads or min(cpu_count(), MAX_WORKERS)
@@ -260,18 +262,25 @@ def prepare_corpus(corpus, folder, tokenizer="gpt2", vocab_size=None, val_fracti
         raise UserError(f"max_tokens must be positive, not {max_tokens}")
     check_split_settings(val_fraction, val_split)
     corpus.split(val_fraction, val_split, seed)
-    tok, encode = corpus_tokenizer(tokenizer, corpus, vocab_size, input, piece_bytes, log)
+    tok, encoder = corpus_tokenizer(tokenizer, corpus, vocab_size, input, piece_bytes, log)
     description = tok.describe()
     identity = {"corpus": corpus.identity(), "tokenizer": hashlib.sha256(json.dumps(
         description, sort_keys=True).encode()).hexdigest(), "val_fraction": val_fraction, "val_split": val_split,
         "seed": seed, "piece_bytes": piece_bytes, "max_tokens": max_tokens}
     with DatasetWriter(folder, description, overwrite, shard_tokens, identity,
                        tok.eot_token if corpus.documents else None, log) as writer:
-        saw_text = tokenize_corpus(corpus, encode, writer, threads, piece_bytes, max_tokens)
+        started, cpu = time.monotonic(), os.times()
+        saw_text, encoded, started_workers = tokenize_corpus(corpus, encoder + (writer.dtype,), writer, threads,
+                                                             piece_bytes, max_tokens)
+        seconds, cpu = time.monotonic() - started, [b - a for a, b in zip(cpu, os.times())]
         if not saw_text:
             raise UserError(f"{input} holds no text (only whitespace)")
         if min(writer.lengths.values()) == 0:
             raise UserError(f"{input} is too small to give both a train and a val split")
+        # the CPU time of this process and of the workers (reaped by now): whether this one held the workers back
+        log(f"tokenized {encoded / 1e6:,.1f} MB in {seconds:.1f} s ({encoded / 1e6 / max(seconds, 1e-9):.1f} MB/s) "
+            + (f"on {threads} worker{'s' * (threads != 1)}" if started_workers else "in this process (a small corpus)")
+            + f" (CPU time: {cpu[0] + cpu[1]:.1f} s in this process, {cpu[2] + cpu[3]:.1f} s in the workers)")
         log(f"train has {writer.lengths['train']:,} tokens, val has {writer.lengths['val']:,} "
             f"({writer.dtype.name}, vocab size {tok.vocab_size:,})")
         writer.commit()
@@ -305,17 +314,18 @@ def how_to_prepare(name, data_dir="data"):
 
 
 def corpus_tokenizer(kind, corpus, vocab_size, input, piece_bytes, log):
-    """The tokenizer for a corpus, and the function that turns a task's pieces into its token ids."""
+    """The tokenizer for a corpus, and what the encoding workers need to make its encode function (see
+    prepare_workers.make_encoder; the token dtype is added once the writer has chosen it)."""
     if kind == "gpt2":
         from nanogpt.bpe import GPT2Tokenizer
 
         tok = GPT2Tokenizer()
-        return tok, bpe_encoder(tok.enc, corpus.documents)
+        return tok, ("bpe", tok.enc, corpus.documents)
     if kind in ("bpe", "bpe+turns"):
         tok = train_tokenizer(corpus, vocab_size, input, piece_bytes, log, turn_tokens=kind == "bpe+turns")
-        return tok, bpe_encoder(tok.enc, corpus.documents)
+        return tok, ("bpe", tok.enc, corpus.documents)
     tok = CharTokenizer(corpus_chars(corpus, piece_bytes))
-    return tok, char_encoder(tok.chars)
+    return tok, ("char", tok.chars)
 
 
 def train_tokenizer(corpus, vocab_size, input, piece_bytes, log, turn_tokens=False):
@@ -347,39 +357,46 @@ def train_tokenizer(corpus, vocab_size, input, piece_bytes, log, turn_tokens=Fal
     return BPETokenizer.from_ranks(ranks, special)
 
 
-def tokenize_corpus(corpus, encode, writer, threads, piece_bytes, max_tokens):
-    """Encode the corpus's tasks on a pool of threads, writing them in order, from the writer's next task (a resumed
-    prepare skips what its files hold without encoding it); whether any task held non-space text."""
-    saw_text = False
+def tokenize_corpus(corpus, encoder, writer, workers, piece_bytes, max_tokens):
+    """Encode the corpus's tasks on `workers` processes (see prepare_workers), writing them in order, from the
+    writer's next task (a resumed prepare skips what its files hold without encoding it); whether any task held
+    non-space text, the bytes of text encoded, and whether the worker processes were started."""
+    saw_text, encoded = False, 0
     progress = PrepareProgress(corpus, writer, max_tokens)
-    with progress.bar, ThreadPoolExecutor(threads) as pool:
+    with progress.bar, Workers(encoder, workers, corpus.total if corpus.unit == "B" else None) as pool:
         pending = collections.deque()
 
         def write_oldest():
-            index, split, ids, task = pending.popleft()
-            ids = ids.result()
-            if max_tokens is not None:  # the corpus ends where train is full, however many tasks were in flight
-                if writer.lengths["train"] >= max_tokens:
-                    return
-                if split == "train":
-                    ids = ids[:max_tokens - writer.lengths["train"]]
-            writer.append(split, ids)
+            nonlocal saw_text
+            index, result, task = pending.popleft()
+            runs, held_text = pool.result(result)
+            saw_text = saw_text or held_text
+            train_tokens = 0
+            for split, ids in runs:
+                if max_tokens is not None:  # the corpus ends where train is full, however many tasks were in flight
+                    if writer.lengths["train"] >= max_tokens:
+                        return
+                    if split == "train":
+                        ids = ids[:max_tokens - writer.lengths["train"]]
+                train_tokens += len(ids) if split == "train" else 0
+                writer.append(split, ids)
             writer.task_done(index)
-            progress.update(task, len(ids) if split == "train" else 0)
+            progress.update(task, train_tokens)
 
-        for index, (split, task) in enumerate(corpus.tasks(piece_bytes)):
-            saw_text = saw_text or any(text and not text.isspace() for text, _ in task.pieces)
+        for index, (job, task) in enumerate(corpus.jobs(piece_bytes)):
             if index < writer.next_task:  # in the files already
+                saw_text = saw_text or has_text(job)
                 progress.update(task, 0)
                 continue
             if max_tokens is not None and writer.lengths["train"] >= max_tokens:
                 break
-            pending.append((index, split, pool.submit(encode, task.pieces), task))
-            if len(pending) >= 2 * threads:  # keep every thread busy while bounding the text held in memory
+            pending.append((index, pool.submit(job, task.nbytes), task))
+            encoded += task.nbytes
+            if len(pending) >= 2 * workers:  # keep every worker busy while bounding the text held in memory
                 write_oldest()
         while pending:
             write_oldest()
-    return saw_text
+    return saw_text, encoded, pool.processes is not None
 
 
 class PrepareProgress:
@@ -400,35 +417,6 @@ class PrepareProgress:
         rate = self.nbytes / 1e6 / max(time.monotonic() - self.started, 1e-9)
         self.bar.set_postfix_str(f"{self.documents:,} documents, {sum(self.writer.lengths.values()):,} tokens, "
                                  f"{rate:.1f} MB/s", refresh=False)
-
-
-def bpe_encoder(enc, documents):
-    """A function from [(text, ends_document)] to BPE token ids (a tiktoken Encoding's), with <|endoftext|> after
-    each document."""
-    eot = np.array([enc.eot_token], dtype=np.uint32)
-
-    def encode(pieces):
-        arrays = []
-        for text, ends_document in pieces:
-            # straight into a numpy buffer: no Python int per token, so the threads hold the GIL far less.
-            # No special tokens: a literal "<|endoftext|>" in the text is just text.
-            arrays.append(enc.encode_to_numpy(text, disallowed_special=()))
-            if ends_document and documents:
-                arrays.append(eot)
-        return np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.uint32)
-
-    return encode
-
-
-def char_encoder(chars):
-    """A function from [(text, ends_document)] to character ids; documents are simply concatenated."""
-    points = np.array([ord(c) for c in chars], dtype=np.uint32)  # sorted, as CharTokenizer.from_text sorts them
-
-    def encode(pieces):
-        text = "".join(text for text, _ in pieces)
-        return np.searchsorted(points, np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)).astype(np.uint32)
-
-    return encode
 
 
 def corpus_chars(corpus, piece_bytes):
@@ -472,7 +460,7 @@ class Corpus:
 
     Subclasses give `documents` (whether <|endoftext|> separates them), `name`, `total` and `unit` (progress),
     count(), identity() (what a resumed prepare must find unchanged) and texts(): (pieces, advance) per document,
-    pieces being (text, is_last) of about piece_bytes.
+    pieces being (text, is_last) of about piece_bytes. jobs() is what the encoding workers get (prepare_workers).
     """
 
     def split(self, val_fraction, val_split, seed):
@@ -493,6 +481,11 @@ class Corpus:
                     task = Task()
         if task.pieces:
             yield task_split, task
+
+    def jobs(self, piece_bytes):
+        """(job for an encoding worker, Task) in order: the text is read and cut here."""
+        for split, task in self.tasks(piece_bytes):
+            yield ("pieces", split, task.pieces), task
 
 
 def file_identity(paths):
@@ -602,6 +595,51 @@ class HFCorpus(Corpus):
                 yield [((text, True), len(text))], 1
 
 
+class JsonlFiles(HFCorpus):
+    """Local JSON-lines files, read as the Hugging Face json loader reads them (each non-blank line a document, its
+    'text' field the text), split as a streamed dataset is; the encoding workers parse the lines, so the main
+    process only reads bytes: with `datasets` parsing them here, this process did a quarter of all the work."""
+
+    def __init__(self, name, files):
+        self.name, self.what, self.files = name, "the dataset", files
+        self.streamed, self.total, self.unit = True, sum(p.stat().st_size for p in files), "B"
+
+    def identity(self):
+        return f"{self.name} jsonl {file_identity(self.files)}"  # tasks cut by bytes, not as HFCorpus's
+
+    def texts(self, piece_bytes):
+        for path, data in self.chunks(piece_bytes):
+            texts = list(jsonl_texts(str(path), data))
+            for i, text in enumerate(texts):
+                yield [((text, True), len(text))], len(data) if i == len(texts) - 1 else 0
+
+    def chunks(self, piece_bytes):
+        """(file, whole lines of about piece_bytes) in order."""
+        for path in self.files:
+            with open(path, "rb") as f:
+                carry = b""
+                while block := f.read(piece_bytes):
+                    data = carry + block
+                    end = data.rfind(b"\n") + 1
+                    if end == 0:  # a line longer than piece_bytes: read on to its end
+                        carry = data
+                        continue
+                    carry = data[end:]
+                    yield path, data[:end]
+                if carry:
+                    yield path, carry
+
+    def jobs(self, piece_bytes):
+        first = 0  # the index of the chunk's first document in the corpus
+        for path, data in self.chunks(piece_bytes):
+            task = Task()
+            task.nbytes = task.advance = len(data)
+            task.documents = count_documents(data)
+            is_val = np.array([self.is_val[i] for i in range(first, first + task.documents)], dtype=bool)
+            first += task.documents
+            yield ("jsonl", str(path), data, is_val), task
+
+
 class StreamDraws:
     """is_val[i] for a stream of unknown length: document i is val with probability val_fraction, drawn in order
     from one seeded generator (blocks of 4,096), so the same stream gives the same split."""
@@ -620,7 +658,7 @@ def open_corpus(input, pattern, piece_bytes, log):
     path = Path(input).expanduser()
     if path.is_file():
         if path.suffix.lower() in DATA_SUFFIXES:
-            return HFCorpus(load_hf_dataset(path, log=log), str(path))
+            return local_dataset(path, str(path), log)
         log(f"tokenizing the text file {path}")
         return TextFile(path)
     if path.is_dir():
@@ -632,12 +670,30 @@ def open_corpus(input, pattern, piece_bytes, log):
             log(f"tokenizing {len(files):,} files matching {','.join(patterns)} under {path}")
             return TextFolder(path, files)
         if any(p.suffix.lower() in DATA_SUFFIXES for p in path.rglob("*")):  # data files for `datasets` to read
-            return HFCorpus(load_hf_dataset(path, log=log), str(path))
+            return local_dataset(path, str(path), log)
         raise UserError(f"{path} holds no text: no files matching {pattern} in it or below it (choose others with "
                         "--pattern, e.g. --pattern='*.py,*.rst')")
     if looks_like_path(str(input)):
         raise UserError(f"{input} does not exist: give a text file, a folder of text files or a dataset name")
     return HFCorpus(load_hf_dataset(str(input), log=log), str(input))
+
+
+def local_dataset(path, name, log):
+    """A local dataset file or folder of data files: JSON lines read by the encoding workers themselves
+    (JsonlFiles), any other format through `datasets`, read in this process."""
+    ds = load_hf_dataset(path, log=log)  # its checks: a readable dataset, one train split, a 'text' column
+    if path.is_file():
+        files = [path]
+    elif not any(p.suffix.lower() == ".jsonl" for p in path.rglob("*")):
+        files = []  # a saved dataset, parquet files, ...
+    else:
+        import datasets
+
+        data_files = datasets.load_dataset_builder(str(path)).config.data_files or {}
+        files = [Path(f) for f in data_files.get("train", next(iter(data_files.values()), []))]
+    if files and all(f.suffix.lower() == ".jsonl" for f in files):
+        return JsonlFiles(name, files)
+    return HFCorpus(ds, name)
 
 
 def looks_like_path(s):
@@ -847,7 +903,7 @@ class PrepareConfig:
     source: str = ""  # openwebtext/fineweb_edu: a local copy (parquet/jsonl files, a saved dataset) instead of the hub
     sample: str = FINEWEB_EDU_SAMPLE  # fineweb_edu: the named sample to stream (sample-10BT, sample-100BT, ...)
     max_tokens: int = 0  # stop once the train split holds this many tokens (0: the whole corpus)
-    workers: int = 0  # encoding threads; memory grows by ~2 pieces (a few MB) per worker (0: the cores, at most 8)
+    workers: int = 0  # encoding processes; each adds ~55 MB and 2 pieces of text to memory (0: the cores, at most 8)
     shard_tokens: int = SHARD_TOKENS  # tokens per shard file (train-000000.bin, ...)
     data_dir: str = "data"  # the folder that holds the dataset folders
     overwrite: bool = False  # replace a different dataset already in the folder (the same one again changes nothing)

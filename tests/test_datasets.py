@@ -3,6 +3,7 @@ stand-in, the Shakespeare recipes' text sources (an input.txt already there, a d
 the embedded plays offline) and their 90/10 split, the uint32 switch, and every user-facing error."""
 
 import json
+import re
 import urllib.error
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 
 from nanogpt import cli, shakespeare
 from nanogpt import datasets as datasets_module
+from nanogpt import prepare_workers
 from nanogpt.bpe import ENDOFTEXT, GPT2Tokenizer
 from nanogpt.data import Dataset, write_dataset
 from nanogpt.datasets import prepare, prepare_text
@@ -125,6 +127,56 @@ def test_web_recipes_on_a_local_copy(tmp_path, recipe, fixture):
                          "--overwrite=True",
                          f"--data_dir={tmp_path / 'data'}"]) == 0
         assert Dataset(tmp_path / "data" / recipe).lengths["train"] == 2000
+
+
+def test_jsonl_is_parsed_by_worker_processes_as_datasets_reads_it(tmp_path, monkeypatch):
+    pytest.importorskip("datasets")
+    docs = [f"Doc {i} \u00e9: {CORPUS[i * 41:i * 41 + 120]}" for i in range(40)]
+    rows = [json.dumps({"text": doc, "n": i}) for i, doc in enumerate(docs)]
+    rows[3:3] = ["", "   ", json.dumps({"text": None}), json.dumps({"n": 1})]  # skipped; two empty documents
+    rows[10] = json.dumps({"text": CORPUS[:900]})  # a line longer than a piece
+    (tmp_path / "web").mkdir()
+    (tmp_path / "web" / "a.jsonl").write_text("\n".join(rows[:25]) + "\n")
+    (tmp_path / "web" / "b.jsonl").write_text("\n".join(rows[25:]))  # no newline at the end
+    corpus = datasets_module.open_corpus(tmp_path / "web", "*.txt", 300, quiet["log"])
+    assert isinstance(corpus, datasets_module.JsonlFiles)
+    monkeypatch.setattr(prepare_workers, "LOCAL_BYTES", 0)  # worker processes even for this small corpus
+    settings = dict(shard_tokens=400, piece_bytes=300, val_fraction=0.2, **quiet)
+    for workers in (1, 2):
+        prepare_text(tmp_path / "web", f"w{workers}", data_dir=tmp_path, threads=workers, **settings)
+    # the same documents and split read by `datasets` in this process: the very same files
+    ds = datasets_module.load_hf_dataset(tmp_path / "web", **quiet)
+    datasets_module.prepare_corpus(datasets_module.HFCorpus(ds, "web"), tmp_path / "hf", threads=1, **settings)
+    files = sorted(p.name for p in (tmp_path / "hf").iterdir())
+    assert len([f for f in files if f.startswith("train-")]) > 2
+    for name in ("w1", "w2"):
+        assert sorted(p.name for p in (tmp_path / name).iterdir()) == files
+        assert all((tmp_path / name / f).read_bytes() == (tmp_path / "hf" / f).read_bytes() for f in files)
+    _, ids, tok = tokens(tmp_path / "w2")
+    expected = [doc for i, doc in enumerate(docs) if i != 6] + [CORPUS[:900], "", ""]
+    assert sorted(tok.decode(ids).split(ENDOFTEXT)[:-1]) == sorted(expected)
+    # a worker's error reaches the user as one line
+    (tmp_path / "web" / "b.jsonl").write_text("\n".join(rows[25:]) + '\n{"text": oops}\n')
+    with pytest.raises(UserError, match="b.jsonl has a line that is not JSON") as e:
+        prepare_text(tmp_path / "web", "bad", data_dir=tmp_path, threads=2, **settings)
+    assert "\n" not in str(e.value)
+
+
+def test_worker_processes_give_the_tokens_of_this_process_with_every_tokenizer(tmp_path, monkeypatch):
+    (tmp_path / "a.txt").write_text(CORPUS * 4)
+    for tokenizer in ("bpe", "char"):  # a trained BPE's tiktoken Encoding and the char table cross to the workers
+        for local_bytes in (1 << 30, 0):
+            monkeypatch.setattr(prepare_workers, "LOCAL_BYTES", local_bytes)
+            logs = []
+            prepare_text(tmp_path / "a.txt", f"{tokenizer}{local_bytes}", tokenizer=tokenizer, data_dir=tmp_path,
+                         vocab_size=300 if tokenizer == "bpe" else None, piece_bytes=2000, shard_tokens=3000,
+                         threads=2, log=logs.append)
+            workers_cpu = float(re.search(r"([\d.]+) s in the workers", "\n".join(logs))[1])
+            assert (workers_cpu > 0) == (local_bytes == 0), "encoded in the workers, or here"
+        here, there = tmp_path / f"{tokenizer}{1 << 30}", tmp_path / f"{tokenizer}0"
+        files = sorted(p.name for p in here.iterdir())
+        assert len(files) > 4 and files == sorted(p.name for p in there.iterdir())
+        assert all((here / f).read_bytes() == (there / f).read_bytes() for f in files)
 
 
 def test_hub_unreachable_is_one_line(tmp_path, monkeypatch, capsys):

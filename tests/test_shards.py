@@ -2,6 +2,7 @@
 rows start at documents, batches are the same on 1 and 2 ranks and after a resume, a broken shard is refused in one
 line; the prepare resumes after SIGKILL with the very same bytes; folders by pattern and a seeded val split."""
 
+import glob
 import os
 import signal
 import time
@@ -11,6 +12,7 @@ import pytest
 
 from nanogpt import cli
 from nanogpt import datasets as datasets_module
+from nanogpt import prepare_workers
 from nanogpt.bpe import ENDOFTEXT
 from nanogpt.data import Batches, Dataset, DatasetWriter, batch_offsets, write_dataset
 from nanogpt.datasets import prepare_text
@@ -119,12 +121,22 @@ def test_a_truncated_or_corrupt_shard_is_refused_in_one_line(sharded, tmp_path):
     batches.close()
 
 
-def slow_encoder(encoder):
-    """bpe_encoder, 10 ms slower per task: a prepare long enough to be killed half-way."""
-    def slow(enc, documents):
-        encode = encoder(enc, documents)
-        return lambda pieces: (time.sleep(0.01), encode(pieces))[1]
-    return slow
+def slow_progress(update):
+    """PrepareProgress.update, 10 ms slower per task: a prepare long enough to be killed half-way."""
+    return lambda self, *args: (time.sleep(0.01), update(self, *args))[1]
+
+
+def children(pid):
+    """The ids of a process's child processes (Linux's /proc)."""
+    found = []
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            with open(stat) as f:
+                if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(stat.split("/")[2]))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
 
 
 def test_a_killed_prepare_resumes_with_the_very_same_shards(tmp_path):
@@ -136,7 +148,8 @@ def test_a_killed_prepare_resumes_with_the_very_same_shards(tmp_path):
     pid = os.fork()  # a child with this process's modules already imported: a second or two, not ten
     if pid == 0:
         try:
-            datasets_module.bpe_encoder = slow_encoder(datasets_module.bpe_encoder)
+            datasets_module.PrepareProgress.update = slow_progress(datasets_module.PrepareProgress.update)
+            prepare_workers.LOCAL_BYTES = 0  # worker processes even for this small corpus, killed with it
             prepare_text(tmp_path / "docs", "mine", data_dir=tmp_path / "data", shard_tokens=500, piece_bytes=300,
                          threads=2, **quiet)
         finally:
@@ -145,9 +158,15 @@ def test_a_killed_prepare_resumes_with_the_very_same_shards(tmp_path):
     deadline = time.time() + 60
     while time.time() < deadline and not (state.is_file() and state.read_text().count('"file"') >= 3):
         time.sleep(0.01)
+    workers = children(pid)
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     assert state.is_file() and not (tmp_path / "data" / "mine" / "meta.json").exists(), "killed half-way"
+    assert workers, "the prepare ran on worker processes"
+    deadline = time.time() + 10
+    while time.time() < deadline and any(os.path.exists(f"/proc/{p}") for p in workers):
+        time.sleep(0.01)
+    assert not any(os.path.exists(f"/proc/{p}") for p in workers), "its workers left with it"
     logs = []
     prepare_text(tmp_path / "docs", "mine", data_dir=tmp_path / "data", shard_tokens=500, piece_bytes=300,
                  log=logs.append)
