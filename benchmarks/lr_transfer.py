@@ -83,7 +83,7 @@ def main():
     rates = preset_rates()
     jobs = [(f"rule x{m:g}", shape + RULE + [f"--{k}={v * m:g}" for k, v in rates.items()]) for m in multipliers]
     if args.control:
-        jobs.append(("preset rates, no rule", shape))
+        jobs.append(("preset rates, no rule", shape + ["--lr_rule=off"]))
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         _, data = prepare(work)
