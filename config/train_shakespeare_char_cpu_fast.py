@@ -39,3 +39,10 @@ warmup_iters = 50
 
 device = 'cpu'
 compile = False
+
+# the rates above were tuned at this shape; at another width, batch or length the learning-rate rule scales them
+# (docs/concepts/modern-recipe.md), so --n_embd, --batch_size or --max_iters need no retuning
+lr_rule = 'transfer'
+lr_ref_width = 128
+lr_ref_batch_tokens = 1536  # 24 x 64
+lr_ref_iters = 650

@@ -77,6 +77,10 @@ class TrainConfig:
     muon_momentum_warmup: int = 0  # optimizer='muon': steps over which Muon's momentum rises from 0.85 to muon_momentum
     embedding_lr: float = 0.0  # optimizer='muon': AdamW's peak rate for the token and value embeddings (0: learning_rate)
     scalar_lr: float = 0.0  # optimizer='muon': AdamW's peak rate for the x0 shares (0: learning_rate)
+    lr_rule: str = "off"  # 'off': the peaks as set; 'transfer': scale them from the lr_ref_* shape to this run's
+    lr_ref_width: int = 0  # lr_rule: the n_embd the peak rates were tuned at (0: this run's)
+    lr_ref_batch_tokens: int = 0  # lr_rule: the tokens per optimizer step they were tuned at (0: this run's)
+    lr_ref_iters: int = 0  # lr_rule: the max_iters they were tuned at (0: this run's)
     # AdamW (with optimizer='muon': for embeddings, LM head, norms and biases)
     learning_rate: float = 6e-4  # peak learning rate
     max_iters: int = 600000  # total optimizer steps
@@ -371,6 +375,7 @@ RECIPE_CHOICES = {
     "activation": ("gelu", "relu2", "swiglu"),
     "optimizer": ("adamw", "muon"),
     "lr_schedule": ("cosine", "wsd"),
+    "lr_rule": ("off", "transfer"),
 }
 
 
@@ -384,7 +389,8 @@ def validate_recipe(cfg):
     if cfg.position == "rope" and (cfg.n_embd // cfg.n_head) % 2 != 0:
         raise UserError(f"position='rope' needs an even head size (n_embd/n_head), got {cfg.n_embd // cfg.n_head}")
     check_at_least(cfg, 0, "rope_base", "muon_momentum", "wsd_decay_frac", "logit_softcap", "muon_lr",
-                   "muon_weight_decay", "muon_momentum_warmup", "embedding_lr", "scalar_lr")
+                   "muon_weight_decay", "muon_momentum_warmup", "embedding_lr", "scalar_lr",
+                   "lr_ref_width", "lr_ref_batch_tokens", "lr_ref_iters")
     if cfg.rope_base <= 1:
         raise UserError(f"rope_base must be above 1, got {cfg.rope_base}")
     if cfg.muon_momentum >= 1 or cfg.wsd_decay_frac > 1:

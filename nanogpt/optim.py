@@ -7,6 +7,10 @@ Both follow the same schedule, each from its own peak learning rate (learning_ra
 token and value embeddings and the x0 shares may have their own AdamW peaks (embedding_lr, scalar_lr), and Muon's
 momentum may warm up (muon_momentum_warmup).
 
+lr_rule='transfer' scales those peaks from the shape they were tuned at (lr_ref_width, lr_ref_batch_tokens,
+lr_ref_iters) to the run's shape, so a preset's rates carry over when its width, batch or length changes
+(lr_rule_factors says how; docs/concepts/modern-recipe.md why).
+
 lr_schedule='cosine' is nanoGPT's: linear warmup, cosine decay to min_lr at lr_decay_iters. 'wsd' (warmup, stable,
 decay) holds the peak and decays linearly to min_lr over the last wsd_decay_frac of lr_decay_iters (Hägele et al.
 2024); it lets a short run spend longer at the peak.
@@ -21,6 +25,9 @@ from nanogpt.model import adamw
 
 OPTIMIZERS = ("adamw", "muon")
 LR_SCHEDULES = ("cosine", "wsd")
+# the optimal peak falls as a power of the run's length in tokens (Bjorck et al. 2024); a third is a round value in
+# the range such fits report, not fitted here
+HORIZON_POWER = -1 / 3
 
 
 def get_lr(it, cfg, peak=None):
@@ -52,7 +59,7 @@ def set_lr(optimizer, it, cfg):
     if isinstance(optimizer, MuonWithAdamW):
         muon_lr = get_lr(it, cfg, cfg.muon_lr)
         for group in optimizer.muon.param_groups:
-            group["lr"] = muon_lr
+            group["lr"] = muon_lr * group.get("lr_scale", 1.0)
             group["momentum"] = muon_momentum(it, cfg)
     return lr
 
@@ -68,6 +75,14 @@ def muon_momentum(it, cfg):
 
 def build_optimizer(model, cfg, device_type, sharded=False):
     """The optimizer cfg.optimizer names, over model's parameters. sharded: the model is under FSDP."""
+    optimizer = build_optimizer_at_tuned_rates(model, cfg, device_type, sharded)
+    if cfg.lr_rule != "off":
+        apply_lr_rule(optimizer, model, cfg)
+    return optimizer
+
+
+def build_optimizer_at_tuned_rates(model, cfg, device_type, sharded):
+    """The optimizer, every group at the peak its setting names (before the learning-rate rule)."""
     betas = (cfg.beta1, cfg.beta2)
     if cfg.optimizer == "adamw":
         return model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, betas, device_type)
@@ -90,7 +105,8 @@ def build_optimizer(model, cfg, device_type, sharded=False):
 
 
 def split_group(optimizer, ids, lr_scale):
-    """Move the parameters in ids out of their groups into groups of their own (same settings) with lr_scale."""
+    """Move the parameters in ids out of their groups into groups of their own (same settings), their rate
+    scaled by lr_scale (on top of any scale the group had)."""
     if lr_scale == 1.0:
         return
     for group in list(optimizer.param_groups):
@@ -98,8 +114,75 @@ def split_group(optimizer, ids, lr_scale):
         if moved:
             group["params"] = [p for p in group["params"] if id(p) not in ids]
             optimizer.param_groups.append({**group, "params": moved, "lr": group["lr"] * lr_scale,
-                                           "lr_scale": lr_scale})
+                                           "lr_scale": group.get("lr_scale", 1.0) * lr_scale})
     optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]
+
+
+def lr_rule_factors(cfg):
+    """What lr_rule='transfer' multiplies each kind of parameter's tuned peak by, at this run's shape:
+    {'matrices', 'head', 'embeddings', 'gains'} -> factor (all 1.0 when the rule is off or the shape is the
+    reference one). 'matrices' are the blocks' 2-D weights (Muon's under optimizer='muon'); 'gains' are norm gains,
+    biases and the x0 shares.
+
+    Batch and length (every kind): the peak grows with the square root of the tokens per step, the rule for Adam
+    at equal tokens (Malladi et al. 2022, *On the SDEs and Scaling Rules for Adaptive Gradient Algorithms*), which
+    Muon's normalised update shares; and falls with the run's total tokens to the power HORIZON_POWER. Doubling
+    the batch at equal steps doubles both: x sqrt(2) x 2^(-1/3) = 1.12.
+    Width (μP for Adam, Yang et al. 2022): an AdamW-trained matrix that reads the residual stream (the head, and
+    the blocks' matrices under optimizer='adamw') takes a peak proportional to 1/width; embeddings and gains keep
+    theirs. Muon needs no width factor: its update has spectral norm ~1 (times torch's sqrt(rows/cols) for tall
+    matrices), which is the width-free step the spectral condition asks for (Yang, Simon & Bernstein 2023)."""
+    if cfg.lr_rule == "off":
+        return dict.fromkeys(("matrices", "head", "embeddings", "gains"), 1.0)
+    step_tokens = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
+    ref_tokens = cfg.lr_ref_batch_tokens or step_tokens
+    batch = step_tokens / ref_tokens
+    horizon = (cfg.max_iters * step_tokens) / ((cfg.lr_ref_iters or cfg.max_iters) * ref_tokens)
+    width = cfg.n_embd / (cfg.lr_ref_width or cfg.n_embd)
+    common = math.sqrt(batch) * horizon ** HORIZON_POWER
+    return {"matrices": common if cfg.optimizer == "muon" else common / width, "head": common / width,
+            "embeddings": common, "gains": common}
+
+
+def parameter_kinds(model):
+    """id(parameter) -> its kind in lr_rule_factors. A tied token embedding is the head."""
+    kinds = {id(p): "gains" for p in model.parameters()}
+    kinds.update({id(p): "matrices" for p in model.transformer.h.parameters() if p.dim() == 2})
+    embeddings = [model.transformer.wte.weight, *model.value_embeds.parameters()]
+    if "wpe" in model.transformer:
+        embeddings.append(model.transformer.wpe.weight)
+    kinds.update({id(p): "embeddings" for p in embeddings})
+    kinds[id(model.lm_head.weight)] = "head"
+    return kinds
+
+
+def apply_lr_rule(optimizer, model, cfg):
+    """Scale each parameter's peak by its kind's lr_rule_factors (splitting groups where kinds share one)."""
+    factors = lr_rule_factors(cfg)
+    kinds = parameter_kinds(model)
+    parts = (optimizer.adamw, optimizer.muon) if isinstance(optimizer, MuonWithAdamW) else (optimizer,)
+    for part in parts:
+        for kind, factor in factors.items():
+            split_group(part, {i for i, k in kinds.items() if k == kind}, factor)
+
+
+def describe_lr_rule(optimizer, model, cfg):
+    """One line for the log: the rule's shapes and the peak rate each kind of parameter got."""
+    kinds = parameter_kinds(model)
+    muon = optimizer.muon.param_groups if isinstance(optimizer, MuonWithAdamW) else []
+    muon_ids = {id(p) for group in muon for p in group["params"]}
+    rates = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            base = cfg.muon_lr if id(p) in muon_ids else cfg.learning_rate
+            rates.setdefault(kinds[id(p)], set()).add(base * group.get("lr_scale", 1.0))
+    tokens = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
+    shape = (f"width {cfg.n_embd} from {cfg.lr_ref_width or cfg.n_embd}, {tokens:,} tokens a step from "
+             f"{cfg.lr_ref_batch_tokens or tokens:,}, {cfg.max_iters} steps from {cfg.lr_ref_iters or cfg.max_iters}")
+    chosen = ", ".join(f"{kind}{' (Muon)' if kind == 'matrices' and muon_ids else ''} "
+                       + "/".join(f"{r:.3g}" for r in sorted(rates[kind]))
+                       for kind in ("matrices", "head", "embeddings", "gains") if kind in rates)
+    return f"learning-rate rule '{cfg.lr_rule}' ({shape}): peak rates {chosen}"
 
 
 def step_unless(optimizer, found_inf):

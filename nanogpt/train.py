@@ -50,7 +50,7 @@ from nanogpt.distributed import (
 from nanogpt.errors import UserError
 from nanogpt.metrics import MetricsWriter, format_duration
 from nanogpt.model import GPT, GPTConfig
-from nanogpt.optim import build_optimizer, get_lr, set_lr, step_unless
+from nanogpt.optim import build_optimizer, describe_lr_rule, get_lr, set_lr, step_unless
 from nanogpt.tokenizers import tokenizer_from_meta
 
 
@@ -355,6 +355,8 @@ def set_up(cfg, device, dinfo, log, given=None):
     model = parallelize(raw_model, cfg, dinfo, device, compile_model, dtype)
     scaler = torch.amp.GradScaler(runtime.device_type(device), enabled=(dtype == "float16"))
     optimizer = build_optimizer(raw_model, cfg, runtime.device_type(device), sharded=uses_fsdp(cfg, dinfo))
+    if cfg.lr_rule != "off":
+        log(describe_lr_rule(optimizer, raw_model, cfg))
     batches = Batches(dataset, cfg.seed, cfg.batch_size, cfg.gradient_accumulation_steps, dinfo.rank,
                       dinfo.world_size, cfg.block_size, device, cfg.document_aligned,
                       start_step=ckpt["iter_num"] if ckpt else 0)
