@@ -52,7 +52,8 @@ def get_lr(it, cfg, peak=None):
 
 
 def set_lr(optimizer, it, cfg):
-    """Set every group's learning rate for iteration it; returns AdamW's (the one the log shows)."""
+    """Set every group's learning rate for iteration it; returns the one the log shows: learning_rate's schedule,
+    times the learning-rate rule's factor where it is on (the rate the norm gains train at)."""
     lr = get_lr(it, cfg)
     for group in getattr(optimizer, "adamw", optimizer).param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
@@ -61,7 +62,7 @@ def set_lr(optimizer, it, cfg):
         for group in optimizer.muon.param_groups:
             group["lr"] = muon_lr * group.get("lr_scale", 1.0)
             group["momentum"] = muon_momentum(it, cfg)
-    return lr
+    return lr * lr_rule_factors(cfg)["gains"] if cfg.lr_rule != "off" else lr
 
 
 def muon_momentum(it, cfg):

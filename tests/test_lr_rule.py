@@ -58,6 +58,17 @@ def test_twice_the_width_and_batch_scale_each_kind_as_documented():
     assert longer == pytest.approx({kind: rate * 2 ** (-1 / 3) for kind, rate in base.items()})
 
 
+def test_the_logged_rate_is_the_one_the_gains_train_at():
+    cfg = tiny_config(".", ".", n_embd=32, n_head=2, block_size=8, batch_size=8, max_iters=100, optimizer="muon",
+                      learning_rate=1e-3, decay_lr=False, lr_rule="transfer", **REFERENCE)
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=8, vocab_size=11, tie_embeddings=False))
+    opt = optim.build_optimizer(model, cfg, "cpu")
+    logged = optim.set_lr(opt, 0, cfg)
+    assert logged == pytest.approx(1e-3 * TWICE_BATCH)
+    ln_gain = model.transformer.ln_f.weight
+    assert any(any(p is ln_gain for p in g["params"]) and g["lr"] == pytest.approx(logged) for g in opt.param_groups)
+
+
 def test_under_adamw_the_blocks_matrices_scale_with_one_over_width():
     base = peaks("adamw", lr_rule="transfer", **REFERENCE)
     wide = peaks("adamw", lr_rule="transfer", width=32, **REFERENCE)
