@@ -18,17 +18,23 @@
      which is undone by passing each default rate divided by that factor;
    - nanochat_default: the same with its default rates (the batch rule applied).
    Each system's number of steps is set so that its run ends within the budget: a short calibration run of each
-   measures its start-up, step and evaluation times first. The val bpb at equal time is the last evaluation a run
-   printed within --minutes of its start. Runs alternate: in each round, every seed runs each system in turn, the
-   order reversed every other round.
-4. Prints each run and, per system, the median and spread (max - min) over seeds and rounds of the val bpb at equal
-   time; writes the curves (val bpb over wall time) as a PNG and the figures with benchmarks/results.py.
+   measures its start-up, step and evaluation times first. Runs alternate: in each round, every seed runs each
+   system in turn, the order reversed every other round.
+4. One evaluator scores both: after each run (outside its time), its last checkpoint is loaded with its own system's
+   code in a fresh process and scored on every held-out document, each tokenised by that system's tokenizer and read
+   after that system's document-start token (ours <|endoftext|>, nanochat's BOS), in windows of --block_size tokens
+   (consecutive, the last one slid back to a full context), every token scored once: summed nats / (ln 2 x the
+   documents' UTF-8 bytes). That is the val bpb at equal time; a run whose process ended after --minutes is flagged.
+5. Prints each run and, per system, the median and spread (max - min) over seeds and rounds of that val bpb; writes
+   the curves as a PNG (lines: each system's own periodic evaluation, which is not comparable across systems; stars:
+   the common evaluator at each run's end) and the figures with benchmarks/results.py.
 
 nanochat's requirements beyond ours (rustbpe, wandb, psutil, tiktoken, pyarrow) must import in this Python, or from
 a folder given as --nanochat_deps (e.g. made with `pip install --target=DIR rustbpe wandb psutil
 opentelemetry-api --no-deps`); where they do not, or the checkout is missing, the benchmark says so and exits 0.
-Each system evaluates with its own code on the same held-out documents: nanochat over rows that start at a document
-start (its loader), ours over windows drawn anywhere in the val split; both count bits per byte of UTF-8 text.
+During training each system also evaluates with its own code (nanochat over rows that start at a document start,
+ours over windows drawn anywhere in the val split); those figures disagree by ~14% for the same untrained model, so
+they only draw the curves.
 """
 
 import argparse
@@ -177,9 +183,9 @@ def ours_command(args, data, dataset, steps, seed, out, evals):
             f"--seed={seed}", "--log_interval=1", "--threads=2", "--dtype=float32", f"--out_dir={out}", *args.ours]
 
 
-def nanochat_command(args, steps, reference_lrs, evals):
+def nanochat_command(args, steps, reference_lrs, evals, tag):
     batch = args.tokens_per_step // args.block_size
-    cmd = [sys.executable, "-m", "scripts.base_train", "--device-type=cpu", f"--depth={args.n_layer}",
+    cmd = [sys.executable, "-m", "scripts.base_train", "--device-type=cpu", f"--model-tag={tag}", f"--depth={args.n_layer}",
            f"--aspect-ratio={args.n_embd // args.n_layer}", f"--max-seq-len={args.block_size}",
            f"--device-batch-size={batch}", f"--total-batch-size={args.tokens_per_step}", f"--num-iterations={steps}",
            f"--eval-every={max(1, steps // evals)}", f"--eval-tokens={args.eval_tokens}",
@@ -188,6 +194,93 @@ def nanochat_command(args, steps, reference_lrs, evals):
         scale = math.sqrt(args.tokens_per_step / NANOCHAT_B_REF)
         cmd += [f"--{name}={lr / scale:.6g}" for name, lr in NANOCHAT_LRS.items()]
     return cmd
+
+
+def windows(n, block):
+    """The windows that score each of a document's n tokens once, the document read as [separator] + its tokens:
+    (start, end, skip), the input being that sequence's [start:end) (at most block tokens) and the first skip of
+    its predictions already scored. Consecutive windows; the last slides back to a full context where the
+    document is long enough."""
+    out, done = [], 0
+    while done < n:
+        end = min(done + block, n)
+        start = max(0, end - block)
+        out.append((start, end, done - start))
+        done = end
+    return out
+
+
+def summed_nats(loss_sum, documents, separator, block, batch=8):
+    """Nats of every token of every document (token id lists), each document after `separator` (its system's
+    document-start token), in windows of at most block tokens (windows()); loss_sum(x, y) is the model's summed
+    cross-entropy over the targets y that are not -1. Returns (nats, tokens)."""
+    import torch
+
+    by_length = {}
+    for tokens in documents:
+        seq = [separator] + list(tokens)
+        for start, end, skip in windows(len(tokens), block):
+            inputs, targets = seq[start:end], [-1] * skip + seq[start + 1 + skip:end + 1]
+            if len(inputs) == 1:  # a one-token document: nanochat's forward needs two positions, so the separator twice
+                inputs, targets = [separator] + inputs, [-1] + targets
+            by_length.setdefault(len(inputs), []).append((inputs, targets))
+    nats, scored = 0.0, 0
+    with torch.no_grad():
+        for rows in by_length.values():
+            for i in range(0, len(rows), batch):
+                x = torch.tensor([r[0] for r in rows[i:i + batch]])
+                y = torch.tensor([r[1] for r in rows[i:i + batch]])
+                nats += float(loss_sum(x, y))
+                scored += int((y != -1).sum())
+    return nats, scored
+
+
+def score_checkpoint(system, checkpoint, docs_file, block):
+    """One evaluator for both systems (run in a process of its own, with the system's code importable): the val
+    bits per byte of a checkpoint over every held-out document, each tokenised by the system's own tokenizer and
+    every token scored; summed nats / (ln 2 x the documents' UTF-8 bytes)."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(2)
+    texts = json.loads(Path(docs_file).read_text(encoding="utf-8"))
+    if system == "ours":
+        from nanogpt import checkpoint as ours_checkpoint
+        from nanogpt.tokenizers import tokenizer_from_meta
+
+        ckpt = ours_checkpoint.load_checkpoint(checkpoint)
+        model = ours_checkpoint.load_model(ckpt, checkpoint).eval()
+        tokenizer = tokenizer_from_meta(ckpt["tokenizer"])
+        separator = tokenizer.eot_token  # our prepare writes <|endoftext|> between documents
+
+        def loss_sum(x, y):
+            logits, _ = model(x, y)
+            return F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-1, reduction="sum")
+    else:
+        from nanochat.checkpoint_manager import build_model, find_last_step
+
+        model, tokenizer, _ = build_model(checkpoint, find_last_step(checkpoint), torch.device("cpu"), "eval")
+        separator = tokenizer.get_bos_token_id()  # nanochat's loader starts every document with BOS
+
+        def loss_sum(x, y):
+            return model(x, y, loss_reduction="sum")
+    documents = [tokenizer.encode(text) for text in texts]
+    nats, tokens = summed_nats(loss_sum, documents, separator, block)
+    n_bytes = sum(len(text.encode("utf-8")) for text in texts)
+    return {"bpb": nats / (math.log(2) * n_bytes), "nats": nats, "tokens": tokens, "bytes": n_bytes}
+
+
+def common_score(system, checkpoint, docs_file, block, env, cwd):
+    """score_checkpoint in a fresh process, with the system's code on the path; its result dict, or None where the
+    run left no checkpoint (it was stopped before its end)."""
+    if not (Path(checkpoint) / "ckpt.pt").is_file() and not list(Path(checkpoint).glob("model_*.pt")):
+        return None
+    cmd = [sys.executable, str(Path(__file__).resolve()), f"--score={system}", f"--checkpoint={checkpoint}",
+           f"--score_docs={docs_file}", f"--block_size={block}"]
+    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"scoring {checkpoint} failed:\n{out.stdout[-2000:]}{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def timed_run(cmd, cwd, env, limit_s, bpb_of):
@@ -247,11 +340,13 @@ def plot(results, path, minutes):
             if run["curve"]:
                 t, v, _ = zip(*run["curve"])
                 ax.plot(t, v, color=colors[name], alpha=0.7, marker=".", label=name if i == 0 else None)
+                ax.plot(run["wall_s"], run["at_budget"], color=colors[name], marker="*", markersize=12,
+                        label=f"{name}, common evaluator" if i == 0 else None)
     ax.axvline(minutes * 60, color="black", lw=0.5, ls="--")
     ax.set_xlabel("wall time from process start (s)")
     ax.set_ylabel("val bits per byte")
     ax.set_ylim(top=4.0)
-    ax.set_title("held-out documents: val bpb over wall time")
+    ax.set_title("held-out documents: val bpb over wall time (lines: each system's own evaluator)")
     ax.legend()
     fig.savefig(path, dpi=100, bbox_inches="tight")
     print(f"curves written to {path}")
@@ -284,7 +379,14 @@ def main():
     parser.add_argument("--work", default=None, help="scratch folder, kept: a second run with the same one reuses its "
                                                      "corpus and tokenizers (default: a temporary one, removed after)")
     parser.add_argument("--prepare_only", action="store_true", help="build the corpus and tokenizers, then stop")
+    # the common evaluator's own process (what common_score runs): not for users
+    parser.add_argument("--score", choices=("ours", "nanochat"), help=argparse.SUPPRESS)
+    parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
+    parser.add_argument("--score_docs", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.score:
+        print(json.dumps(score_checkpoint(args.score, args.checkpoint, args.score_docs, args.block_size)))
+        return
     systems = args.systems.split(",")
     if unknown := set(systems) - set(SYSTEMS):
         sys.exit(f"unknown system(s) {', '.join(sorted(unknown))}: choose from {', '.join(SYSTEMS)}")
@@ -310,18 +412,25 @@ def main():
         if args.prepare_only:
             return
         budget = args.minutes * 60
+        docs_file = work / "val-docs.json"
+        docs_file.write_text(json.dumps([text for _, text in val]), encoding="utf-8")
 
         def command(system, steps, seed, out, evals=args.evals):
+            """(command, cwd, env, own bpb from a logged figure, its checkpoint folder, scoring env and cwd)"""
             if system == "ours":
-                return ours_command(args, data, dataset, steps, seed, out, evals), REPO, env_for(2), ours_bpb
-            return nanochat_command(args, steps, system == "nanochat", evals), copy, nc_env, float
+                cmd = ours_command(args, data, dataset, steps, seed, out, evals)
+                return cmd, REPO, env_for(2), ours_bpb, out, env_for(2), REPO
+            cmd = nanochat_command(args, steps, system == "nanochat", evals, out.name)
+            score_env = dict(env_for(2, args.nanochat_deps), NANOCHAT_BASE_DIR=str(base))
+            score_env["PYTHONPATH"] = f"{copy}{os.pathsep}{score_env['PYTHONPATH']}"
+            return cmd, copy, nc_env, float, base / "base_checkpoints" / out.name, score_env, copy
 
         steps = {}
         for system in systems:
             if system == "nanochat_default" and "nanochat" in steps:
                 steps[system] = steps["nanochat"]  # the same model and step: only the rates differ
                 continue
-            cmd, cwd, env, bpb_of = command(system, args.calibration_steps, 1, work / f"cal-{system}", evals=1)
+            cmd, cwd, env, bpb_of, *_ = command(system, args.calibration_steps, 1, work / f"cal-{system}", evals=1)
             cal = timed_run(cmd, cwd, env, max(budget, 900), bpb_of)
             if len(cal["step_ms"]) < args.calibration_steps or not cal["curve"]:
                 sys.exit(f"{system}'s calibration run printed {len(cal['step_ms'])} steps and "
@@ -333,14 +442,18 @@ def main():
         for r in range(args.rounds):
             for seed in range(1, args.seeds + 1):
                 for system in (systems if r % 2 == 0 else systems[::-1]):
-                    cmd, cwd, env, bpb_of = command(system, steps[system], seed, work / f"out-{system}-{r}-{seed}")
+                    cmd, cwd, env, bpb_of, ckpt, score_env, score_cwd = command(
+                        system, steps[system], seed, work / f"out-{system}-{r}-{seed}")
                     run = timed_run(cmd, cwd, env, budget + 30, bpb_of)
-                    run.update(round=r + 1, seed=seed, at_budget=within(run["curve"], budget))
+                    # the common evaluator scores the run's last checkpoint, after the timed run (outside its time)
+                    score = common_score(system, ckpt, docs_file, args.block_size, score_env, score_cwd)
+                    run.update(round=r + 1, seed=seed, at_budget=score["bpb"] if score else float("nan"), score=score,
+                               own_at_budget=within(run["curve"], budget), in_budget=run["wall_s"] <= budget)
                     results[system].append(run)
-                    log(f"round {r + 1} seed {seed} {system:<16} val bpb at {args.minutes:g} min "
-                        f"{run['at_budget']:.4f}  (last evaluation at {run['curve'][-1][0]:.0f} s, step "
-                        f"{run['curve'][-1][2]}, median {statistics.median(run['step_ms'] or [0]):.0f} ms/step, "
-                        f"run {run['wall_s']:.0f} s)")
+                    log(f"round {r + 1} seed {seed} {system:<16} val bpb {run['at_budget']:.4f} (common evaluator, "
+                        f"step {run['curve'][-1][2]}; its own evaluator {run['own_at_budget']:.4f}), run "
+                        f"{run['wall_s']:.0f} s{'' if run['in_budget'] else ' OVER THE BUDGET'}, median "
+                        f"{statistics.median(run['step_ms'] or [0]):.0f} ms/step")
         figures = report(results, args, steps)
         notes = (f"{args.rounds} round(s) x {args.seeds} seed(s), alternating; {args.minutes:g} min per run from "
                  "process start; float32, 2 threads; machine shared with other work")
@@ -352,20 +465,26 @@ def main():
 
 
 def report(results, args, steps):
-    print(f"\nval bpb at {args.minutes:g} min of wall time, over {args.rounds} round(s) x {args.seeds} seed(s)")
+    print(f"\nval bpb at {args.minutes:g} min of wall time (the common evaluator), over {args.rounds} round(s) x "
+          f"{args.seeds} seed(s)")
     print(f"{'system':<18}{'median':>9}{'min':>9}{'max':>9}{'spread':>9}{'steps':>7}{'ms/step':>9}{'run s (min-max)':>18}")
     table = {}
     for system, runs in results.items():
-        values = [run["at_budget"] for run in runs]
-        ms = statistics.median(statistics.median(run["step_ms"]) for run in runs if run["step_ms"])
+        each = [run["at_budget"] for run in runs]
+        values = [v for v in each if v == v] or [float("nan")]  # a run stopped before its end left no checkpoint
+        ms = statistics.median([statistics.median(run["step_ms"]) for run in runs if run["step_ms"]] or [0])
         walls = [run["wall_s"] for run in runs]
         table[system] = {"median_bpb": statistics.median(values), "min_bpb": min(values), "max_bpb": max(values),
                          "spread_bpb": max(values) - min(values), "steps": steps[system], "ms_per_step": ms,
                          "wall_s_min": min(walls), "wall_s_max": max(walls),
-                         "bpb_each": [round(v, 4) if v == v else None for v in values]}
+                         "runs_over_budget": sum(not run["in_budget"] for run in runs),
+                         "own_evaluator_median_bpb": statistics.median(run["own_at_budget"] for run in runs),
+                         "runs_without_checkpoint": sum(v != v for v in each),
+                         "bpb_each": [round(v, 4) if v == v else None for v in each]}
         row = table[system]
         print(f"{system:<18}{row['median_bpb']:>9.4f}{row['min_bpb']:>9.4f}{row['max_bpb']:>9.4f}"
-              f"{row['spread_bpb']:>9.4f}{row['steps']:>7}{ms:>9.0f}{row['wall_s_min']:>9.0f}-{row['wall_s_max']:<8.0f}")
+              f"{row['spread_bpb']:>9.4f}{row['steps']:>7}{ms:>9.0f}{row['wall_s_min']:>9.0f}-{row['wall_s_max']:<8.0f}"
+              + (f"  {row['runs_over_budget']} run(s) over the budget" if row["runs_over_budget"] else ""))
     if "ours" in table and "nanochat" in table:
         ours, ref = table["ours"], table["nanochat"]
         gap = ref["min_bpb"] - ours["max_bpb"]
