@@ -79,7 +79,7 @@ NOTES = {
         "n_kv_head": "Fewer than n_head (e.g. n_head/4) to shrink the KV cache for long generations.",
         "value_embeddings": "True in the code/BPE preset; adds a vocab x width table per layer that has one.",
         "x0_mix": "True in the code/BPE preset: one scalar per layer, trained at scalar_lr.",
-        "embed_norm": "True with a large embedding_lr: the blocks see the embedding at unit scale.",
+        "embed_norm": "True in the code/BPE preset: the blocks see the embedding at unit scale, whatever its rate.",
         "resid_scales": "One scalar per layer, trained at scalar_lr; starts at 1 (no change).",
         "backout": "One scalar, trained at scalar_lr; starts at 0 (no change).",
         "optimizer": "'muon' reaches a given loss in fewer steps; each step costs a little more. FSDP needs 'adamw'.",
