@@ -315,18 +315,22 @@ def timed_run(cmd, cwd, env, limit_s, bpb_of, clock="wall"):
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     curve, step_ms, tail, last_step_s, killed = [], [], [], None, False
-    for line in proc.stdout:
-        now = tree_cpu_seconds(proc.pid) if clock == "cpu" else time.perf_counter() - t0
-        tail = (tail + [line])[-30:]
-        if (m := OURS_EVAL.match(line)) or (m := NANOCHAT_EVAL.match(line)):
-            curve.append((now, bpb_of(float(m.group(2))), int(m.group(1))))
-        elif (m := OURS_STEP.match(line)) or (m := NANOCHAT_STEP.match(line)):
-            # the step's time on this clock: since the previous step line (the log's own figure is wall time)
-            step_ms.append(float(m.group(2)) if clock == "wall" else 1000 * (now - (last_step_s or 0.0)))
-            last_step_s = now
-        if now > limit_s and not killed:
-            proc.kill()
-            killed = True
+    try:
+        for line in proc.stdout:
+            now = tree_cpu_seconds(proc.pid) if clock == "cpu" else time.perf_counter() - t0
+            tail = (tail + [line])[-30:]
+            if (m := OURS_EVAL.match(line)) or (m := NANOCHAT_EVAL.match(line)):
+                curve.append((now, bpb_of(float(m.group(2))), int(m.group(1))))
+            elif (m := OURS_STEP.match(line)) or (m := NANOCHAT_STEP.match(line)):
+                # the step's time on this clock: since the previous step line (the log's own figure is wall time)
+                step_ms.append(float(m.group(2)) if clock == "wall" else 1000 * (now - (last_step_s or 0.0)))
+                last_step_s = now
+            if now > limit_s and not killed:
+                proc.kill()
+                killed = True
+    except BaseException:  # the benchmark itself was interrupted: its run goes with it
+        proc.kill()
+        raise
     # wait4: the exit status and the CPU time of the whole run (its waited-for children included)
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
