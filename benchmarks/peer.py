@@ -17,6 +17,8 @@
      rates: its batch rule multiplies every learning rate by sqrt(tokens_per_step / 2**19) (0.088 at 4096 tokens),
      which is undone by passing each default rate divided by that factor;
    - nanochat_default: the same with its default rates (the batch rule applied).
+   nanochat compiles its model (torch.compile); each of its runs gets an inductor cache of its own, so each compiles
+   from cold, as a first run does.
    Each system's number of steps is set so that its run ends within the budget: a short calibration run of each
    measures its start-up, step and evaluation times first. Runs alternate: in each round, every seed runs each
    system in turn, the order reversed every other round. --clock=cpu is for a machine busy with other work: each
@@ -479,7 +481,10 @@ def main():
             cmd = nanochat_command(args, steps, system == "nanochat", evals, out.name)
             score_env = dict(env_for(args.threads, args.nanochat_deps), NANOCHAT_BASE_DIR=str(base))
             score_env["PYTHONPATH"] = f"{copy}{os.pathsep}{score_env['PYTHONPATH']}"
-            return cmd, copy, nc_env, float, base / "base_checkpoints" / out.name, score_env, copy
+            # a cache of its own: every run compiles from cold, as its calibration did (a warm cache from an earlier
+            # run would end it early, its steps planned for a cold start)
+            env = dict(nc_env, TORCHINDUCTOR_CACHE_DIR=str(work / f"inductor-{out.name}"))
+            return cmd, copy, env, float, base / "base_checkpoints" / out.name, score_env, copy
 
         steps = {}
 
