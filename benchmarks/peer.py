@@ -17,18 +17,29 @@
      rates: its batch rule multiplies every learning rate by sqrt(tokens_per_step / 2**19) (0.088 at 4096 tokens),
      which is undone by passing each default rate divided by that factor;
    - nanochat_default: the same with its default rates (the batch rule applied).
+   nanochat compiles its model (torch.compile); each of its runs gets an inductor cache of its own, so each compiles
+   from cold, as a first run does.
    Each system's number of steps is set so that its run ends within the budget: a short calibration run of each
-   measures its start-up, step and evaluation times first. The val bpb at equal time is the last evaluation a run
-   printed within --minutes of its start. Runs alternate: in each round, every seed runs each system in turn, the
-   order reversed every other round.
-4. Prints each run and, per system, the median and spread (max - min) over seeds and rounds of the val bpb at equal
-   time; writes the curves (val bpb over wall time) as a PNG and the figures with benchmarks/results.py.
+   measures its start-up, step and evaluation times first. Runs alternate: in each round, every seed runs each
+   system in turn, the order reversed every other round. --clock=cpu is for a machine busy with other work: each
+   run gets 1 thread, the systems of a round start together, and every time (budget, calibration, curves) is the
+   CPU time of the run's processes (compile workers included) instead of wall time.
+4. One evaluator scores both: after each run (outside its time), its last checkpoint is loaded with its own system's
+   code in a fresh process and scored on every held-out document, each tokenised by that system's tokenizer and read
+   after that system's document-start token (ours <|endoftext|>, nanochat's BOS), in windows of --block_size tokens
+   (consecutive, the last one slid back to a full context), every token scored once: summed nats / (ln 2 x the
+   documents' UTF-8 bytes). That is the val bpb at equal time; a run whose process ended after --minutes is flagged.
+   --score_fraction < 1 scores only the first of the held-out documents by path (faster on a busy machine).
+5. Prints each run and, per system, the median and spread (max - min) over seeds and rounds of that val bpb; writes
+   the curves as a PNG (lines: each system's own periodic evaluation, which is not comparable across systems; stars:
+   the common evaluator at each run's end) and the figures with benchmarks/results.py.
 
 nanochat's requirements beyond ours (rustbpe, wandb, psutil, tiktoken, pyarrow) must import in this Python, or from
 a folder given as --nanochat_deps (e.g. made with `pip install --target=DIR rustbpe wandb psutil
 opentelemetry-api --no-deps`); where they do not, or the checkout is missing, the benchmark says so and exits 0.
-Each system evaluates with its own code on the same held-out documents: nanochat over rows that start at a document
-start (its loader), ours over windows drawn anywhere in the val split; both count bits per byte of UTF-8 text.
+During training each system also evaluates with its own code (nanochat over rows that start at a document start,
+ours over windows drawn anywhere in the val split); those figures disagree by ~14% for the same untrained model, so
+they only draw the curves.
 """
 
 import argparse
@@ -43,6 +54,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -174,12 +186,14 @@ def ours_command(args, data, dataset, steps, seed, out, evals):
             f"--n_layer={args.n_layer}", f"--n_embd={args.n_embd}", f"--block_size={args.block_size}",
             f"--batch_size={batch}", "--gradient_accumulation_steps=1", f"--max_iters={steps}",
             f"--lr_decay_iters={steps}", f"--eval_interval={evals}", f"--eval_iters={args.eval_tokens // args.tokens_per_step}",
-            f"--seed={seed}", "--log_interval=1", "--threads=2", "--dtype=float32", f"--out_dir={out}", *args.ours]
+            f"--seed={seed}", "--log_interval=1", f"--threads={args.threads}", "--dtype=float32", f"--out_dir={out}",
+            *args.ours]
 
 
-def nanochat_command(args, steps, reference_lrs, evals):
+def nanochat_command(args, steps, reference_lrs, evals, tag):
     batch = args.tokens_per_step // args.block_size
-    cmd = [sys.executable, "-m", "scripts.base_train", "--device-type=cpu", f"--depth={args.n_layer}",
+    cmd = [sys.executable, "-m", "scripts.base_train", "--device-type=cpu", f"--model-tag={tag}",
+           f"--depth={args.n_layer}",
            f"--aspect-ratio={args.n_embd // args.n_layer}", f"--max-seq-len={args.block_size}",
            f"--device-batch-size={batch}", f"--total-batch-size={args.tokens_per_step}", f"--num-iterations={steps}",
            f"--eval-every={max(1, steps // evals)}", f"--eval-tokens={args.eval_tokens}",
@@ -190,29 +204,156 @@ def nanochat_command(args, steps, reference_lrs, evals):
     return cmd
 
 
-def timed_run(cmd, cwd, env, limit_s, bpb_of):
+def windows(n, block):
+    """The windows that score each of a document's n tokens once, the document read as [separator] + its tokens:
+    (start, end, skip), the input being that sequence's [start:end) (at most block tokens) and the first skip of
+    its predictions already scored. Consecutive windows; the last slides back to a full context where the
+    document is long enough."""
+    out, done = [], 0
+    while done < n:
+        end = min(done + block, n)
+        start = max(0, end - block)
+        out.append((start, end, done - start))
+        done = end
+    return out
+
+
+def summed_nats(loss_sum, documents, separator, block, batch=8):
+    """Nats of every token of every document (token id lists), each document after `separator` (its system's
+    document-start token), in windows of at most block tokens (windows()); loss_sum(x, y) is the model's summed
+    cross-entropy over the targets y that are not -1. Returns (nats, tokens)."""
+    import torch
+
+    by_length = {}
+    for tokens in documents:
+        seq = [separator] + list(tokens)
+        for start, end, skip in windows(len(tokens), block):
+            inputs, targets = seq[start:end], [-1] * skip + seq[start + 1 + skip:end + 1]
+            if len(inputs) == 1:  # a one-token document: nanochat's forward needs two positions, so the separator twice
+                inputs, targets = [separator] + inputs, [-1] + targets
+            by_length.setdefault(len(inputs), []).append((inputs, targets))
+    nats, scored = 0.0, 0
+    with torch.no_grad():
+        for rows in by_length.values():
+            for i in range(0, len(rows), batch):
+                x = torch.tensor([r[0] for r in rows[i:i + batch]])
+                y = torch.tensor([r[1] for r in rows[i:i + batch]])
+                nats += float(loss_sum(x, y))
+                scored += int((y != -1).sum())
+    return nats, scored
+
+
+def score_checkpoint(system, checkpoint, docs_file, block):
+    """One evaluator for both systems (run in a process of its own, with the system's code importable): the val
+    bits per byte of a checkpoint over every held-out document, each tokenised by the system's own tokenizer and
+    every token scored; summed nats / (ln 2 x the documents' UTF-8 bytes)."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 2)))
+    texts = json.loads(Path(docs_file).read_text(encoding="utf-8"))
+    if system == "ours":
+        from nanogpt import checkpoint as ours_checkpoint
+        from nanogpt.tokenizers import tokenizer_from_meta
+
+        ckpt = ours_checkpoint.load_checkpoint(checkpoint)
+        model = ours_checkpoint.load_model(ckpt, checkpoint).eval()
+        tokenizer = tokenizer_from_meta(ckpt["tokenizer"])
+        separator = tokenizer.eot_token  # our prepare writes <|endoftext|> between documents
+
+        def loss_sum(x, y):
+            logits, _ = model(x, y)
+            return F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-1, reduction="sum")
+    else:
+        from nanochat.checkpoint_manager import build_model, find_last_step
+
+        model, tokenizer, _ = build_model(checkpoint, find_last_step(checkpoint), torch.device("cpu"), "eval")
+        separator = tokenizer.get_bos_token_id()  # nanochat's loader starts every document with BOS
+
+        def loss_sum(x, y):
+            return model(x, y, loss_reduction="sum")
+    documents = [tokenizer.encode(text) for text in texts]
+    nats, tokens = summed_nats(loss_sum, documents, separator, block)
+    n_bytes = sum(len(text.encode("utf-8")) for text in texts)
+    return {"bpb": nats / (math.log(2) * n_bytes), "nats": nats, "tokens": tokens, "bytes": n_bytes}
+
+
+def common_score(system, checkpoint, docs_file, block, env, cwd):
+    """score_checkpoint in a fresh process, with the system's code on the path; its result dict, or None where the
+    run left no checkpoint (it was stopped before its end)."""
+    if not (Path(checkpoint) / "ckpt.pt").is_file() and not list(Path(checkpoint).glob("model_*.pt")):
+        return None
+    cmd = [sys.executable, str(Path(__file__).resolve()), f"--score={system}", f"--checkpoint={checkpoint}",
+           f"--score_docs={docs_file}", f"--block_size={block}"]
+    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"scoring {checkpoint} failed:\n{out.stdout[-2000:]}{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def tree_cpu_seconds(pid):
+    """User + system CPU seconds of a running process and its live descendants (compile workers), each with the
+    children it has already waited for (Linux /proc)."""
+    stats = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # gone meanwhile
+                continue
+            stats[int(d.name)] = (int(fields[1]), sum(int(f) for f in fields[11:15]))
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        total += stats.get(p, (0, 0))[1]
+        todo += [c for c, (parent, _) in stats.items() if parent == p]
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def timed_run(cmd, cwd, env, limit_s, bpb_of, clock="wall"):
     """Run a training command, killed at limit_s; returns {curve [(s, val bpb, step)], step_ms [...], wall_s,
-    last_step_s}, times from the process start."""
+    last_step_s}, times from the process start: wall seconds, or under clock='cpu' the CPU seconds its process tree
+    has used (on a machine shared with other work, close to what its wall time alone would be)."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     curve, step_ms, tail, last_step_s, killed = [], [], [], None, False
-    for line in proc.stdout:
-        now = time.perf_counter() - t0
-        tail = (tail + [line])[-30:]
-        if (m := OURS_EVAL.match(line)) or (m := NANOCHAT_EVAL.match(line)):
-            curve.append((now, bpb_of(float(m.group(2))), int(m.group(1))))
-        elif (m := OURS_STEP.match(line)) or (m := NANOCHAT_STEP.match(line)):
-            step_ms.append(float(m.group(2)))
-            last_step_s = now
-        if now > limit_s and not killed:
-            proc.kill()
-            killed = True
-    proc.wait()
+    try:
+        for line in proc.stdout:
+            now = tree_cpu_seconds(proc.pid) if clock == "cpu" else time.perf_counter() - t0
+            tail = (tail + [line])[-30:]
+            if (m := OURS_EVAL.match(line)) or (m := NANOCHAT_EVAL.match(line)):
+                curve.append((now, bpb_of(float(m.group(2))), int(m.group(1))))
+            elif (m := OURS_STEP.match(line)) or (m := NANOCHAT_STEP.match(line)):
+                # the step's time on this clock: since the previous step line (the log's own figure is wall time)
+                step_ms.append(float(m.group(2)) if clock == "wall" else 1000 * (now - (last_step_s or 0.0)))
+                last_step_s = now
+            if now > limit_s and not killed:
+                proc.kill()
+                killed = True
+    except BaseException:  # the benchmark itself was interrupted: its run goes with it
+        proc.kill()
+        raise
+    # wait4: the exit status and the CPU time of the whole run (its waited-for children included)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    total = usage.ru_utime + usage.ru_stime if clock == "cpu" else time.perf_counter() - t0
     if proc.returncode != 0 and not killed:
         sys.exit(f"a run failed ({' '.join(map(str, cmd))}):\n{''.join(tail)}")
     if not curve:
         sys.exit(f"a run printed no evaluation within its time ({' '.join(map(str, cmd))}):\n{''.join(tail)}")
-    return {"curve": curve, "step_ms": step_ms, "wall_s": time.perf_counter() - t0, "last_step_s": last_step_s}
+    return {"curve": curve, "step_ms": step_ms, "wall_s": total, "last_step_s": last_step_s,
+            "elapsed_s": time.perf_counter() - t0}
+
+
+def run_together(jobs, run, clock):
+    """run(job) for every job: one after the other under the wall clock (so runs do not time each other), all at
+    once under the CPU clock (each timed in its own CPU time)."""
+    if clock == "cpu":
+        with ThreadPoolExecutor(len(jobs)) as pool:
+            list(pool.map(run, jobs))
+    else:
+        for job in jobs:
+            run(job)
 
 
 def plan_steps(cal, cal_steps, budget_s, evals):
@@ -231,7 +372,7 @@ def within(curve, seconds):
     return next((v for t, v, _ in reversed(curve) if t <= seconds), float("nan"))
 
 
-def plot(results, path, minutes):
+def plot(results, path, minutes, clock):
     try:
         import matplotlib
 
@@ -247,11 +388,13 @@ def plot(results, path, minutes):
             if run["curve"]:
                 t, v, _ = zip(*run["curve"])
                 ax.plot(t, v, color=colors[name], alpha=0.7, marker=".", label=name if i == 0 else None)
+                ax.plot(run["wall_s"], run["at_budget"], color=colors[name], marker="*", markersize=12,
+                        label=f"{name}, common evaluator" if i == 0 else None)
     ax.axvline(minutes * 60, color="black", lw=0.5, ls="--")
-    ax.set_xlabel("wall time from process start (s)")
+    ax.set_xlabel(f"{clock} time from process start (s)")
     ax.set_ylabel("val bits per byte")
     ax.set_ylim(top=4.0)
-    ax.set_title("held-out documents: val bpb over wall time")
+    ax.set_title(f"held-out documents: val bpb over {clock} time (lines: each system's own evaluator)")
     ax.legend()
     fig.savefig(path, dpi=100, bbox_inches="tight")
     print(f"curves written to {path}")
@@ -275,7 +418,13 @@ def main():
     parser.add_argument("--tokens_per_step", type=int, default=4096)
     parser.add_argument("--eval_tokens", type=int, default=65536, help="val tokens per evaluation")
     parser.add_argument("--evals", type=int, default=4, help="evaluations per run after the first")
+    parser.add_argument("--score_fraction", type=float, default=1.0,
+                        help="the common evaluator scores this share of the held-out documents (the first by "
+                             "path; 1: all)")
     parser.add_argument("--calibration_steps", type=int, default=12)
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="wall: 2 threads a run, one run at a time; cpu: 1 thread a run, the systems of a round "
+                             "started together, each timed in the CPU seconds its processes use (a busy machine)")
     parser.add_argument("--nanochat", default=str(NANOCHAT), help="a nanochat checkout")
     parser.add_argument("--nanochat_deps", default=None, help="a folder holding nanochat's extra requirements")
     parser.add_argument("--ours", action="append", default=[], help="an extra --key=value for our runs")
@@ -284,8 +433,16 @@ def main():
     parser.add_argument("--work", default=None, help="scratch folder, kept: a second run with the same one reuses its "
                                                      "corpus and tokenizers (default: a temporary one, removed after)")
     parser.add_argument("--prepare_only", action="store_true", help="build the corpus and tokenizers, then stop")
+    # the common evaluator's own process (what common_score runs): not for users
+    parser.add_argument("--score", choices=("ours", "nanochat"), help=argparse.SUPPRESS)
+    parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
+    parser.add_argument("--score_docs", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.score:
+        print(json.dumps(score_checkpoint(args.score, args.checkpoint, args.score_docs, args.block_size)))
+        return
     systems = args.systems.split(",")
+    args.threads = 1 if args.clock == "cpu" else 2
     if unknown := set(systems) - set(SYSTEMS):
         sys.exit(f"unknown system(s) {', '.join(sorted(unknown))}: choose from {', '.join(SYSTEMS)}")
     if not Path(args.corpus).is_dir():
@@ -306,66 +463,104 @@ def main():
         ours_bpb = lambda loss: loss * tokens_per_byte / math.log(2)  # noqa: E731  nats/token -> bits/byte
         if any(s.startswith("nanochat") for s in systems):
             copy, base = prepare_nanochat(work, checkout, train, val, args.vocab_size, args.nanochat_deps, log)
-            nc_env = dict(env_for(2, args.nanochat_deps), NANOCHAT_BASE_DIR=str(base))
+            nc_env = dict(env_for(args.threads, args.nanochat_deps), NANOCHAT_BASE_DIR=str(base))
         if args.prepare_only:
             return
         budget = args.minutes * 60
+        docs_file = work / "val-docs.json"
+        scored = val[:max(1, round(len(val) * args.score_fraction))]
+        docs_file.write_text(json.dumps([text for _, text in scored]), encoding="utf-8")
+        log(f"common evaluator: {len(scored)} held-out documents, "
+            f"{sum(len(t.encode()) for _, t in scored) / 1e6:.2f} MB")
 
         def command(system, steps, seed, out, evals=args.evals):
+            """(command, cwd, env, own bpb from a logged figure, its checkpoint folder, scoring env and cwd)"""
             if system == "ours":
-                return ours_command(args, data, dataset, steps, seed, out, evals), REPO, env_for(2), ours_bpb
-            return nanochat_command(args, steps, system == "nanochat", evals), copy, nc_env, float
+                cmd = ours_command(args, data, dataset, steps, seed, out, evals)
+                return cmd, REPO, env_for(args.threads), ours_bpb, out, env_for(args.threads), REPO
+            cmd = nanochat_command(args, steps, system == "nanochat", evals, out.name)
+            score_env = dict(env_for(args.threads, args.nanochat_deps), NANOCHAT_BASE_DIR=str(base))
+            score_env["PYTHONPATH"] = f"{copy}{os.pathsep}{score_env['PYTHONPATH']}"
+            # a cache of its own: every run compiles from cold, as its calibration did (a warm cache from an earlier
+            # run would end it early, its steps planned for a cold start)
+            env = dict(nc_env, TORCHINDUCTOR_CACHE_DIR=str(work / f"inductor-{out.name}"))
+            return cmd, copy, env, float, base / "base_checkpoints" / out.name, score_env, copy
 
         steps = {}
-        for system in systems:
-            if system == "nanochat_default" and "nanochat" in steps:
-                steps[system] = steps["nanochat"]  # the same model and step: only the rates differ
-                continue
-            cmd, cwd, env, bpb_of = command(system, args.calibration_steps, 1, work / f"cal-{system}", evals=1)
-            cal = timed_run(cmd, cwd, env, max(budget, 900), bpb_of)
+
+        def calibrate(system):
+            cmd, cwd, env, bpb_of, *_ = command(system, args.calibration_steps, 1, work / f"cal-{system}", evals=1)
+            cal = timed_run(cmd, cwd, env, max(budget, 900), bpb_of, args.clock)
             if len(cal["step_ms"]) < args.calibration_steps or not cal["curve"]:
                 sys.exit(f"{system}'s calibration run printed {len(cal['step_ms'])} steps and "
                          f"{len(cal['curve'])} evaluations in {cal['wall_s']:.0f} s: cannot plan its steps")
             steps[system], step_s, eval_s, fixed_s = plan_steps(cal, args.calibration_steps, budget, args.evals)
             log(f"{system}: calibration {step_s * 1000:.0f} ms/step, {eval_s:.1f} s/evaluation, {fixed_s:.1f} s "
-                f"start-up -> {steps[system]} steps in {args.minutes:g} min")
+                f"start-up ({args.clock} time) -> {steps[system]} steps in {args.minutes:g} min")
+
+        # nanochat_default is the same model and step as nanochat: only the rates differ
+        run_together([s for s in systems if s != "nanochat_default" or "nanochat" not in systems], calibrate,
+                     args.clock)
+        if "nanochat_default" in systems and "nanochat" in systems:
+            steps["nanochat_default"] = steps["nanochat"]
         results = {s: [] for s in systems}
+
+        def one_run(job):
+            r, seed, system = job
+            cmd, cwd, env, bpb_of, ckpt, score_env, score_cwd = command(
+                system, steps[system], seed, work / f"out-{system}-{r}-{seed}")
+            run = timed_run(cmd, cwd, env, budget + 30, bpb_of, args.clock)
+            # the common evaluator scores the run's last checkpoint, after the timed run (outside its time)
+            score = common_score(system, ckpt, docs_file, args.block_size, score_env, score_cwd)
+            run.update(round=r + 1, seed=seed, system=system, at_budget=score["bpb"] if score else float("nan"),
+                       score=score, own_at_budget=within(run["curve"], budget), in_budget=run["wall_s"] <= budget)
+            results[system].append(run)
+            log(f"round {r + 1} seed {seed} {system:<16} val bpb {run['at_budget']:.4f} (common evaluator, "
+                f"step {run['curve'][-1][2]}; its own evaluator {run['own_at_budget']:.4f}), run "
+                f"{run['wall_s']:.0f} s of {args.clock} time ({run['elapsed_s']:.0f} s wall)"
+                f"{'' if run['in_budget'] else ' OVER THE BUDGET'}, median "
+                f"{statistics.median(run['step_ms'] or [0]):.0f} ms/step")
+
         for r in range(args.rounds):
             for seed in range(1, args.seeds + 1):
-                for system in (systems if r % 2 == 0 else systems[::-1]):
-                    cmd, cwd, env, bpb_of = command(system, steps[system], seed, work / f"out-{system}-{r}-{seed}")
-                    run = timed_run(cmd, cwd, env, budget + 30, bpb_of)
-                    run.update(round=r + 1, seed=seed, at_budget=within(run["curve"], budget))
-                    results[system].append(run)
-                    log(f"round {r + 1} seed {seed} {system:<16} val bpb at {args.minutes:g} min "
-                        f"{run['at_budget']:.4f}  (last evaluation at {run['curve'][-1][0]:.0f} s, step "
-                        f"{run['curve'][-1][2]}, median {statistics.median(run['step_ms'] or [0]):.0f} ms/step, "
-                        f"run {run['wall_s']:.0f} s)")
+                run_together([(r, seed, s) for s in (systems if r % 2 == 0 else systems[::-1])], one_run, args.clock)
         figures = report(results, args, steps)
         notes = (f"{args.rounds} round(s) x {args.seeds} seed(s), alternating; {args.minutes:g} min per run from "
-                 "process start; float32, 2 threads; machine shared with other work")
+                 "process start; float32; " + ("2 threads, one run at a time, wall time" if args.clock == "wall" else
+                                               "1 thread a run, the systems of a round started together, each timed "
+                                               "in the CPU time of its processes")
+                 + "; machine shared with other work")
         print(f"results written to {write_results('peer', figures, notes=notes, path=args.results)}")
-        plot(results, args.png, args.minutes)
+        plot(results, args.png, args.minutes, args.clock)
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
 
 
 def report(results, args, steps):
-    print(f"\nval bpb at {args.minutes:g} min of wall time, over {args.rounds} round(s) x {args.seeds} seed(s)")
-    print(f"{'system':<18}{'median':>9}{'min':>9}{'max':>9}{'spread':>9}{'steps':>7}{'ms/step':>9}{'run s (min-max)':>18}")
+    print(f"\nval bpb at {args.minutes:g} min of {args.clock} time (the common evaluator), over {args.rounds} "
+          f"round(s) x {args.seeds} seed(s)")
+    print(f"{'system':<18}{'median':>9}{'min':>9}{'max':>9}{'spread':>9}{'steps':>7}{'ms/step':>9}"
+          f"{args.clock + ' s (min-max)':>18}")
     table = {}
     for system, runs in results.items():
-        values = [run["at_budget"] for run in runs]
-        ms = statistics.median(statistics.median(run["step_ms"]) for run in runs if run["step_ms"])
+        each = [run["at_budget"] for run in runs]
+        values = [v for v in each if v == v] or [float("nan")]  # a run stopped before its end left no checkpoint
+        ms = statistics.median([statistics.median(run["step_ms"]) for run in runs if run["step_ms"]] or [0])
         walls = [run["wall_s"] for run in runs]
         table[system] = {"median_bpb": statistics.median(values), "min_bpb": min(values), "max_bpb": max(values),
                          "spread_bpb": max(values) - min(values), "steps": steps[system], "ms_per_step": ms,
-                         "wall_s_min": min(walls), "wall_s_max": max(walls),
-                         "bpb_each": [round(v, 4) if v == v else None for v in values]}
+                         "run_s_min": min(walls), "run_s_max": max(walls),  # on args.clock
+                         "elapsed_s_min": min(run["elapsed_s"] for run in runs),
+                         "elapsed_s_max": max(run["elapsed_s"] for run in runs),
+                         "runs_over_budget": sum(not run["in_budget"] for run in runs),
+                         "own_evaluator_median_bpb": statistics.median(run["own_at_budget"] for run in runs),
+                         "runs_without_checkpoint": sum(v != v for v in each),
+                         "bpb_each": [round(v, 4) if v == v else None for v in each]}
         row = table[system]
         print(f"{system:<18}{row['median_bpb']:>9.4f}{row['min_bpb']:>9.4f}{row['max_bpb']:>9.4f}"
-              f"{row['spread_bpb']:>9.4f}{row['steps']:>7}{ms:>9.0f}{row['wall_s_min']:>9.0f}-{row['wall_s_max']:<8.0f}")
+              f"{row['spread_bpb']:>9.4f}{row['steps']:>7}{ms:>9.0f}{row['run_s_min']:>9.0f}-{row['run_s_max']:<8.0f}"
+              + (f"  {row['runs_over_budget']} run(s) over the budget" if row["runs_over_budget"] else ""))
     if "ours" in table and "nanochat" in table:
         ours, ref = table["ours"], table["nanochat"]
         gap = ref["min_bpb"] - ours["max_bpb"]
@@ -373,7 +568,7 @@ def report(results, args, steps):
               f"ours' worst is {'below' if gap > 0 else 'not below'} nanochat's best by {gap:+.4f} bpb "
               f"(acceptance: lower by more than the spread; goal 5% lower)")
     shown = ("corpus", "pattern", "minutes", "seeds", "rounds", "vocab_size", "n_layer", "n_embd", "block_size",
-             "tokens_per_step", "eval_tokens", "ours")
+             "tokens_per_step", "eval_tokens", "evals", "score_fraction", "clock", "ours")
     figures = {"settings": {k: str(getattr(args, k)) for k in shown}, "systems": table}
     if "ours" in table and "nanochat" in table:
         figures["ours vs nanochat (median bpb)"] = f"{table['ours']['median_bpb'] / table['nanochat']['median_bpb'] - 1:+.2%}"

@@ -30,6 +30,7 @@ zero_init_proj = True
 logit_softcap = 15.0
 x0_mix = True  # every block sees a learned share of the embedding output
 value_embeddings = True  # each token's identity handed to every other layer; measured in docs/concepts/modern-recipe.md
+embed_norm = True  # the blocks see the token embedding normalised, whatever its scale (its rate is high)
 
 optimizer = 'muon'
 muon_lr = 0.02

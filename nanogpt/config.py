@@ -69,6 +69,9 @@ class TrainConfig:
     n_kv_head: int = 0  # key/value heads (grouped-query attention); 0 means n_head, as GPT-2
     value_embeddings: bool = False  # every other layer (the last included) adds a gated token embedding to its values
     x0_mix: bool = False  # each block's input gets a learned share (from 0) of the embedding output
+    embed_norm: bool = False  # normalise the token embedding before the first block
+    resid_scales: bool = False  # scale the residual stream by a learned number (from 1) before each block
+    backout: bool = False  # subtract a learned share (from 0) of the middle layer's residual before the final norm
     # optimizer
     optimizer: str = "adamw"  # 'adamw' (nanoGPT) or 'muon': Muon for the blocks' matrices, AdamW for the rest
     muon_lr: float = 0.02  # optimizer='muon': Muon's peak learning rate (follows the same schedule)
@@ -76,7 +79,7 @@ class TrainConfig:
     muon_weight_decay: float = 0.0  # optimizer='muon': decoupled weight decay of the Muon matrices
     muon_momentum_warmup: int = 0  # optimizer='muon': steps over which Muon's momentum rises from 0.85 to muon_momentum
     embedding_lr: float = 0.0  # optimizer='muon': AdamW's peak rate for the token and value embeddings (0: learning_rate)
-    scalar_lr: float = 0.0  # optimizer='muon': AdamW's peak rate for the x0 shares (0: learning_rate)
+    scalar_lr: float = 0.0  # optimizer='muon': AdamW's peak rate for the learned scalars (0: learning_rate)
     lr_rule: str = "off"  # 'off': the peaks as set; 'transfer': scale them from the lr_ref_* shape to this run's
     lr_ref_width: int = 0  # lr_rule: the n_embd the peak rates were tuned at (0: this run's)
     lr_ref_batch_tokens: int = 0  # lr_rule: the tokens per optimizer step they were tuned at (0: this run's)

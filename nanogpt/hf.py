@@ -464,7 +464,9 @@ def describe_switch(config, name):
 def architecture_for(config):
     """The key in ARCHITECTURES of the transformers architecture that computes exactly what `config` does; a one-line
     error naming the switches that stop the nearest one where none does."""
-    if held_by_none := [name for name in ("value_embeddings", "x0_mix") if getattr(config, name)]:
+    held_by_none = [name for name in ("value_embeddings", "x0_mix", "embed_norm", "resid_scales", "backout")
+                    if getattr(config, name)]
+    if held_by_none:
         raise UserError(f"cannot export to Hugging Face: no transformers architecture has "
                         f"{' or '.join(f'{n}=True' for n in held_by_none)} (see docs/code-analysis/hf-interop.md)")
     ours = switches(config)

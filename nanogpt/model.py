@@ -2,7 +2,8 @@
 
 With its default settings this is GPT-2 exactly. A few switches in GPTConfig give the modern recipe instead
 (rotary positions, RMSNorm, QK-norm, ReLU² or SwiGLU, an untied head, logit soft-capping, grouped-query attention,
-value embeddings, the embedding mixed into every block; see docs/concepts/modern-recipe.md). Each switch picks a layer once, in `__init__`; the forward passes read the
+value embeddings, the embedding mixed into every block, an embedding norm, per-layer residual scales, backout; see
+docs/concepts/modern-recipe.md). Each switch picks a layer once, in `__init__`; the forward passes read the
 same for every choice.
 
 Nothing here knows about training loops, data, devices or ranks. Inference state (the KV cache) is an object
@@ -48,6 +49,9 @@ class GPTConfig:
     n_kv_head: int = 0  # key/value heads for grouped-query attention (Ainslie et al. 2023); 0 means n_head
     value_embeddings: bool = False  # every other layer (the last included) adds a token embedding to its values
     x0_mix: bool = False  # each block's input gets a learned share of the embedding output (starting at 0)
+    embed_norm: bool = False  # normalise the token embedding before the first block (its scale stops mattering)
+    resid_scales: bool = False  # each block's input is the residual stream times a learned number (starting at 1)
+    backout: bool = False  # subtract a learned share (from 0) of the middle layer's residual before the final norm
 
     def __post_init__(self):
         if self.n_embd % self.n_head != 0:
@@ -320,6 +324,13 @@ class GPT(nn.Module):
                                            for i in range(config.n_layer) if has_value_embedding(config, i)})
         # x0 mixing: block i's input is x + x0_scales[i]·x0, x0 the embedding output; each scale starts at 0
         self.x0_scales = nn.Parameter(torch.zeros(config.n_layer)) if config.x0_mix else None
+        # the embedding normalised: its rows then keep unit scale whatever rate trains them
+        self.embed_norm = norm_layer(config)(config.n_embd, bias=config.bias) if config.embed_norm else nn.Identity()
+        # residual scales: block i reads resid_scales[i]·x, so a layer can shrink (or grow) what earlier ones wrote
+        self.resid_scales = nn.Parameter(torch.ones(config.n_layer)) if config.resid_scales else None
+        # backout: the head reads x - backout_scale·x_mid, x_mid the residual after block n_layer // 2, so it can
+        # remove features only the early layers need (starts at 0: no change)
+        self.backout_scale = nn.Parameter(torch.zeros(1)) if config.backout else None
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.tie_weights()
         # soft-capping keeps logits within ±cap, smoothly: no single logit can run away early in training
@@ -358,8 +369,10 @@ class GPT(nn.Module):
             yield p, value.zero_() if self.config.zero_init_proj else value.normal_(0.0, std)
         for name, p in self.named_parameters():
             if id(p) not in done:
-                # biases, x0 shares and value gates start at zero (no shift, no mixing, gates of 1), norm gains at one
-                starts_at_zero = name.endswith((".bias", "value_gate.weight")) or name == "x0_scales"
+                # biases, x0 shares, value gates and backout start at zero (no shift, no mixing, gates of 1, no
+                # backout), norm gains and residual scales at one
+                starts_at_zero = name.endswith((".bias", "value_gate.weight")) or name in ("x0_scales",
+                                                                                           "backout_scale")
                 yield p, torch.zeros(p.shape) if starts_at_zero else torch.ones(p.shape)
 
     @torch.no_grad()
@@ -418,14 +431,21 @@ class GPT(nn.Module):
             x = x + self.transformer.wpe(pos)
         else:
             rotation = self.rotary(pos)
-        x0 = x = self.transformer.drop(x)
+        x0 = x = self.embed_norm(self.transformer.drop(x))
+        middle = None
         for i, block in enumerate(self.transformer.h):
             ve = self.value_embeds[str(i)](idx) if str(i) in self.value_embeds else None
+            if self.resid_scales is not None:
+                x = self.resid_scales[i] * x
             if self.x0_scales is not None:
                 x = x + self.x0_scales[i] * x0
             x = block(x, rotation, kv_cache, ve)
+            if i == self.config.n_layer // 2:
+                middle = x
         if kv_cache is not None:
             kv_cache.advance(t)
+        if self.backout_scale is not None:
+            x = x - self.backout_scale * middle
         x = self.transformer.ln_f(x)
 
         if targets is not None:

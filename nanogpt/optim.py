@@ -4,8 +4,8 @@ optimizer='adamw' is nanoGPT's: one AdamW, weight decay on matrices and embeddin
 optimizer='muon' is the modern recipe's: PyTorch's Muon (Jordan et al. 2024) for the 2-D weight matrices inside the
 transformer blocks, AdamW for everything else (embeddings, LM head, norm gains, biases), which Muon is not made for.
 Both follow the same schedule, each from its own peak learning rate (learning_rate, muon_lr); under Muon the
-token and value embeddings and the x0 shares may have their own AdamW peaks (embedding_lr, scalar_lr), and Muon's
-momentum may warm up (muon_momentum_warmup).
+token and value embeddings and the learned scalars (x0 shares, residual and backout scales) may have their own AdamW
+peaks (embedding_lr, scalar_lr), and Muon's momentum may warm up (muon_momentum_warmup).
 
 lr_rule='transfer' scales those peaks from the shape they were tuned at (lr_ref_width, lr_ref_batch_tokens,
 lr_ref_iters) to the run's shape, so a preset's rates carry over when its width, batch or length changes
@@ -100,8 +100,8 @@ def build_optimizer_at_tuned_rates(model, cfg, device_type, sharded):
     tokens = [] if model.config.tie_embeddings else [model.transformer.wte.weight]
     embeddings = {id(p) for p in [*tokens, *model.value_embeds.parameters()]}
     split_group(others, embeddings, (cfg.embedding_lr or cfg.learning_rate) / cfg.learning_rate)
-    if model.x0_scales is not None:
-        split_group(others, {id(model.x0_scales)}, (cfg.scalar_lr or cfg.learning_rate) / cfg.learning_rate)
+    scalars = [p for p in (model.x0_scales, model.resid_scales, model.backout_scale) if p is not None]
+    split_group(others, {id(p) for p in scalars}, (cfg.scalar_lr or cfg.learning_rate) / cfg.learning_rate)
     return MuonWithAdamW(muon, others)
 
 

@@ -95,6 +95,33 @@ def test_peer_plans_the_steps_that_fit_the_budget_and_reads_the_value_at_equal_t
     assert peer.within(curve, 10.0) != peer.within(curve, 10.0)  # nothing yet: nan
 
 
+def test_peer_common_evaluator_scores_every_token_once_after_the_document_start():
+    """Windows of at most block tokens cover each document's tokens once, each predicted from the separator and
+    what precedes it in the document; for a model whose context holds a whole document, the summed nats are the
+    full-sequence cross-entropy."""
+    import torch
+    import torch.nn.functional as F
+
+    for n, block in [(1, 4), (4, 4), (5, 4), (13, 4), (8, 3)]:
+        scored = []
+        for start, end, skip in peer.windows(n, block):
+            assert 0 < end - start <= block and end - start >= min(n, block)  # full windows where the text allows
+            scored += list(range(start + skip, end))  # document token i is predicted at sequence position i
+        assert scored == list(range(n))
+    torch.manual_seed(0)
+    table = torch.randn(10, 10)  # a "model" whose logits at a position depend on the whole prefix
+    logits_of = lambda x: table[x].cumsum(1)  # noqa: E731
+    loss_sum = lambda x, y: F.cross_entropy(logits_of(x).flatten(0, 1), y.flatten(), ignore_index=-1,  # noqa: E731
+                                            reduction="sum")
+    docs = [[1, 2, 3], [4, 5, 6, 7, 8, 2, 1], [5]]
+    nats, tokens = peer.summed_nats(loss_sum, docs, separator=9, block=16)
+    expected = sum(loss_sum(torch.tensor([[9] + d[:-1]]), torch.tensor([d])) for d in docs[:2])
+    expected += loss_sum(torch.tensor([[9, 9]]), torch.tensor([[-1, 5]]))  # a one-token document reads two separators
+    assert tokens == 11 and abs(nats - float(expected)) < 1e-4
+    short, _ = peer.summed_nats(loss_sum, docs, separator=9, block=2)
+    assert short != nats  # a shorter context is a different (here, cruder) prediction
+
+
 def test_peer_skips_with_a_reason_where_nanochat_is_missing(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["peer.py", f"--nanochat={tmp_path / 'nowhere'}", f"--work={tmp_path / 'w'}"])
     peer.main()
@@ -104,8 +131,8 @@ def test_peer_skips_with_a_reason_where_nanochat_is_missing(tmp_path, capsys, mo
 
 def test_peer_undoes_nanochats_batch_scaling_of_its_learning_rates():
     args = peer.argparse.Namespace(n_layer=4, n_embd=256, block_size=512, tokens_per_step=4096, eval_tokens=65536)
-    reference = peer.nanochat_command(args, 100, reference_lrs=True, evals=4)
-    default = peer.nanochat_command(args, 100, reference_lrs=False, evals=4)
+    reference = peer.nanochat_command(args, 100, reference_lrs=True, evals=4, tag="a")
+    default = peer.nanochat_command(args, 100, reference_lrs=False, evals=4, tag="b")
     assert "--matrix-lr=0.226274" in reference and "--embedding-lr=3.39411" in reference  # 0.02, 0.3 / sqrt(1/128)
     assert not any("-lr=" in a for a in default)
     assert "--depth=4" in default and "--aspect-ratio=64" in default and "--num-iterations=100" in default

@@ -29,6 +29,9 @@ SWITCHES = {
     "gqa": dict(n_kv_head=1),
     "value_embeddings": dict(value_embeddings=True),
     "x0_mix": dict(x0_mix=True),
+    "embed_norm": dict(embed_norm=True),
+    "resid_scales": dict(resid_scales=True),
+    "backout": dict(backout=True),
 }
 
 

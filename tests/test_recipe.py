@@ -32,6 +32,7 @@ MODERN = dict(position="rope", norm="rmsnorm", qk_norm=True, activation="relu2",
 # the switches that add parameters to the modern model, each on top of it (not in the product above: 4x the tests)
 COMBINATIONS += [dict(MODERN, value_embeddings=True), dict(MODERN, x0_mix=True), dict(MODERN, value_embeddings=True,
                                                                                       x0_mix=True, n_kv_head=1)]
+COMBINATIONS += [dict(MODERN, embed_norm=True, resid_scales=True, backout=True, x0_mix=True)]
 
 
 def quiet(*_):
@@ -277,3 +278,43 @@ def test_value_embeddings_and_x0_mix_start_neutral_and_refuse_export():
                                              for b in model.transformer.h if b.attn.value_gate is not None)
     with pytest.raises(UserError, match="no transformers architecture has value_embeddings=True or x0_mix=True"):
         architecture_for(config)
+
+
+def test_residual_scales_and_backout_start_neutral_embed_norm_ignores_the_embedding_scale():
+    """resid_scales and backout change nothing at initialisation (the same weights give the same logits); with
+    embed_norm the blocks see the embedding normalised, so scaling it changes nothing, as it does without. Their
+    scalars train at scalar_lr, and export refuses them by name."""
+    from nanogpt.hf import architecture_for
+
+    base = dict(n_layer=3, n_head=2, n_embd=8, block_size=8, vocab_size=11, position="rope", bias=False, x0_mix=True,
+                tie_embeddings=False)
+    x = torch.randint(0, 11, (2, 8))
+    torch.manual_seed(0)
+    plain = GPT(GPTConfig(**base))
+    with torch.no_grad():
+        plain.x0_scales.fill_(0.5)  # so that x0 matters
+    scaled = GPT(GPTConfig(**base, resid_scales=True, backout=True))
+    scaled.load_state_dict({**plain.state_dict(), "resid_scales": scaled.resid_scales,
+                            "backout_scale": scaled.backout_scale})
+    torch.testing.assert_close(scaled(x, x)[0], plain(x, x)[0])
+    with torch.no_grad():
+        scaled.backout_scale.fill_(0.5)
+    assert not torch.allclose(scaled(x, x)[0], plain(x, x)[0]), "backout_scale is used"
+
+    for embed_norm in (True, False):
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(**base, embed_norm=embed_norm))
+        before = model(x, x)[0]
+        with torch.no_grad():
+            model.transformer.wte.weight.mul_(10)
+        assert torch.allclose(model(x, x)[0], before, atol=1e-4) == embed_norm
+
+    cfg = tiny_config(".", ".", optimizer="muon", learning_rate=1e-3, scalar_lr=0.2, decay_lr=False)
+    model = GPT(GPTConfig(**base, resid_scales=True, backout=True, embed_norm=True))
+    opt = optim.build_optimizer(model, cfg, "cpu")
+    optim.set_lr(opt, 0, cfg)
+    rate = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    assert rate[id(model.resid_scales)] == rate[id(model.backout_scale)] == rate[id(model.x0_scales)] == 0.2
+    assert rate[id(model.embed_norm.weight)] == 1e-3
+    with pytest.raises(UserError, match="x0_mix=True or embed_norm=True or resid_scales=True or backout=True"):
+        architecture_for(model.config)
