@@ -8,16 +8,17 @@ and a JSON-lines corpus is parsed in the workers too, so the main process only r
 
 Each worker is a fresh interpreter that imports this module, numpy and tiktoken (never torch or datasets), so it
 costs ~55 MB and a few tenths of a second to start: a corpus smaller than LOCAL_BYTES is encoded in the main
-process instead. A task is a tuple of plain values, pickled to a worker:
+process instead. A task is a tuple of plain values:
     ("pieces", split, [(text, ends_document), ...])   text of one split, cut by the main process
     ("jsonl", name, data, is_val)                     whole lines of a JSON-lines file, one document per non-blank
                                                       line ('text' field), is_val one bool per document
-and its result is [(split, ids), ...] in the corpus's order, and whether any text was not whitespace.
+and its result is [(split, ids), ...] in the corpus's order, and whether any text was not whitespace. They cross
+the pipes as messages of a JSON header and raw bytes (write_message): no pickle, so nothing that arrives can run
+code, and the token ids travel as the arrays' own bytes.
 """
 
 import json
 import os
-import pickle
 import queue
 import signal
 import subprocess
@@ -113,12 +114,81 @@ def has_text(job):
     return any(text and not text.isspace() for text in jsonl_texts(job[1], job[2]))
 
 
+def write_message(stream, header, payloads=()):
+    """One message: the JSON header's length (8 bytes, little-endian), the header (with the payloads' sizes), then
+    each payload's bytes."""
+    payloads = [memoryview(p).cast("B") for p in payloads]
+    raw = json.dumps(dict(header, sizes=[p.nbytes for p in payloads])).encode()
+    stream.write(len(raw).to_bytes(8, "little"))
+    stream.write(raw)
+    for payload in payloads:
+        stream.write(payload)
+    stream.flush()
+
+
+def read_message(stream):
+    """(header, [payload bytes]) of the next message; EOFError where the stream ends before one is whole."""
+
+    def exactly(n):
+        data = stream.read(n)  # a buffered pipe reads until n bytes or the end
+        if len(data) < n:
+            raise EOFError
+        return data
+
+    header = json.loads(exactly(int.from_bytes(exactly(8), "little")))
+    return header, [exactly(n) for n in header.pop("sizes")]
+
+
+def spec_message(spec):
+    """A make_encoder spec as a message. A BPE's ranks go as the tokens' bytes, their lengths and their ranks."""
+    if spec[0] == "char":
+        _, chars, dtype = spec
+        return {"kind": "char", "chars": chars, "dtype": np.dtype(dtype).name}, []
+    _, enc, documents, dtype = spec
+    # tiktoken has no public accessors for these; its own pickling reads the same three attributes
+    tokens, ranks = zip(*enc._mergeable_ranks.items())
+    header = {"kind": "bpe", "name": enc.name, "pat_str": enc._pat_str, "special_tokens": enc._special_tokens,
+              "documents": documents, "dtype": np.dtype(dtype).name}
+    lengths = np.array([len(t) for t in tokens], dtype=np.uint32)
+    return header, [b"".join(tokens), lengths, np.array(ranks, dtype=np.uint32)]
+
+
+def spec_from_message(header, payloads):
+    if header["kind"] == "char":
+        return "char", header["chars"], np.dtype(header["dtype"])
+    import tiktoken
+
+    joined, lengths, ranks = payloads
+    ends = np.cumsum(np.frombuffer(lengths, dtype=np.uint32), dtype=np.int64)
+    tokens = [joined[end - n:end] for end, n in zip(ends.tolist(), np.frombuffer(lengths, dtype=np.uint32).tolist())]
+    enc = tiktoken.Encoding(header["name"], pat_str=header["pat_str"], special_tokens=header["special_tokens"],
+                            mergeable_ranks=dict(zip(tokens, np.frombuffer(ranks, dtype=np.uint32).tolist())))
+    return "bpe", enc, header["documents"], np.dtype(header["dtype"])
+
+
+def job_message(job):
+    if job[0] == "pieces":
+        _, split, pieces = job
+        # surrogatepass: text from JSON may hold lone surrogates, and must arrive as it left
+        return ({"kind": "pieces", "split": split, "ends": [bool(end) for _, end in pieces]},
+                [text.encode("utf-8", "surrogatepass") for text, _ in pieces])
+    _, name, data, is_val = job
+    return {"kind": "jsonl", "name": name, "is_val": [bool(v) for v in is_val]}, [data]
+
+
+def job_from_message(header, payloads):
+    if header["kind"] == "pieces":
+        texts = [p.decode("utf-8", "surrogatepass") for p in payloads]
+        return "pieces", header["split"], list(zip(texts, header["ends"]))
+    return "jsonl", header["name"], payloads[0], header["is_val"]
+
+
 class Workers:
     """Runs tasks on `count` worker processes. A corpus of known size (total_bytes) up to LOCAL_BYTES runs at once
     in this process, and one of unknown size until its tasks hold LOCAL_BYTES. Output never depends on where a task
     ran.
 
-    Each worker is `python -c WORKER_PROGRAM` with pickles through its stdin and stdout: unlike multiprocessing's
+    Each worker is `python -c WORKER_PROGRAM` with messages through its stdin and stdout: unlike multiprocessing's
     spawned processes, it never imports the caller's script (an unguarded script that prepares data would run again
     in each one, and the prepare hung), and it ends when its stdin does, so with a main process that was killed."""
 
@@ -134,12 +204,11 @@ class Workers:
                                            stdout=subprocess.PIPE) for _ in range(self.count)]
         self.in_flight = [0] * self.count
         for process in self.processes:
-            self.send(process, self.spec)
+            self.send(process, spec_message(self.spec))
 
     def send(self, process, message):
         try:
-            pickle.dump(message, process.stdin, protocol=pickle.HIGHEST_PROTOCOL)
-            process.stdin.flush()
+            write_message(process.stdin, *message)
         except OSError:  # the worker is gone: result() says so
             pass
 
@@ -153,7 +222,7 @@ class Workers:
             self.encode = self.encode or make_encoder(self.spec)
             return "here", run(self.encode, job)
         worker = min(range(self.count), key=self.in_flight.__getitem__)
-        self.send(self.processes[worker], job)
+        self.send(self.processes[worker], job_message(job))
         self.in_flight[worker] += 1
         return "worker", worker
 
@@ -162,14 +231,16 @@ class Workers:
         if where == "here":
             return value
         try:
-            ok, reply = pickle.load(self.processes[value].stdout)
-        except (EOFError, OSError, pickle.UnpicklingError):
+            header, payloads = read_message(self.processes[value].stdout)
+        except (EOFError, OSError, ValueError):
             raise UserError("an encoding worker process ended unexpectedly (killed, or out of memory?): run the same "
                             "command again, the prepare resumes") from None
         self.in_flight[value] -= 1
-        if not ok:
-            raise reply
-        return reply
+        if not header["ok"]:
+            raise (UserError if header["user_error"] else RuntimeError)(header["message"])
+        dtype = np.dtype(header["dtype"])
+        return ([(split, np.frombuffer(ids, dtype=dtype)) for split, ids in zip(header["splits"], payloads)],
+                header["saw_text"])
 
     def __enter__(self):
         return self
@@ -199,20 +270,27 @@ def serve():
     def read():  # on its own thread, so the main process never waits to send while this one sends a reply
         try:
             while True:
-                tasks.put(pickle.load(sys.stdin.buffer))
+                tasks.put(job_from_message(*read_message(sys.stdin.buffer)))
         except (EOFError, OSError):
             tasks.put(None)
 
-    spec = pickle.load(sys.stdin.buffer)
+    try:
+        spec = spec_from_message(*read_message(sys.stdin.buffer))
+    except (EOFError, OSError):
+        return
     threading.Thread(target=read, daemon=True).start()
     encode = make_encoder(spec)
+    dtype = np.dtype(spec[-1]).name
     while (job := tasks.get()) is not None:
         try:
-            reply = True, run(encode, job)
+            results, saw_text = run(encode, job)
+            reply = ({"ok": True, "saw_text": saw_text, "dtype": dtype, "splits": [split for split, _ in results]},
+                     [np.ascontiguousarray(ids, dtype=dtype) for _, ids in results])
         except Exception as e:  # noqa: BLE001 (any error goes back to the main process, which raises it)
-            reply = False, e if isinstance(e, UserError) else RuntimeError(f"encoding worker: {e!r}")
+            user_error = isinstance(e, UserError)
+            reply = {"ok": False, "user_error": user_error, "message": str(e) if user_error
+                     else f"encoding worker: {e!r}"}, []
         try:
-            pickle.dump(reply, replies, protocol=pickle.HIGHEST_PROTOCOL)
-            replies.flush()
+            write_message(replies, *reply)
         except OSError:  # the main process is gone
             return

@@ -162,6 +162,27 @@ def test_jsonl_is_parsed_by_worker_processes_as_datasets_reads_it(tmp_path, monk
     assert "\n" not in str(e.value)
 
 
+def test_worker_messages_carry_tasks_and_tokenizers_exactly_without_pickle():
+    import io
+
+    from nanogpt.bpe import gpt2_encoding
+
+    stream = io.BytesIO()
+    job = ("pieces", "val", [("lone \ud800 surrogate", True), ("", False), ("é" * 3, True)])
+    prepare_workers.write_message(stream, *prepare_workers.job_message(job))
+    prepare_workers.write_message(stream, *prepare_workers.spec_message(("bpe", gpt2_encoding(), True, np.uint16)))
+    stream.seek(0)
+    assert stream.read(1) != b"\x80"  # a JSON header's length, not a pickle's opcode
+    stream.seek(0)
+    assert prepare_workers.job_from_message(*prepare_workers.read_message(stream)) == job
+    kind, enc, documents, dtype = prepare_workers.spec_from_message(*prepare_workers.read_message(stream))
+    text = "Hello world, <|endoftext|> is text here ∑"
+    assert (kind, documents, dtype) == ("bpe", True, np.uint16)
+    assert enc.encode_ordinary(text) == gpt2_encoding().encode_ordinary(text) and enc.eot_token == 50256
+    with pytest.raises(EOFError):  # a stream that ends inside a message
+        prepare_workers.read_message(io.BytesIO(stream.getvalue()[:20]))
+
+
 def test_worker_processes_give_the_tokens_of_this_process_with_every_tokenizer(tmp_path, monkeypatch):
     (tmp_path / "a.txt").write_text(CORPUS * 4)
     for tokenizer in ("bpe", "char"):  # a trained BPE's tiktoken Encoding and the char table cross to the workers

@@ -1,5 +1,6 @@
-"""The package's shape: its modules import one another without a cycle (imports inside functions included), and no
-function in nanogpt/ is longer than 80 lines."""
+"""The package's shape: its modules import one another without a cycle (imports inside functions included), no
+function in nanogpt/ is longer than 80 lines, only the engine module decodes, and pickle is read only where a
+format is one."""
 
 import ast
 from pathlib import Path
@@ -140,3 +141,22 @@ def test_only_the_engine_module_has_a_decode_loop():
     assert ENGINE in trees and "generate" in {n.name for n in ast.walk(trees["model"]) if isinstance(n, ast.FunctionDef)}
     assert decode_loops(trees) == [], "decode loops outside nanogpt/generate.py: sample, serve, evaluation and " \
                                       "GPT.generate all call its engine"
+
+
+def imports_of(tree):
+    """Top-level names of every module a parsed source imports, anywhere in it."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names.add((node.module or "").split(".")[0])
+    return names
+
+
+def test_pickle_only_where_a_format_is_one():
+    # checkpoint.py reads DCP's .metadata and legacy.py nanoGPT's meta.pkl, each through an unpickler that builds
+    # plain values only; nothing else may load or write a pickle (the prepare's workers exchange JSON and bytes)
+    users = {name for name, tree in modules().items() if "pickle" in imports_of(tree)}
+    assert users == {"checkpoint", "legacy"}
+    assert "pickle" in imports_of(ast.parse("import json\nfrom pickle import loads"))
