@@ -54,10 +54,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from recipe import run_jobs  # noqa: E402 (one after the other, or all at once under the CPU clock)
 from results import write_results  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -345,17 +345,6 @@ def timed_run(cmd, cwd, env, limit_s, bpb_of, clock="wall"):
             "elapsed_s": time.perf_counter() - t0}
 
 
-def run_together(jobs, run, clock):
-    """run(job) for every job: one after the other under the wall clock (so runs do not time each other), all at
-    once under the CPU clock (each timed in its own CPU time)."""
-    if clock == "cpu":
-        with ThreadPoolExecutor(len(jobs)) as pool:
-            list(pool.map(run, jobs))
-    else:
-        for job in jobs:
-            run(job)
-
-
 def plan_steps(cal, cal_steps, budget_s, evals):
     """Steps that fit a run in budget_s, from a calibration run of cal_steps steps with 2 evaluations (first and
     last): its fixed cost (start-up, compilation) and one evaluation's, then as many steps as the rest allows."""
@@ -499,8 +488,8 @@ def main():
                 f"start-up ({args.clock} time) -> {steps[system]} steps in {args.minutes:g} min")
 
         # nanochat_default is the same model and step as nanochat: only the rates differ
-        run_together([s for s in systems if s != "nanochat_default" or "nanochat" not in systems], calibrate,
-                     args.clock)
+        run_jobs(calibrate, [s for s in systems if s != "nanochat_default" or "nanochat" not in systems],
+                 args.clock)
         if "nanochat_default" in systems and "nanochat" in systems:
             steps["nanochat_default"] = steps["nanochat"]
         results = {s: [] for s in systems}
@@ -523,7 +512,7 @@ def main():
 
         for r in range(args.rounds):
             for seed in range(1, args.seeds + 1):
-                run_together([(r, seed, s) for s in (systems if r % 2 == 0 else systems[::-1])], one_run, args.clock)
+                run_jobs(one_run, [(r, seed, s) for s in (systems if r % 2 == 0 else systems[::-1])], args.clock)
         figures = report(results, args, steps)
         notes = (f"{args.rounds} round(s) x {args.seeds} seed(s), alternating; {args.minutes:g} min per run from "
                  "process start; float32; " + ("2 threads, one run at a time, wall time" if args.clock == "wall" else

@@ -17,6 +17,7 @@ the pipes as messages of a JSON header and raw bytes (write_message): no pickle,
 code, and the token ids travel as the arrays' own bytes.
 """
 
+import itertools
 import json
 import os
 import queue
@@ -159,8 +160,8 @@ def spec_from_message(header, payloads):
     import tiktoken
 
     joined, lengths, ranks = payloads
-    ends = np.cumsum(np.frombuffer(lengths, dtype=np.uint32), dtype=np.int64)
-    tokens = [joined[end - n:end] for end, n in zip(ends.tolist(), np.frombuffer(lengths, dtype=np.uint32).tolist())]
+    lengths = np.frombuffer(lengths, dtype=np.uint32).tolist()
+    tokens = [joined[end - n:end] for end, n in zip(itertools.accumulate(lengths), lengths)]
     enc = tiktoken.Encoding(header["name"], pat_str=header["pat_str"], special_tokens=header["special_tokens"],
                             mergeable_ranks=dict(zip(tokens, np.frombuffer(ranks, dtype=np.uint32).tolist())))
     return "bpe", enc, header["documents"], np.dtype(header["dtype"])
