@@ -30,7 +30,7 @@ class ChatConfig:
     top_p: float = 0.95  # nucleus sampling: only the most likely tokens that together hold top_p of the mass
     seed: int = 1337  # answer i of the conversation draws from seed + i
     device: str = "auto"  # 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'
-    dtype: str = "auto"  # 'auto', 'float32', 'bfloat16', 'float16'
+    dtype: str = "auto"  # 'auto', 'native', 'float32', 'bfloat16', 'float16'
     threads: int = 0  # CPU threads; 0: PyTorch's default, or 1 when the machine is already busy
 
     def to_dict(self):

@@ -50,6 +50,8 @@ class TrainConfig:
     document_aligned: bool = False  # start every training row at a document start (nanochat), not anywhere (nanoGPT)
     gradient_accumulation_steps: int = 5 * 8  # micro-steps per optimizer step, summed over all ranks
     batch_size: int = 12  # sequences per micro-step per rank
+    batch_ramp_start: int = 0  # with batch_ramp_iters: sequences per micro-step at step 0, growing to batch_size
+    batch_ramp_iters: int = 0  # steps over which the batch grows linearly from batch_ramp_start (0: no ramp)
     block_size: int = 1024  # tokens per sequence
     # model
     n_layer: int = 12  # transformer blocks
@@ -78,6 +80,9 @@ class TrainConfig:
     muon_momentum: float = 0.95  # optimizer='muon': Muon's (Nesterov) momentum
     muon_weight_decay: float = 0.0  # optimizer='muon': decoupled weight decay of the Muon matrices
     muon_momentum_warmup: int = 0  # optimizer='muon': steps over which Muon's momentum rises from 0.85 to muon_momentum
+    muon_orthogonalizer: str = "newton_schulz"  # optimizer='muon': 'newton_schulz' (one quintic) or 'polar_express'
+    muon_neuron_norm: bool = False  # optimizer='muon': NorMuon, each output row's step over its running RMS
+    muon_cautious_weight_decay: bool = False  # optimizer='muon': decay only entries the update moves towards zero
     embedding_lr: float = 0.0  # optimizer='muon': AdamW's peak rate for the token and value embeddings (0: learning_rate)
     scalar_lr: float = 0.0  # optimizer='muon': AdamW's peak rate for the learned scalars (0: learning_rate)
     lr_rule: str = "off"  # 'off': the peaks as set; 'transfer': scale them from the lr_ref_* shape to this run's
@@ -104,7 +109,8 @@ class TrainConfig:
     parallelism: str = "ddp"  # under torchrun: 'ddp' (a full copy per rank) or 'fsdp' (weights and optimizer sharded)
     # system
     device: str = "auto"  # 'auto' picks cuda > mps > cpu; or 'cpu', 'cuda', 'cuda:1', 'mps'
-    dtype: str = "auto"  # 'auto' picks bfloat16 where supported, else float16 on CUDA, else float32
+    dtype: str = "auto"  # 'auto' picks bfloat16 where supported, else float16 on CUDA, else float32; 'native' is 'auto'
+    # but bfloat16 on CPUs with bfloat16 instructions (AVX512-BF16, AMX)
     compile: object = "auto"  # True/False, or 'auto': torch.compile on CUDA where Triton is installed
     threads: int = 0  # CPU threads; 0: PyTorch's default, capped at the idle cores
 
@@ -116,7 +122,7 @@ TYPE_NAMES = {bool: "True or False", int: "an integer", float: "a number", str: 
 # settings whose default is 'auto' but which also take a bool
 BOOL_OR_AUTO = {"compile"}
 DEVICES = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+DTYPES = ("auto", "native", "float32", "bfloat16", "float16")
 PARALLELISMS = ("ddp", "fsdp")
 
 
@@ -379,6 +385,7 @@ RECIPE_CHOICES = {
     "optimizer": ("adamw", "muon"),
     "lr_schedule": ("cosine", "wsd"),
     "lr_rule": ("off", "transfer"),
+    "muon_orthogonalizer": ("newton_schulz", "polar_express"),
 }
 
 
@@ -393,8 +400,11 @@ def validate_recipe(cfg):
         raise UserError(f"position='rope' needs an even head size (n_embd/n_head), got {cfg.n_embd // cfg.n_head}")
     check_at_least(cfg, 0, "rope_base", "muon_momentum", "wsd_decay_frac", "logit_softcap", "muon_lr",
                    "muon_weight_decay", "muon_momentum_warmup", "embedding_lr", "scalar_lr",
-                   "lr_ref_width", "lr_ref_batch_tokens", "lr_ref_iters")
+                   "lr_ref_width", "lr_ref_batch_tokens", "lr_ref_iters", "batch_ramp_iters")
     if cfg.rope_base <= 1:
         raise UserError(f"rope_base must be above 1, got {cfg.rope_base}")
     if cfg.muon_momentum >= 1 or cfg.wsd_decay_frac > 1:
         raise UserError("muon_momentum must be below 1 and wsd_decay_frac at most 1")
+    if cfg.batch_ramp_iters and not 1 <= cfg.batch_ramp_start <= cfg.batch_size:
+        raise UserError(f"batch_ramp_start must be from 1 to batch_size ({cfg.batch_size}) when batch_ramp_iters is "
+                        f"set, got {cfg.batch_ramp_start}")

@@ -553,6 +553,16 @@ def batch_offsets(seed, stream, step, count, n_tokens, block_size, document_star
     return rng.integers(0, n_tokens - block_size, size=count)
 
 
+def ramped_batch_size(batch_size, ramp_start, ramp_iters, step):
+    """Sequences per micro-step at step: batch_size, or during a batch ramp (ramp_iters > 0) ramp_start growing
+    linearly to it over the first ramp_iters steps. Small batches early spend fewer tokens where the gradient is
+    clear from few of them (the gradient noise scale starts small and grows as the loss falls: McCandlish et al.
+    2018, *An Empirical Model of Large-Batch Training*; GPT-3 ramps its batch the same way)."""
+    if step >= ramp_iters:
+        return batch_size
+    return ramp_start + (batch_size - ramp_start) * step // ramp_iters
+
+
 def move_batch(x, y, device):
     """Copy a batch to the device; on CUDA through pinned memory so the copy overlaps compute."""
     if device.type == "cuda":
@@ -573,26 +583,34 @@ class Batches:
     """
 
     def __init__(self, dataset, seed, batch_size, accumulation, rank, world_size, block_size, device,
-                 document_aligned=False, start_step=0, ahead=8, split="train", stream=TRAIN_STREAM):
+                 document_aligned=False, start_step=0, ahead=8, split="train", stream=TRAIN_STREAM, ramp=(0, 0)):
         self.dataset, self.seed, self.split, self.stream = dataset, seed, split, stream
         self.batch_size, self.accumulation, self.block_size = batch_size, accumulation, block_size
+        self.ramp = ramp  # (batch_ramp_start, batch_ramp_iters)
         self.micro_steps = accumulation // world_size
-        self.first_row = rank * self.micro_steps * batch_size
+        self.rank = rank
         self.device = torch.device(device)
         self.starts = dataset.document_starts(split, block_size) if document_aligned else None
         self.ahead = ahead
         self.thread, self.queue, self.stop = None, None, None
         self.start((start_step, 0))
 
+    def size_at(self, step):
+        """Sequences per micro-step at step (batch_size, less during a batch ramp)."""
+        return ramped_batch_size(self.batch_size, *self.ramp, step)
+
     def rows(self, step):
         """This rank's row offsets for all its micro-steps of a step."""
-        offsets = batch_offsets(self.seed, self.stream, step, self.accumulation * self.batch_size,
+        size = self.size_at(step)
+        offsets = batch_offsets(self.seed, self.stream, step, self.accumulation * size,
                                 self.dataset.lengths[self.split], self.block_size, self.starts)
-        return offsets[self.first_row:self.first_row + self.micro_steps * self.batch_size]
+        first = self.rank * self.micro_steps * size
+        return offsets[first:first + self.micro_steps * size]
 
     def read(self, step, micro_step):
         """A micro-batch on the host (pinned for a CUDA device, so its copy does not block)."""
-        rows = self.rows(step)[micro_step * self.batch_size:(micro_step + 1) * self.batch_size]
+        size = self.size_at(step)
+        rows = self.rows(step)[micro_step * size:(micro_step + 1) * size]
         x, y = self.dataset.batch(self.split, rows, self.block_size)
         if self.device.type == "cuda":
             x, y = x.pin_memory(), y.pin_memory()

@@ -50,7 +50,7 @@ class EvalConfig:
     limit: int = 0  # score only the first N val tokens (loss/bpb) or items (hellaswag); 0 = all
     batch_size: int = 16  # sequences per forward pass
     device: str = "auto"  # 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'
-    dtype: str = "auto"  # 'auto', 'float32', 'bfloat16', 'float16'
+    dtype: str = "auto"  # 'auto', 'native', 'float32', 'bfloat16', 'float16'
     threads: int = 0  # CPU threads; 0: PyTorch's default, capped at the idle cores
 
     def to_dict(self):

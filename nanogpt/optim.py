@@ -16,6 +16,7 @@ decay) holds the peak and decays linearly to min_lr over the last wsd_decay_frac
 2024); it lets a short run spend longer at the peak.
 """
 
+import functools
 import math
 
 import torch
@@ -93,7 +94,9 @@ def build_optimizer_at_tuned_rates(model, cfg, device_type, sharded):
     hidden = [p for p in model.transformer.h.parameters() if p.dim() == 2]
     in_muon = {id(p) for p in hidden}
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in in_muon]
-    muon = Muon(hidden, lr=cfg.muon_lr, momentum=cfg.muon_momentum, weight_decay=cfg.muon_weight_decay)
+    muon = Muon(hidden, lr=cfg.muon_lr, momentum=cfg.muon_momentum, weight_decay=cfg.muon_weight_decay,
+                orthogonalizer=cfg.muon_orthogonalizer, neuron_norm=cfg.muon_neuron_norm,
+                cautious_weight_decay=cfg.muon_cautious_weight_decay)
     others = adamw(rest, cfg.weight_decay, cfg.learning_rate, betas, device_type)
     # embeddings and x0 shares at their own peaks: set_lr scales each group's rate by its lr_scale
     # (a tied token embedding is the head too, and stays at the head's rate)
@@ -223,47 +226,144 @@ class Muon(torch.optim.Muon):
     """PyTorch's Muon, but orthogonalising in float32 off CUDA: torch's runs its Newton-Schulz iterations in
     bfloat16, which a CPU without native bfloat16 matmuls computes ~30x slower (4 s a step for the quick-start
     model on an AVX2 machine, against 0.1 s in float32). Matrices of one shape are orthogonalised together, as one
-    batched matmul per iteration. Same algorithm, same state, same checkpoints."""
+    batched matmul per iteration. Same algorithm, same state, same checkpoints as torch's by default.
+
+    Three variants, each off by default (then, on CUDA, torch's own step runs):
+    - orthogonalizer='polar_express': each iteration its own quintic, the best one for where the singular values
+      can lie by then (polar_express_coefficients), instead of one fixed quintic for every iteration;
+    - neuron_norm: NorMuon (Li et al. 2025, *NorMuon: Making Muon more efficient and scalable*), the
+      orthogonalised update's rows (output neurons) divided by a running RMS of each row, then scaled back to the
+      update's norm, so no neuron steps much more than the others;
+    - cautious_weight_decay: decay only the entries that the update also moves towards zero (Chen et al. 2025,
+      *Cautious Weight Decay*), so decay never fights the gradient's direction."""
+
+    def __init__(self, params, orthogonalizer="newton_schulz", neuron_norm=False, neuron_beta2=0.95,
+                 cautious_weight_decay=False, **kwargs):
+        super().__init__(params, **kwargs)
+        self.orthogonalizer, self.neuron_norm, self.neuron_beta2 = orthogonalizer, neuron_norm, neuron_beta2
+        self.cautious_weight_decay = cautious_weight_decay
+
+    def variants_on(self):
+        return self.orthogonalizer != "newton_schulz" or self.neuron_norm or self.cautious_weight_decay
 
     @torch.no_grad()
     def step(self, closure=None):
-        if all(p.is_cuda for group in self.param_groups for p in group["params"]):
+        on_cuda = all(p.is_cuda for group in self.param_groups for p in group["params"])
+        if on_cuda and not self.variants_on():
             return super().step(closure)
         assert closure is None, "the training loop never passes a closure"
         for group in self.param_groups:
             assert group["adjust_lr_fn"] in (None, "original")
             params, grads, buffers = [], [], []
             self._init_group(group, params, grads, buffers)
-            lr, momentum = group["lr"], group["momentum"]
+            lr, momentum, decay = group["lr"], group["momentum"], group["weight_decay"]
             for buf, grad in zip(buffers, grads):
                 buf.lerp_(grad, 1 - momentum)
             updates = [g.lerp(b, momentum) for g, b in zip(grads, buffers)] if group["nesterov"] else buffers
+            if self.orthogonalizer == "polar_express":
+                coefficients = polar_express_coefficients(group["ns_steps"])
+            else:
+                coefficients = [group["ns_coefficients"]] * group["ns_steps"]
             by_shape = {}
             for i, p in enumerate(params):
                 by_shape.setdefault(p.shape, []).append(i)
             for shape, indices in by_shape.items():
                 stacked = torch.stack([updates[i] for i in indices])
-                ortho = orthogonalize(stacked, group["ns_coefficients"], group["ns_steps"], group["eps"])
+                ortho = orthogonalize(stacked, coefficients, group["eps"])
+                if self.neuron_norm:
+                    ortho = self.normalize_neurons(ortho, [params[i] for i in indices], group["eps"])
                 # torch's 'original' scaling: tall matrices (more outputs than inputs) take larger steps
                 scale = lr * math.sqrt(max(1, shape[0] / shape[1]))
                 for i, update in zip(indices, ortho):
-                    params[i].mul_(1 - lr * group["weight_decay"])
+                    update = update.to(params[i].dtype)
+                    if self.cautious_weight_decay:  # where the step shrinks the weight, decay shrinks it more
+                        agrees = (params[i] * update > 0).to(update.dtype)
+                        params[i].addcmul_(params[i], agrees, value=-lr * decay)
+                    else:
+                        params[i].mul_(1 - lr * decay)
                     params[i].add_(update, alpha=-scale)
 
+    def normalize_neurons(self, ortho, params, eps):
+        """NorMuon's step: each row of each update over the running RMS of that row's updates (a second moment
+        per output neuron, kept in the optimizer state), the whole update scaled back to its norm before, so the
+        learning rate keeps its meaning; only how the step is shared between neurons changes."""
+        moments = []
+        for p in params:
+            state = self.state[p]
+            if "neuron_second_moment" not in state:
+                state["neuron_second_moment"] = torch.zeros(p.shape[0], device=p.device, dtype=torch.float32)
+            moments.append(state["neuron_second_moment"])
+        second = torch.stack(moments)  # (n, rows)
+        second.lerp_(ortho.square().mean(dim=-1), 1 - self.neuron_beta2)
+        for moment, new in zip(moments, second):
+            moment.copy_(new)
+        normed = ortho / (second.sqrt().unsqueeze(-1) + eps)
+        norms = ortho.norm(dim=(-2, -1), keepdim=True), normed.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
+        return normed * (norms[0] / norms[1])
 
-def orthogonalize(g, coefficients, steps, eps):
-    """Newton-Schulz iterations towards the nearest semi-orthogonal matrix U·Vᵀ of each g = U·S·Vᵀ in a stack
-    (n, rows, cols), in float32: the quintic of Jordan et al. 2024 that torch.optim.Muon runs."""
-    a, b, c = coefficients
+
+def orthogonalize(g, coefficients, eps):
+    """Odd quintic iterations x <- a·x + b·(x·xᵀ)·x + c·(x·xᵀ)²·x towards the nearest semi-orthogonal matrix U·Vᵀ
+    of each g = U·S·Vᵀ in a stack (n, rows, cols), in float32; coefficients: one (a, b, c) per iteration (Jordan et
+    al. 2024's fixed quintic, the one torch.optim.Muon runs, or polar_express_coefficients)."""
     x = g.float()
     tall = g.size(-2) > g.size(-1)
     if tall:
         x = x.mT  # iterate on the wide side: the Gram matrix x·xᵀ is the smaller one
     x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)  # spectral norm <= Frobenius norm <= 1
-    for _ in range(steps):
+    for a, b, c in coefficients:
         gram = x @ x.mT
         x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
     return x.mT if tall else x
+
+
+@functools.cache
+def polar_express_coefficients(steps, smallest=1e-3, safety=1.01):
+    """Polar Express (Amsel, Persson, Musco & Gower 2025, *The Polar Express: Optimal Matrix Sign Methods and
+    Their Application to the Muon Algorithm*): one odd quintic per iteration, each the minimax one for where the
+    singular values lie by then. After the Frobenius normalisation they lie in [smallest, 1]; the quintic that
+    keeps p(x) closest to 1 over [lo, hi] maps that interval onto [1 - E, 1 + E] (its error E), which is the next
+    iteration's interval, and choosing each iteration's best this way (greedily) is the best composition overall,
+    the paper's result. Every quintic but the last reads x/safety, so rounding that puts a singular value slightly
+    above the interval cannot send it far. Returns ((a, b, c), ...), one per iteration."""
+    lo, hi = smallest, 1.0
+    coefficients = []
+    for i in range(steps):
+        a, b, c = minimax_odd_quintic(lo, hi)
+        if i < steps - 1:
+            a, b, c = a / safety, b / safety ** 3, c / safety ** 5
+        coefficients.append((a, b, c))
+        # p's extremes on [lo, hi]: the ends and where p' = a + 3b·x² + 5c·x⁴ vanishes inside
+        points = [lo, hi] + [math.sqrt(y) for y in quadratic_roots(5 * c, 3 * b, a) if lo ** 2 < y < hi ** 2]
+        values = [a * x + b * x ** 3 + c * x ** 5 for x in points]
+        lo, hi = min(values), max(values)
+    return tuple(coefficients)
+
+
+def minimax_odd_quintic(lo, hi, iterations=50):
+    """(a, b, c) of p(x) = a·x + b·x³ + c·x⁵ that minimise max |1 - p(x)| over [lo, hi], by Remez exchange: the
+    best p touches 1 - E at lo, 1 + E and 1 - E at its two turning points inside, and 1 + E at hi; solve for the
+    p and E through four such points, move the middle two to the new p's turning points, repeat."""
+    points = [lo, lo + (hi - lo) / 3, lo + 2 * (hi - lo) / 3, hi]
+    for _ in range(iterations):
+        system = torch.tensor([[x, x ** 3, x ** 5, (-1) ** i] for i, x in enumerate(points)], dtype=torch.float64)
+        a, b, c, _error = torch.linalg.solve(system, torch.ones(4, dtype=torch.float64)).tolist()
+        turning = [math.sqrt(y) for y in quadratic_roots(5 * c, 3 * b, a) if lo ** 2 < y < hi ** 2]
+        if len(turning) != 2:
+            break
+        moved = [lo, *turning, hi]
+        if max(abs(p - q) for p, q in zip(moved, points)) < 1e-14:
+            break
+        points = moved
+    return a, b, c
+
+
+def quadratic_roots(a, b, c):
+    """The real roots of a·y² + b·y + c, sorted."""
+    disc = b * b - 4 * a * c
+    if a == 0 or disc < 0:
+        return []
+    return sorted(((-b - math.sqrt(disc)) / (2 * a), (-b + math.sqrt(disc)) / (2 * a)))
 
 
 class MuonWithAdamW:

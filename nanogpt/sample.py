@@ -35,7 +35,7 @@ class SampleConfig:
     kv_cache: bool = True  # False re-reads the whole context for every token (with window_shift=1: nanoGPT's sampler)
     window_shift: int = 0  # past block_size, drop this many oldest tokens at once: 0 = half the block; 1 = exact, slow
     device: str = "auto"  # 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'
-    dtype: str = "auto"  # 'auto', 'float32', 'bfloat16', 'float16'
+    dtype: str = "auto"  # 'auto', 'native', 'float32', 'bfloat16', 'float16'
     compile: object = False  # torch.compile the model (True/False/'auto')
     threads: int = 0  # CPU threads; 0: PyTorch's default, capped at the idle cores
 

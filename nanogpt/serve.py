@@ -30,7 +30,7 @@ class ServeConfig:
     host: str = "127.0.0.1"  # the address to listen on; 0.0.0.0 serves other machines too (set an api_key)
     port: int = 8000  # 0 picks a free port
     device: str = "auto"  # 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'
-    dtype: str = "auto"  # 'auto', 'float32', 'bfloat16', 'float16'
+    dtype: str = "auto"  # 'auto', 'native', 'float32', 'bfloat16', 'float16'
     threads: int = 0  # CPU threads; 0: PyTorch's default, capped at the idle cores
     max_batch: int = 16  # completions generated together in one batch; 1 serves one at a time
     max_queue: int = 64  # requests that may wait for a place in the batch; past it, 429 with Retry-After

@@ -29,7 +29,8 @@ import torch
 from nanogpt import checkpoint, evaluate as tasks, runtime
 from nanogpt.bpe import VOCAB_SIZE as GPT2_VOCAB_SIZE
 from nanogpt.config import TrainConfig, validate
-from nanogpt.data import EVAL_TRAIN_STREAM, EVAL_VAL_STREAM, Batches, Dataset, batch_offsets, move_batch
+from nanogpt.data import (EVAL_TRAIN_STREAM, EVAL_VAL_STREAM, Batches, Dataset, batch_offsets, move_batch,
+                          ramped_batch_size)
 from nanogpt.distributed import (
     Dist,
     all_reduce_mean,
@@ -240,7 +241,6 @@ class StepMeter:
         self.steps = 0  # optimizer steps this process has taken
         self.running_mfu = None  # not measured until the loop settles, nor on a device without a known peak
         self.peak = s.peak
-        self.tokens_per_iter = s.cfg.gradient_accumulation_steps * s.cfg.batch_size * s.cfg.block_size
         self.started = self.t0 = time.time()
         self.since_log = 0  # steps since the last logged one
 
@@ -264,16 +264,17 @@ class StepMeter:
         eta = (self.t0 - self.started) / self.steps * (s.cfg.max_iters - iter_num - 1)
         if self.steps > 5 and self.peak:  # let the training loop settle first
             # this process's share of the work against its device's peak
-            mfu = s.raw_model.estimate_mfu(s.cfg.batch_size * s.micro_steps, dt, self.peak[1])
+            mfu = s.raw_model.estimate_mfu(s.batches.size_at(iter_num) * s.micro_steps, dt, self.peak[1])
             self.running_mfu = mfu if self.running_mfu is None else 0.9 * self.running_mfu + 0.1 * mfu
+        tokens_per_iter = tokens_seen(s.cfg, iter_num + 1) - tokens_seen(s.cfg, iter_num)
         result.ms_per_iter.append(dt * 1000)
         result.train_losses[iter_num] = loss
         s.log(
             f"iter {iter_num}: loss {loss:.4f}, time {dt * 1000:.2f}ms, mfu {format_mfu(self.running_mfu)}, "
-            f"tok/s {self.tokens_per_iter / dt:.0f}, lr {lr:.3e}, grad norm {grad_norm:.2f}, eta {format_duration(eta)}"
+            f"tok/s {tokens_per_iter / dt:.0f}, lr {lr:.3e}, grad norm {grad_norm:.2f}, eta {format_duration(eta)}"
         )
         if s.metrics is not None:
-            s.metrics.write("iter", iter_num, loss=loss, lr=lr, tok_s=self.tokens_per_iter / dt, ms=dt * 1000,
+            s.metrics.write("iter", iter_num, loss=loss, lr=lr, tok_s=tokens_per_iter / dt, ms=dt * 1000,
                             mfu=None if self.running_mfu is None else self.running_mfu * 100, grad_norm=grad_norm,
                             tokens=tokens_seen(s.cfg, iter_num + 1))
 
@@ -330,6 +331,9 @@ def set_up(cfg, device, dinfo, log, given=None):
         ckpt = checkpoint.load_checkpoint(out_dir, weights=not uses_fsdp(cfg, dinfo))
         cfg = resumed_settings(cfg, ckpt, given, log)
     log(f"tokens per iteration will be: {cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size:,}")
+    if cfg.batch_ramp_iters:
+        log(f"batch ramp: {cfg.batch_ramp_start} sequences per micro-step at step 0, growing to {cfg.batch_size} "
+            f"at step {cfg.batch_ramp_iters}")
     if cfg.decay_lr and cfg.max_iters < cfg.lr_decay_iters and not cfg.eval_only:
         log(f"note: max_iters ({cfg.max_iters}) is below lr_decay_iters ({cfg.lr_decay_iters}), so the learning rate "
             f"ends at {get_lr(cfg.max_iters, cfg):.2e}, not min_lr {cfg.min_lr:.2e} (as nanoGPT does); set "
@@ -359,7 +363,7 @@ def set_up(cfg, device, dinfo, log, given=None):
         log(describe_lr_rule(optimizer, raw_model, cfg))
     batches = Batches(dataset, cfg.seed, cfg.batch_size, cfg.gradient_accumulation_steps, dinfo.rank,
                       dinfo.world_size, cfg.block_size, device, cfg.document_aligned,
-                      start_step=ckpt["iter_num"] if ckpt else 0)
+                      start_step=ckpt["iter_num"] if ckpt else 0, ramp=(cfg.batch_ramp_start, cfg.batch_ramp_iters))
     s = Session(cfg, dinfo, device, dataset, out_dir, raw_model, model, without_ddp(model), optimizer, scaler,
                 runtime.autocast(runtime.device_type(device), dtype), log, peak, batches)
     s.guard = NonfiniteGuard(device)
@@ -408,7 +412,7 @@ def resumed_settings(cfg, ckpt, given, log):
             )
     cfg = replace(cfg, **kept)
     cfg = saved_settings_with_changes(cfg, saved, given, log)
-    for key in ("batch_size", "gradient_accumulation_steps", "seed"):
+    for key in ("batch_size", "gradient_accumulation_steps", "seed", "batch_ramp_start", "batch_ramp_iters"):
         if key in saved and saved[key] != getattr(cfg, key):
             log(f"warning: {key} is {getattr(cfg, key)}, the run was trained with {saved[key]}: it goes on, but no "
                 "longer computes exactly what an uninterrupted run would")
@@ -660,8 +664,11 @@ def evaluate_tasks(s):
 
 
 def tokens_seen(cfg, iter_num):
-    """Training tokens consumed before iteration iter_num (at this run's batch settings)."""
-    return iter_num * cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
+    """Training tokens consumed before iteration iter_num (at this run's batch settings, its ramp included)."""
+    ramped = min(iter_num, cfg.batch_ramp_iters)
+    rows = sum(ramped_batch_size(cfg.batch_size, cfg.batch_ramp_start, cfg.batch_ramp_iters, step)
+               for step in range(ramped)) + (iter_num - ramped) * cfg.batch_size
+    return rows * cfg.gradient_accumulation_steps * cfg.block_size
 
 
 @torch.no_grad()

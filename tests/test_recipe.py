@@ -109,10 +109,15 @@ def recipe_config(data_dir, out_dir, **overrides):
     return tiny_config(data_dir, out_dir, **settings)
 
 
-def test_muon_resume_is_exact(char_dataset, tmp_path):
+MUON_VARIANTS = dict(muon_orthogonalizer="polar_express", muon_neuron_norm=True, muon_cautious_weight_decay=True,
+                     muon_weight_decay=0.1, batch_ramp_start=1, batch_ramp_iters=30)  # resumed inside the ramp
+
+
+@pytest.mark.parametrize("variants", [{}, MUON_VARIANTS], ids=["muon", "polar-normuon-cautious-ramp"])
+def test_muon_resume_is_exact(char_dataset, tmp_path, variants):
     data_dir, _ = char_dataset
-    straight = train(recipe_config(data_dir, tmp_path / "straight"), log=quiet)
-    cfg = recipe_config(data_dir, tmp_path / "halves", max_iters=20)
+    straight = train(recipe_config(data_dir, tmp_path / "straight", **variants), log=quiet)
+    cfg = recipe_config(data_dir, tmp_path / "halves", max_iters=20, **variants)
     first = train(cfg, log=quiet)
     second = train(dataclasses.replace(cfg, init_from="resume", max_iters=40), log=quiet)
     assert sorted(straight.train_losses) == list(range(40))
@@ -155,6 +160,59 @@ def test_float32_muon_matches_torch_muon():
         torch.testing.assert_close(a, b, atol=2e-2, rtol=0)
 
 
+def test_tokens_seen_counts_the_batch_ramp():
+    from nanogpt.train import tokens_seen
+    cfg = tiny_config(".", ".", batch_size=6, batch_ramp_start=2, batch_ramp_iters=4, gradient_accumulation_steps=2)
+    assert tokens_seen(cfg, 6) == (2 + 3 + 4 + 5 + 6 + 6) * 2 * 16
+    assert tokens_seen(dataclasses.replace(cfg, batch_ramp_iters=0), 6) == 6 * 6 * 2 * 16
+
+
+def test_polar_express_quintics_are_minimax_and_orthogonalise_closer_than_the_fixed_one():
+    a, b, c = optim.minimax_odd_quintic(0.1, 1.0)
+    x = torch.linspace(0.1, 1.0, 100_001, dtype=torch.float64)
+    error = (a * x + b * x ** 3 + c * x ** 5 - 1).abs()
+    # equioscillation: the error peaks equally at both ends, and no point is worse
+    assert abs(error[0] - error[-1]) < 1e-9 and error.max() <= error[0] + 1e-9
+    coefficients = optim.polar_express_coefficients(5)
+    assert len(coefficients) == 5 and coefficients[0][0] > coefficients[-1][0] > 1  # boldest first
+    y = torch.linspace(1e-3, 1.0, 10_001, dtype=torch.float64)
+    for a, b, c in coefficients:
+        y = a * y + b * y ** 3 + c * y ** 5
+    assert (y - 1).abs().max() < 0.13  # every singular value from 1e-3 up lands within 13% of 1
+    torch.manual_seed(0)
+    g = torch.randn(2, 48, 24) * torch.logspace(-2, 0, 24)  # singular values over two decades
+    spread = {}
+    for name, steps in (("polar", coefficients), ("fixed", [optim.Muon([torch.nn.Parameter(torch.ones(2, 2))],
+                                                                   lr=0.1).param_groups[0]["ns_coefficients"]] * 5)):
+        sv = torch.linalg.svdvals(optim.orthogonalize(g, steps, 1e-7))
+        spread[name] = (sv - 1).abs().max().item()
+    assert spread["polar"] < 0.13 < spread["fixed"], spread
+
+
+def test_normuon_evens_out_rows_and_keeps_the_step_norm():
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.zeros(16, 16))
+    opt = optim.Muon([weight], lr=0.1, neuron_norm=True)
+    ortho = torch.linalg.qr(torch.randn(16, 16)).Q * torch.linspace(0.2, 2.0, 16).unsqueeze(1)  # uneven rows
+    out = opt.normalize_neurons(ortho.unsqueeze(0), [weight], 1e-8)[0]
+    rows = out.norm(dim=1)
+    assert rows.max() / rows.min() < 1.01 < ortho.norm(dim=1).max() / ortho.norm(dim=1).min()
+    torch.testing.assert_close(out.norm(), ortho.norm())
+    assert opt.state[weight]["neuron_second_moment"].shape == (16,)  # kept in the state, so checkpoints hold it
+
+
+def test_cautious_weight_decay_decays_only_where_the_update_agrees():
+    weight = torch.nn.Parameter(torch.tensor([[1.0, -1.0], [1.0, -1.0]]))
+    opt = optim.Muon([weight], lr=0.1, weight_decay=0.5, cautious_weight_decay=True, momentum=0.0, nesterov=False)
+    weight.grad = torch.tensor([[1.0, 1.0], [-1.0, -1.0]])  # steps: down, down / up, up
+    before = weight.detach().clone()
+    opt.step()
+    ortho = optim.orthogonalize(weight.grad.unsqueeze(0), [opt.param_groups[0]["ns_coefficients"]] * 5, 1e-7)[0]
+    decayed = (before * ortho > 0).float()  # [[1, 0], [0, 1]]: where the step also shrinks the weight
+    assert decayed.tolist() == [[1.0, 0.0], [0.0, 1.0]]
+    torch.testing.assert_close(weight.detach(), before - 0.1 * 0.5 * before * decayed - 0.1 * ortho)
+
+
 def test_modern_run_samples_serves_and_refuses_gpt2_export(char_dataset, tmp_path):
     from nanogpt.export import ExportConfig, export_run
     from nanogpt.sample import SampleConfig, sample
@@ -195,6 +253,8 @@ def test_fsdp_with_muon_refuses_in_one_line():
     ("--lr_schedule=linear", "unknown lr_schedule 'linear'"),
     ("--n_kv_head=5", "n_kv_head \\(5\\) must divide n_head"),
     ("--muon_momentum=1.5", "muon_momentum must be below 1"),
+    ("--muon_orthogonalizer=svd", "unknown muon_orthogonalizer 'svd': use newton_schulz or polar_express"),
+    ("--batch_ramp_iters=10", "batch_ramp_start must be from 1 to batch_size \\(12\\) when batch_ramp_iters is set"),
 ])
 def test_bad_recipe_settings_are_user_errors(arg, message):
     with pytest.raises(UserError, match=message):

@@ -71,6 +71,14 @@ def test_one_set_up_for_every_command():
 # ------------------------------------------------------------------------------------------------------- compile
 
 
+def test_native_dtype_is_bfloat16_only_on_cpus_that_compute_it_and_auto_stays_float32():
+    assert runtime.resolve_dtype("native", "cpu", cpu_has_bf16=True) == "bfloat16"
+    assert runtime.resolve_dtype("native", "cpu", cpu_has_bf16=False) == "float32"
+    assert runtime.resolve_dtype("auto", "cpu", cpu_has_bf16=True) == "float32"  # nanoGPT's runs stay float32
+    assert runtime.resolve_dtype("native", "mps") == "float32"
+    assert runtime.cpu_bf16_is_native() in (True, False)
+
+
 def test_auto_compiles_on_cuda_only_where_triton_is_importable(monkeypatch):
     monkeypatch.setattr(runtime.importlib.util, "find_spec", lambda name: None)
     assert runtime.resolve_compile("auto", "cuda") is False

@@ -84,6 +84,20 @@ def test_global_batches_are_the_same_on_1_and_2_ranks_and_after_a_resume(sharded
         b.close()
 
 
+def test_a_batch_ramp_grows_the_batch_the_same_on_1_and_2_ranks(sharded):
+    from nanogpt.data import ramped_batch_size
+    assert [ramped_batch_size(6, 2, 4, step) for step in range(6)] == [2, 3, 4, 5, 6, 6]
+    ds = Dataset(sharded)
+    one = Batches(ds, 5, 6, 2, 0, 1, BLOCK, "cpu", ramp=(2, 4))
+    ranks = [Batches(ds, 5, 6, 2, r, 2, BLOCK, "cpu", ramp=(2, 4)) for r in range(2)]
+    for step in range(6):
+        whole = [one.get(step, m)[0] for m in range(2)]
+        assert [len(x) for x in whole] == [ramped_batch_size(6, 2, 4, step)] * 2
+        assert all((ranks[r].get(step, 0)[0] == whole[r]).all() for r in range(2))
+    for b in [one, *ranks]:
+        b.close()
+
+
 def test_single_file_batches_are_todays(tmp_path):
     ids = np.random.default_rng(0).integers(0, 65, 5000)
     write_dataset(tmp_path / "d", ids, ids[:100], {"tokenizer": "char", "vocab_size": 65, "chars": "x" * 65})
