@@ -104,6 +104,7 @@ def main():
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="nanogpt-export-preset-"))
+    load_at_start = os.getloadavg()[0]  # what else the machine was doing before this benchmark loaded it
     try:
         _, data = prepare(work)
         jobs = [(r, name) for r in range(args.repeats) for name in PRESETS]
@@ -130,7 +131,8 @@ def main():
         notes = (f"{args.repeats} repetition(s) of the presets, {args.variants} of each variant, medians; seconds of "
                  f"{args.clock} time"
                  + ("; one thread per run, all runs started at once" if args.clock == "cpu" else "")
-                 + "; data: the canonical tiny Shakespeare; machine shared with other work")
+                 + f"; data: the canonical tiny Shakespeare; 1-minute load average {load_at_start:.2f} before the "
+                 "first run (other work on the machine)")
         rounded = {name: {k: round(v, 4) if v == v else None for k, v in row.items()} for name, row in table.items()}
         check = {k: f"{v:.2e}" if isinstance(v, float) else v for k, v in check.items()}
         print(f"results written to {write_results('export_preset', {'runs': rounded, 'export': check}, notes=notes)}")

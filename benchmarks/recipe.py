@@ -58,8 +58,10 @@ def prepare(work, reference=None):
     return upstream, data
 
 
-def commands(upstream, data, out, fast_args):
-    ours = [f"--data_dir={data}"]
+def commands(upstream, data, out, fast_args, threads):
+    # our runs get upstream's thread count (PyTorch's default: every core; one under --clock=cpu): left to `auto`,
+    # they would read the load average the run before them left and take fewer
+    ours = [f"--data_dir={data}", f"--threads={threads}"]
     return {
         "upstream": ([sys.executable, "train.py", "config/train_shakespeare_char.py", *README_ARGS,
                       f"--out_dir={out / 'upstream'}"], upstream),
@@ -182,18 +184,22 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="nanogpt-recipe-"))
     try:
         upstream, data = prepare(work, Path(args.reference))
+        load_at_start = os.getloadavg()[0]  # what else the machine was doing before this benchmark loaded it
         results = {name: [None] * args.repeats for name in names}
         jobs = [(r, name) for r in range(args.repeats) for name in names]
 
         def run(job):
             r, name = job
-            results[name][r] = timed_run(*commands(upstream, data, work / f"out-{r}", args.fast)[name], args.clock)
+            threads = 1 if args.clock == "cpu" else os.cpu_count()
+            results[name][r] = timed_run(*commands(upstream, data, work / f"out-{r}", args.fast, threads)[name],
+                                         args.clock)
 
         run_jobs(run, jobs, args.clock)
         figures = report(results, names, args.clock)
         notes = (f"{args.repeats} repetition(s), medians; seconds of {args.clock} time"
                  + ("; one thread per run, all runs started at once" if args.clock == "cpu" else "")
-                 + "; data: the canonical tiny Shakespeare; machine shared with other work")
+                 + f"; data: the canonical tiny Shakespeare; 1-minute load average {load_at_start:.2f} before the "
+                 "first run (other work on the machine)")
         print(f"results written to {write_results('recipe', figures, notes=notes)}")
         plot(results, args.png, "CPU time, one thread (s)" if args.clock == "cpu" else "wall time (s)")
     finally:

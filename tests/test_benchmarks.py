@@ -120,6 +120,15 @@ def test_peer_common_evaluator_scores_every_token_once_after_the_document_start(
     assert tokens == 11 and abs(nats - float(expected)) < 1e-4
     short, _ = peer.summed_nats(loss_sum, docs, separator=9, block=2)
     assert short != nats  # a shorter context is a different (here, cruder) prediction
+    assert peer.summed_nats(loss_sum, docs, separator=9, block=16, restart=True) == (nats, tokens)  # all fit
+    rows = []
+
+    def recording(x, y):
+        rows.extend(zip(x.tolist(), y.tolist()))
+        return loss_sum(x, y)
+    _, restarted = peer.summed_nats(recording, docs, separator=9, block=3, restart=True)
+    assert restarted == tokens and all(len(x) <= 3 and x[0] == 9 for x, _ in rows)  # every window from the start token
+    assert sorted(t for _, y in rows for t in y if t != -1) == sorted(t for d in docs for t in d)  # each token once
 
 
 def test_peer_skips_with_a_reason_where_nanochat_is_missing(tmp_path, capsys, monkeypatch):
