@@ -468,7 +468,8 @@ def architecture_for(config):
                     if getattr(config, name)]
     if held_by_none:
         raise UserError(f"cannot export to Hugging Face: no transformers architecture has "
-                        f"{' or '.join(f'{n}=True' for n in held_by_none)} (see docs/code-analysis/hf-interop.md)")
+                        f"{' or '.join(f'{n}=True' for n in held_by_none)} (config/train_shakespeare_char_cpu_export.py "
+                        "is the fast preset with only exportable switches; see docs/code-analysis/hf-interop.md)")
     ours = switches(config)
     lacking = {arch: [k for k, allowed in holds.items() if ours[k] not in allowed]
                for arch, holds in ARCHITECTURES.items()}
