@@ -110,8 +110,8 @@ def main():
         "rule's rates": rule_run["rule"].split(": peak rates ")[-1],
         "best of the sweep": best["name"], "rule vs best": f"{gap:+.2%}", "within 2%": gap <= TOLERANCE,
     }
-    notes = (f"seeded runs, one thread each, {args.jobs} at a time, on a machine shared with other work; only final "
-             f"val losses (eval_iters={args.eval_iters}, batch {args.batch}) are compared")
+    notes = (f"seeded runs, one thread each, {args.jobs} at a time; only final val losses (eval_iters="
+             f"{args.eval_iters}, batch {args.batch}) are compared, so the machine's load does not enter them")
     name = "lr_transfer" if (args.width, args.batch) == (256, 48) else f"lr_transfer_w{args.width}_b{args.batch}"
     print(f"results: {write_results(name, figures, notes=notes)}")
 
