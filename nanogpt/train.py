@@ -266,7 +266,7 @@ class StepMeter:
             # this process's share of the work against its device's peak
             mfu = s.raw_model.estimate_mfu(s.batches.size_at(iter_num) * s.micro_steps, dt, self.peak[1])
             self.running_mfu = mfu if self.running_mfu is None else 0.9 * self.running_mfu + 0.1 * mfu
-        tokens_per_iter = tokens_seen(s.cfg, iter_num + 1) - tokens_seen(s.cfg, iter_num)
+        tokens_per_iter = s.batches.size_at(iter_num) * s.cfg.gradient_accumulation_steps * s.cfg.block_size
         result.ms_per_iter.append(dt * 1000)
         result.train_losses[iter_num] = loss
         s.log(
